@@ -1,0 +1,68 @@
+"""resultstore: persist the results of work to pluggable storage and fetch them back.
+
+    >>> from resultstore import ResultStore
+    >>> store = ResultStore("memory://docs")
+    >>> key = store.write({"answer": 42})
+    >>> store.read(key).result
+    {'answer': 42}
+
+Stores are chosen by URL scheme through the ``resultstore.stores`` entry points;
+every I/O method has an async twin (``awrite``, ``aread``, ...).
+"""
+
+from resultstore.errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidKeyError,
+    PluginError,
+    ResultNotFoundError,
+    ResultStoreError,
+    SerializationError,
+    SignatureError,
+    StorageError,
+    StorageUnavailableError,
+    UnknownSchemeError,
+    UnknownSerializerError,
+)
+from resultstore.keys import validate_key
+from resultstore.records import ResultMetadata, ResultRecord
+from resultstore.registry import available_stores, resolve_store
+from resultstore.result_store import ResultStore
+from resultstore.results import PersistedResult
+from resultstore.retry import RetryPolicy
+from resultstore.serializers import Serializer, available_serializers, get_serializer
+from resultstore.settings import Settings, get_settings
+from resultstore.stores.base import BytesReader, Payload, Reader, Store
+
+__all__ = [
+    "BytesReader",
+    "ConfigurationError",
+    "IntegrityError",
+    "InvalidKeyError",
+    "Payload",
+    "PersistedResult",
+    "PluginError",
+    "Reader",
+    "ResultMetadata",
+    "ResultNotFoundError",
+    "ResultRecord",
+    "ResultStore",
+    "ResultStoreError",
+    "RetryPolicy",
+    "SerializationError",
+    "Serializer",
+    "Settings",
+    "SignatureError",
+    "StorageError",
+    "StorageUnavailableError",
+    "Store",
+    "UnknownSchemeError",
+    "UnknownSerializerError",
+    "available_serializers",
+    "available_stores",
+    "get_serializer",
+    "get_settings",
+    "resolve_store",
+    "validate_key",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,120 @@
+"""Find the store for a URL through the ``resultstore.stores`` entry points.
+
+The entry point's name is the URL scheme. Built-in stores are registered
+exactly as a third-party plugin is, and only the store a URL asks for is
+imported, so ``import resultstore`` never pulls in s3fs or botocore. A scheme
+no plugin claims, but that fsspec knows, is served by the generic fsspec store.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+from urllib.parse import urlsplit
+
+from resultstore.errors import ConfigurationError, PluginError, UnknownSchemeError
+from resultstore.stores.base import INTERFACE_VERSION, Store
+
+__all__ = ["STORE_GROUP", "available_stores", "redact_url", "resolve_store", "scheme_of"]
+
+STORE_GROUP = "resultstore.stores"
+
+
+def scheme_of(url: str) -> str:
+    """The scheme of a storage URL; a plain path means ``file``."""
+    if not isinstance(url, str):
+        raise ConfigurationError(f"storage URL must be a string, not {type(url).__name__}")
+    if not url.strip():
+        raise ConfigurationError(
+            "storage URL is empty; use e.g. file:///path or s3://bucket/prefix"
+        )
+    if "://" not in url:
+        if ":" in url.split("/", 1)[0]:
+            raise ConfigurationError(
+                f"malformed storage URL {url!r}; expected SCHEME://LOCATION, e.g. s3://bucket/prefix",
+                url=url,
+            )
+        return "file"
+    scheme = url.split("://", 1)[0].lower()
+    if not scheme or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        raise ConfigurationError(f"malformed storage URL {url!r}: bad scheme {scheme!r}", url=url)
+    return scheme
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    return ep.dist.name if ep.dist is not None else "unknown distribution"
+
+
+@functools.cache
+def _entry_points() -> dict[str, list[EntryPoint]]:
+    found: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=STORE_GROUP):
+        claims = found.setdefault(ep.name, [])
+        if all(ep.value != other.value for other in claims):
+            claims.append(ep)
+    return found
+
+
+def available_stores() -> dict[str, str]:
+    """Installed store schemes, each with the distribution providing it."""
+    return {
+        scheme: ", ".join(_dist_name(ep) for ep in eps) for scheme, eps in _entry_points().items()
+    }
+
+
+@functools.cache
+def _store_class(scheme: str) -> type[Store]:
+    claims = _entry_points().get(scheme)
+    if not claims:
+        raise UnknownSchemeError(
+            f"no store handles the URL scheme {scheme!r}; installed schemes: "
+            f"{', '.join(sorted(_entry_points()))} (install a plugin that provides {scheme!r})"
+        )
+    if len(claims) > 1:
+        owners = " and ".join(f"{_dist_name(ep)} ({ep.value})" for ep in claims)
+        raise PluginError(f"URL scheme {scheme!r} is claimed by {owners}; uninstall one of them")
+    ep = claims[0]
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"store plugin {_dist_name(ep)} for scheme {scheme!r} failed to import: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Store)):
+        raise PluginError(
+            f"store plugin {_dist_name(ep)} for scheme {scheme!r} ({ep.value}) "
+            "is not a resultstore.Store subclass"
+        )
+    version = getattr(cls, "interface_version", None)
+    if version != INTERFACE_VERSION:
+        raise PluginError(
+            f"store plugin {_dist_name(ep)} for scheme {scheme!r} implements store interface "
+            f"version {version}, but this resultstore expects version {INTERFACE_VERSION}; "
+            f"upgrade the plugin or resultstore"
+        )
+    return cls
+
+
+def resolve_store(url: str, **storage_options: Any) -> Store:
+    """Open the store for ``url`` (``file:///tmp/r``, ``memory://x``, ``s3://bucket/prefix``)."""
+    scheme = scheme_of(url)
+    cls = _store_class(scheme)
+    try:
+        return cls(url, **storage_options)
+    except ConfigurationError:
+        raise
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"bad storage options for {scheme!r} store {redact_url(url)!r}: {exc}",
+            url=redact_url(url),
+        ) from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part: safe for messages, reprs and JSON."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()

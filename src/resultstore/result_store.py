@@ -1,0 +1,297 @@
+"""`ResultStore`: write values to a store and read them back, safely.
+
+This is the one place where everything shared by all stores happens: key
+validation, serialization, record framing and checksums, signing, retried
+reads, and turning unexpected backend exceptions into one-line errors. Each
+I/O method is a coroutine (``awrite``, ``aread``, ...) with a plain sync twin
+(``write``, ``read``, ...) that drives it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from resultstore.errors import (
+    ConfigurationError,
+    ResultStoreError,
+    SerializationError,
+    StorageError,
+    StorageUnavailableError,
+)
+from resultstore.keys import validate_key, validate_prefix
+from resultstore.records import (
+    ResultMetadata,
+    ResultRecord,
+    encode_record,
+    read_header,
+    read_record,
+)
+from resultstore.registry import redact_url, resolve_store, scheme_of
+from resultstore.retry import NO_RETRY, RetryPolicy
+from resultstore.serializers import Serializer, get_serializer
+from resultstore.settings import get_settings
+from resultstore.signing import Signer
+from resultstore.stores.base import Payload, Store
+from states.concurrency import run_sync
+
+if TYPE_CHECKING:
+    from resultstore.results import PersistedResult
+
+__all__ = ["ResultStore"]
+
+T = TypeVar("T")
+
+
+def _uuid_key() -> str:
+    return uuid.uuid4().hex
+
+
+def _check_expiration(expiration: object) -> datetime.datetime | None:
+    if expiration is None or isinstance(expiration, datetime.datetime):
+        return expiration
+    raise ConfigurationError(
+        f"expiration must be a datetime or None, not {type(expiration).__name__}"
+    )
+
+
+class ResultStore:
+    """Persist values under keys in a store chosen by URL, and read them back.
+
+    ``result_storage`` is a URL (``file:///path``, ``memory://name``,
+    ``s3://bucket/prefix``, any installed plugin's scheme), a :class:`Store`,
+    or ``None`` for the configured default (``RESULTSTORE_STORAGE_URL``, else
+    ``file://~/.resultstore/storage``). Reads are retried by ``retry``
+    (``RESULTSTORE_READ_ATTEMPTS`` / ``RESULTSTORE_READ_RETRY_DELAY``).
+    With a ``signing_key`` (or ``RESULTSTORE_SIGNING_KEY``) every record is
+    signed and unsigned or forged records are refused before deserializing.
+    """
+
+    def __init__(
+        self,
+        result_storage: str | Store | None = None,
+        serializer: str | Serializer | None = None,
+        storage_key_fn: Callable[[], str] = _uuid_key,
+        cache_result_in_memory: bool = True,
+        persist_result: bool = True,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        retry: RetryPolicy | None = None,
+        signing_key: str | bytes | None = None,
+        old_signing_keys: tuple[str | bytes, ...] = (),
+    ) -> None:
+        settings = get_settings()
+        if isinstance(result_storage, Store):
+            self.store = result_storage
+        elif result_storage is None or isinstance(result_storage, str):
+            url = result_storage if result_storage is not None else settings.storage_url
+            options: dict[str, Any] = {**settings.storage_options, **(storage_options or {})}
+            if scheme_of(url) == "file":
+                options.setdefault("fsync", settings.fsync)
+            self.store = resolve_store(url, **options)
+        else:
+            raise ConfigurationError(
+                "result_storage must be a URL string, a Store or None, "
+                f"not {type(result_storage).__name__}"
+            )
+        self.serializer = get_serializer(serializer or settings.serializer)
+        if not callable(storage_key_fn):
+            raise ConfigurationError(
+                f"storage_key_fn must be callable, not {type(storage_key_fn).__name__}"
+            )
+        self.storage_key_fn = storage_key_fn
+        self.cache_result_in_memory = cache_result_in_memory
+        self.persist_result = persist_result
+        self.retry = retry if retry is not None else RetryPolicy.from_settings(settings)
+        if signing_key is None and settings.signing_key is not None:
+            signing_key = settings.signing_key.get_secret_value()
+            old_signing_keys = tuple(k.get_secret_value() for k in settings.signing_keys_old)
+        self._signer = Signer(signing_key, old_signing_keys) if signing_key else None
+
+    @property
+    def storage_url(self) -> str:
+        """The store's URL, without credentials: what persisted results record."""
+        return redact_url(self.store.url)
+
+    def __repr__(self) -> str:
+        signed = ", signed" if self._signer else ""
+        return f"ResultStore({self.storage_url!r}, serializer={self.serializer.name!r}{signed})"
+
+    @asynccontextmanager
+    async def _guard(self, action: str, key: str) -> AsyncIterator[None]:
+        """Turn any non-resultstore exception from a store into a one-line StorageError."""
+        try:
+            yield
+        except ResultStoreError:
+            raise
+        except (ConnectionError, TimeoutError) as exc:
+            raise StorageUnavailableError(
+                f"cannot {action} key {key!r}: {self.storage_url} is unreachable "
+                f"({type(exc).__name__}: {exc}); check the URL and network",
+                key=key,
+                url=self.storage_url,
+            ) from exc
+        except Exception as exc:
+            raise StorageError(
+                f"cannot {action} key {key!r} in {self.storage_url}: {type(exc).__name__}: {exc}",
+                key=key,
+                url=self.storage_url,
+            ) from exc
+
+    # -- writing -------------------------------------------------------------
+
+    def _new_key(self, key: str | None) -> str:
+        return validate_key(self.storage_key_fn() if key is None else key)
+
+    async def awrite(
+        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+    ) -> str:
+        """Serialize ``obj`` and store it under ``key`` (or a new key); returns the key."""
+        key = self._new_key(key)
+        buffers = encode_record(
+            self.serializer.dumps(obj),
+            serializer=self.serializer.name,
+            expiration=_check_expiration(expiration),
+            signer=self._signer,
+        )
+        async with self._guard("write", key):
+            await self.store.write(key, Payload(buffers))
+        return key
+
+    def write(
+        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+    ) -> str:
+        """Sync twin of :meth:`awrite`."""
+        return run_sync(self.awrite(obj, key=key, expiration=expiration))
+
+    def create_result(
+        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+    ) -> PersistedResult:
+        """Wrap ``obj`` in a reference to be persisted by its ``write()``/``awrite()``."""
+        from resultstore.results import PersistedResult
+
+        return PersistedResult(
+            storage_url=self.storage_url,
+            key=self._new_key(key),
+            serializer=self.serializer.name,
+            expiration=_check_expiration(expiration),
+            value=obj,
+            result_store=self,
+        )
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read_once(self, key: str) -> ResultRecord[Any]:
+        async with self._guard("read", key):
+            reader = await self.store.open(key)
+            try:
+                metadata, segments = await read_record(reader, key, self.storage_url, self._signer)
+            finally:
+                await reader.aclose()
+        serializer = get_serializer(metadata.serializer)
+        try:
+            value = serializer.loads(segments)
+        except SerializationError as exc:
+            raise SerializationError(
+                f"record {key!r} in {self.storage_url}: {exc}", key=key
+            ) from None
+        return ResultRecord(value, metadata)
+
+    async def aread(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
+        """Read, verify and deserialize the record under ``key``.
+
+        A missing record or unreachable storage is retried by :attr:`retry`
+        unless ``retry=False``; damaged records fail at once.
+        """
+        key = validate_key(key)
+        policy = self.retry if retry else NO_RETRY
+        return await policy.call(lambda: self._read_once(key))
+
+    def read(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
+        """Sync twin of :meth:`aread`."""
+        return run_sync(self.aread(key, retry=retry))
+
+    async def aread_metadata(self, key: str) -> ResultMetadata:
+        """The metadata of the record under ``key``, without loading its payload."""
+        key = validate_key(key)
+        async with self._guard("inspect", key):
+            reader = await self.store.open(key)
+            try:
+                header, _ = await read_header(reader, key, self.storage_url)
+            finally:
+                await reader.aclose()
+        return header.metadata
+
+    def read_metadata(self, key: str) -> ResultMetadata:
+        """Sync twin of :meth:`aread_metadata`."""
+        return run_sync(self.aread_metadata(key))
+
+    # -- the rest --------------------------------------------------------------
+
+    async def aexists(self, key: str) -> bool:
+        """True when a record exists under ``key``."""
+        key = validate_key(key)
+        async with self._guard("check", key):
+            return await self.store.exists(key)
+
+    def exists(self, key: str) -> bool:
+        """Sync twin of :meth:`aexists`."""
+        return run_sync(self.aexists(key))
+
+    async def adelete(self, key: str) -> bool:
+        """Delete the record under ``key``; True if one was deleted."""
+        key = validate_key(key)
+        async with self._guard("delete", key):
+            return await self.store.delete(key)
+
+    def delete(self, key: str) -> bool:
+        """Sync twin of :meth:`adelete`."""
+        return run_sync(self.adelete(key))
+
+    async def akeys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield the keys under ``prefix``, in no particular order."""
+        prefix = validate_prefix(prefix)
+        async with self._guard("list", prefix or "*"):
+            async for key in self.store.list(prefix):
+                yield key
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Sync twin of :meth:`akeys`, as a sorted list."""
+        return sorted(run_sync(_collect(self.akeys(prefix))))
+
+    async def alist(self, prefix: str = "") -> AsyncIterator[ResultMetadata]:
+        """Yield the metadata of every record under ``prefix``, without loading payloads."""
+        async for key in self.akeys(prefix):
+            yield await self.aread_metadata(key)
+
+    def list(self, prefix: str = "") -> Iterator[ResultMetadata]:
+        """Sync twin of :meth:`alist`, sorted by key."""
+        found = run_sync(_collect(self.alist(prefix)))
+        return iter(sorted(found, key=lambda m: m.storage_key))
+
+    async def aclose(self) -> None:
+        """Release the store's connections."""
+        await self.store.aclose()
+
+    def close(self) -> None:
+        """Sync twin of :meth:`aclose`."""
+        run_sync(self.aclose())
+
+    async def __aenter__(self) -> ResultStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _collect(items: AsyncIterator[T]) -> list[T]:
+    return [item async for item in items]

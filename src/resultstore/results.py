@@ -1,0 +1,145 @@
+"""`PersistedResult`: a reference to a value in a result store.
+
+It is what :meth:`ResultStore.create_result` returns and what a State's
+``data`` holds. It keeps the value in memory when allowed, writes it with
+``write()``/``awrite()``, and fetches it with ``get()``/``aget()`` (retried).
+In a State's JSON it becomes only ``{storage_url, key, serializer,
+expiration}`` plus a type tag, so another process or machine can fetch the
+value with no set-up beyond credentials for the storage.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from resultstore.errors import ConfigurationError
+from resultstore.keys import validate_key
+from states.concurrency import run_sync
+from states.results import REFERENCE_TAG
+
+if TYPE_CHECKING:
+    from resultstore.result_store import ResultStore
+
+__all__ = ["PersistedResult"]
+
+_MISSING: Any = object()
+_stores: dict[tuple[str, str], ResultStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _store_for(storage_url: str, serializer: str) -> ResultStore:
+    """One shared ResultStore per (URL, serializer) for references read from JSON."""
+    from resultstore.result_store import ResultStore
+
+    with _stores_lock:
+        store = _stores.get((storage_url, serializer))
+        if store is None:
+            store = _stores[(storage_url, serializer)] = ResultStore(storage_url, serializer)
+        return store
+
+
+class PersistedResult:
+    """A value stored, or to be stored, under ``key`` in the store at ``storage_url``."""
+
+    reference_type = "persisted"
+    __slots__ = ("_store", "_value", "_written", "expiration", "key", "serializer", "storage_url")
+
+    def __init__(
+        self,
+        storage_url: str,
+        key: str,
+        serializer: str = "pickle",
+        expiration: datetime.datetime | None = None,
+        *,
+        value: Any = _MISSING,
+        result_store: ResultStore | None = None,
+    ) -> None:
+        self.storage_url = storage_url
+        self.key = validate_key(key)
+        self.serializer = serializer
+        self.expiration = expiration
+        self._value = value
+        self._store = result_store
+        self._written = False
+
+    @property
+    def has_value(self) -> bool:
+        """True when the value is held in memory (no read needed)."""
+        return self._value is not _MISSING
+
+    def _result_store(self) -> ResultStore:
+        if self._store is None:
+            self._store = _store_for(self.storage_url, self.serializer)
+        return self._store
+
+    async def aget(self, *, retry: bool = True) -> Any:
+        """The value: from memory if held, else read from storage (retried when ``retry``)."""
+        if self._value is not _MISSING:
+            return self._value
+        store = self._result_store()
+        record = await store.aread(self.key, retry=retry)
+        if store.cache_result_in_memory:
+            self._value = record.result
+        return record.result
+
+    def get(self, *, retry: bool = True) -> Any:
+        """Sync twin of :meth:`aget`."""
+        if self._value is not _MISSING:
+            return self._value
+        return run_sync(self.aget(retry=retry))
+
+    async def awrite(self) -> None:
+        """Persist the value, unless the store was made with ``persist_result=False``."""
+        store = self._result_store()
+        if not store.persist_result or self._value is _MISSING:
+            return
+        await store.awrite(self._value, key=self.key, expiration=self.expiration)
+        self._written = True
+        if not store.cache_result_in_memory:
+            self._value = _MISSING
+
+    def write(self) -> None:
+        """Sync twin of :meth:`awrite`."""
+        run_sync(self.awrite())
+
+    def to_reference(self) -> dict[str, Any]:
+        """The JSON form: where the value lives, nothing else (no value, no credentials)."""
+        return {
+            REFERENCE_TAG: self.reference_type,
+            "storage_url": self.storage_url,
+            "key": self.key,
+            "serializer": self.serializer,
+            "expiration": None if self.expiration is None else self.expiration.isoformat(),
+        }
+
+    @classmethod
+    def from_reference(cls, reference: Mapping[str, Any]) -> PersistedResult:
+        """Rebuild a reference from its JSON form (see :meth:`to_reference`)."""
+        try:
+            expiration = reference.get("expiration")
+            return cls(
+                storage_url=str(reference["storage_url"]),
+                key=str(reference["key"]),
+                serializer=str(reference.get("serializer", "pickle")),
+                expiration=None
+                if expiration is None
+                else datetime.datetime.fromisoformat(str(expiration)),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ConfigurationError(
+                f"malformed persisted result reference {dict(reference)!r}: {exc}"
+            ) from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PersistedResult):
+            return NotImplemented
+        return self.to_reference() == other.to_reference()
+
+    def __hash__(self) -> int:
+        return hash((self.storage_url, self.key))
+
+    def __repr__(self) -> str:
+        return f"PersistedResult(key={self.key!r}, storage_url={self.storage_url!r})"

@@ -1,0 +1,173 @@
+"""The store interface: the few async methods a backend implements.
+
+A store moves opaque bytes under validated keys. It knows nothing of framing,
+checksums, serializers, retries, caching or key rules: :class:`ResultStore`
+does all of that once, above every store. A store's contract:
+
+- ``write(key, payload)`` is atomic: readers see the old record or the new
+  one, whole, never a part; concurrent writers of one key leave one of the
+  written values, whole.
+- ``open(key)`` returns a :class:`Reader`, or raises
+  :class:`~resultstore.errors.ResultNotFoundError` when the key is absent.
+- ``exists``, ``delete`` (``True`` if something was deleted) and ``list``
+  (keys under a prefix, in any order).
+- Backend failures are raised as :class:`~resultstore.errors.StorageError`
+  (or :class:`~resultstore.errors.StorageUnavailableError` when retrying may
+  help), with a one-line message naming the key or URL.
+
+Keys reach a store already validated (see :mod:`resultstore.keys`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import anyio.to_thread
+
+from resultstore.serializers import Buffer
+from states.concurrency import on_private_loop
+
+__all__ = [
+    "INTERFACE_VERSION",
+    "BytesReader",
+    "Payload",
+    "Reader",
+    "Store",
+    "run_blocking",
+]
+
+INTERFACE_VERSION = 1
+"""The store interface version this release of `resultstore` speaks."""
+
+T = TypeVar("T")
+
+_INLINE_LIMIT = 1 << 20
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any, nbytes: int = 0) -> T:
+    """Run blocking ``fn(*args)`` without stalling other tasks on the event loop.
+
+    Small operations (under 1 MiB) and calls made through a sync wrapper run
+    inline, because a thread hop would cost more than it saves; the rest run
+    in a worker thread.
+    """
+    if nbytes < _INLINE_LIMIT or on_private_loop():
+        return fn(*args)
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+class Payload:
+    """The bytes of one record, handed to :meth:`Store.write` as buffers.
+
+    Iterate over it for the buffers in order (no copies), or call
+    :meth:`join` when the backend needs a single ``bytes``.
+    """
+
+    __slots__ = ("buffers", "size")
+
+    def __init__(self, buffers: Sequence[Buffer]) -> None:
+        self.buffers = list(buffers)
+        self.size = sum(memoryview(b).nbytes for b in self.buffers)
+
+    def __iter__(self) -> Any:
+        return iter(self.buffers)
+
+    def join(self) -> bytes:
+        """All buffers as one ``bytes`` object (one copy)."""
+        if len(self.buffers) == 1 and isinstance(self.buffers[0], bytes):
+            return self.buffers[0]
+        return b"".join(self.buffers)
+
+    def __repr__(self) -> str:
+        return f"Payload(<{self.size} bytes in {len(self.buffers)} buffers>)"
+
+
+class Reader(ABC):
+    """A record opened for reading, consumed front to back.
+
+    ``read(n)`` returns exactly ``n`` bytes unless the record ends first
+    (``n < 0`` reads to the end); ``readinto(buffer)`` fills ``buffer`` the
+    same way and returns the count. Override ``readinto`` to read without an
+    intermediate copy.
+    """
+
+    @abstractmethod
+    async def read(self, n: int = -1) -> bytes:
+        """Read up to ``n`` bytes, fewer only at the end of the record."""
+
+    async def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer``; returns the number of bytes read."""
+        data = await self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the underlying resources."""
+
+    async def __aenter__(self) -> Reader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class BytesReader(Reader):
+    """A :class:`Reader` over bytes already in memory, for backends that fetch whole values."""
+
+    def __init__(self, data: Buffer) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else min(self._pos + n, len(self._view))
+        chunk = bytes(self._view[self._pos : end])
+        self._pos = end
+        return chunk
+
+    async def readinto(self, buffer: memoryview) -> int:
+        n = min(len(buffer), len(self._view) - self._pos)
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+class Store(ABC):
+    """Base class of every store; subclasses are registered by URL scheme.
+
+    Register a store under the entry-point group ``resultstore.stores`` with
+    the URL scheme as its name. ``url`` is the store's location without
+    credentials; it is what a persisted result records.
+    """
+
+    interface_version: ClassVar[int] = INTERFACE_VERSION
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+
+    @abstractmethod
+    async def write(self, key: str, payload: Payload) -> None:
+        """Store ``payload`` under ``key``, atomically replacing any old record."""
+
+    @abstractmethod
+    async def open(self, key: str) -> Reader:
+        """Open the record under ``key``; raise ResultNotFoundError if absent."""
+
+    @abstractmethod
+    async def exists(self, key: str) -> bool:
+        """True when a record exists under ``key``."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Delete the record under ``key``; True if there was one."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield every key that starts with ``prefix``, in any order."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or handles held by the store."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

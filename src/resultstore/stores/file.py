@@ -1,0 +1,177 @@
+"""``file://PATH``: records as files under a local folder, the embedded default.
+
+Key ``a/b`` lives at ``PATH/a/b.rsr``; the reserved suffix keeps a key ``a``
+and a key ``a/b`` from colliding as file and folder. A write goes to a unique
+temporary file in the target folder, is flushed to disk (``fsync``), then
+renamed over the target: readers see the old record or the new one, never a
+part, and concurrent writers of one key each leave a whole record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from resultstore.errors import ConfigurationError, ResultNotFoundError, StorageError
+from resultstore.keys import RESERVED_SUFFIX
+from resultstore.serializers import Buffer
+from resultstore.stores.base import Payload, Reader, Store, run_blocking
+
+__all__ = ["FileStore"]
+
+_IOV_MAX = 512
+_TMP_SUFFIX = ".tmp"
+
+
+def _root_from_url(url: str) -> Path:
+    if "://" in url:
+        parts = urlsplit(url)
+        if parts.scheme != "file":
+            raise ConfigurationError(f"not a file URL: {url!r}", url=url)
+        raw = unquote(parts.netloc + parts.path)
+    else:
+        raw = url
+    if not raw:
+        raise ConfigurationError(
+            f"file URL {url!r} has no path; use file:///absolute/path", url=url
+        )
+    return Path(os.path.expanduser(raw)).resolve()
+
+
+def _write_all(fd: int, buffers: list[Buffer]) -> None:
+    views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written and views:
+            head = views[0]
+            if written >= len(head):
+                written -= len(head)
+                views.pop(0)
+            else:
+                views[0] = head[written:]
+                written = 0
+
+
+class _FileReader(Reader):
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "rb", buffering=0)
+
+    def _read(self, n: int) -> bytes:
+        if n < 0:
+            return self._file.readall()
+        chunks = []
+        while n > 0:
+            chunk = self._file.read(n)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _readinto(self, buffer: memoryview) -> int:
+        total = 0
+        while total < len(buffer):
+            got = self._file.readinto(buffer[total:])
+            if not got:
+                break
+            total += got
+        return total
+
+    async def read(self, n: int = -1) -> bytes:
+        return await run_blocking(self._read, n, nbytes=max(n, 0))
+
+    async def readinto(self, buffer: memoryview) -> int:
+        return await run_blocking(self._readinto, buffer, nbytes=len(buffer))
+
+    async def aclose(self) -> None:
+        self._file.close()
+
+
+class FileStore(Store):
+    """Records stored as files below a root folder (created on first write)."""
+
+    def __init__(self, url: str, *, fsync: bool = True, **options: Any) -> None:
+        self.root = _root_from_url(url)
+        super().__init__(self.root.as_uri())
+        self.fsync = fsync
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, key + RESERVED_SUFFIX)
+
+    def _error(self, action: str, key: str, exc: OSError) -> StorageError:
+        return StorageError(
+            f"cannot {action} key {key!r} in {self.url}: {exc.strerror or exc}",
+            key=key,
+            url=self.url,
+        )
+
+    def _write(self, key: str, buffers: list[Buffer]) -> None:
+        path = self._path(key)
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, buffers)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise self._error("write", key, exc) from None
+
+    async def write(self, key: str, payload: Payload) -> None:
+        await run_blocking(self._write, key, payload.buffers, nbytes=payload.size)
+
+    async def open(self, key: str) -> Reader:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ResultNotFoundError(
+                f"no result under key {key!r} in {self.url}", key=key, url=self.url
+            ) from None
+        except OSError as exc:
+            raise self._error("read", key, exc) from None
+        return _FileReader(fd)
+
+    async def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    async def delete(self, key: str) -> bool:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise self._error("delete", key, exc) from None
+        return True
+
+    def _walk(self, folder: str, rel: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            name = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(entry.path, name + "/")
+            elif entry.name.endswith(RESERVED_SUFFIX):
+                yield name[: -len(RESERVED_SUFFIX)]
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        for key in self._walk(os.path.join(self.root, base), base):
+            if key.startswith(prefix):
+                yield key

@@ -1,0 +1,104 @@
+"""Run the async core from sync code.
+
+Every I/O call in this distribution is written once, as a coroutine; the sync
+functions are thin wrappers that drive that coroutine to completion here.
+
+- With no event loop running in the calling thread, the coroutine runs on an
+  event loop kept per thread, so a sync call costs microseconds, not the
+  100+ µs of creating and tearing down a loop each time.
+- Called from inside a running event loop (sync code invoked from async code),
+  the coroutine runs on a worker thread with its own loop, and the caller
+  blocks, as any sync call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ParamSpec, TypeVar
+
+__all__ = ["in_async_context", "on_private_loop", "run_sync", "sync_compatible"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_local = threading.local()
+_worker_pool: ThreadPoolExecutor | None = None
+_worker_pool_lock = threading.Lock()
+
+
+def in_async_context() -> bool:
+    """True when an event loop is running in the calling thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def on_private_loop() -> bool:
+    """True inside a coroutine driven by :func:`run_sync`.
+
+    Such a loop serves one blocking caller and nothing else, so brief blocking
+    I/O on it costs less than handing the work to a thread.
+    """
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return running is getattr(_local, "loop", None)
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop
+
+
+def _run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
+    return _thread_loop().run_until_complete(coro)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _worker_pool
+    with _worker_pool_lock:
+        if _worker_pool is None:
+            _worker_pool = ThreadPoolExecutor(thread_name_prefix="resultstore-sync")
+        return _worker_pool
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code and return its result.
+
+    Safe to call whether or not an event loop runs in the calling thread.
+    """
+    if not in_async_context():
+        return _run_on_thread_loop(coro)
+    return _pool().submit(_run_on_thread_loop, coro).result()
+
+
+def sync_compatible(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Any]:
+    """Make an ``async def`` callable from both worlds.
+
+    Inside a running event loop the call returns the coroutine, to be awaited;
+    from sync code it runs the coroutine and returns its result. Pass
+    ``_sync=True`` or ``_sync=False`` to force one behaviour.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T | Awaitable[T]:
+        force_sync = kwargs.pop("_sync", None)
+        coro = fn(*args, **kwargs)
+        if force_sync is None:
+            force_sync = not in_async_context()
+        if force_sync:
+            return run_sync(coro)
+        return coro
+
+    wrapper.aio = fn  # type: ignore[attr-defined]
+    return wrapper

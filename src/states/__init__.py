@@ -1,0 +1,101 @@
+"""Run states: where a run is (scheduled, running, completed, failed...) and its result.
+
+Build states with the constructors (``Completed(data=1)``, ``Failed(...)``), read
+a final state's result with ``state.result()`` / ``await state.aresult()``, and
+turn what a run returned or raised into its final state with
+``return_value_to_state`` and ``exception_to_failed_state``. Results may live in
+storage behind a :class:`ResultReference`; no storage is imported here.
+"""
+
+from __future__ import annotations
+
+from states.concurrency import run_sync, sync_compatible
+from states.constructors import (
+    AwaitingConcurrencySlot,
+    AwaitingRetry,
+    Cancelled,
+    Cancelling,
+    Completed,
+    Crashed,
+    Failed,
+    Late,
+    Paused,
+    Pending,
+    Retrying,
+    Running,
+    Scheduled,
+    Suspended,
+)
+from states.exceptions import (
+    CancelledRun,
+    CrashedRun,
+    FailedRun,
+    MissingResult,
+    PausedRun,
+    StatesError,
+    TerminationSignal,
+    UnfinishedRun,
+)
+from states.helpers import (
+    StateGroup,
+    aget_state_result,
+    exception_to_crashed_state,
+    exception_to_failed_state,
+    format_exception,
+    get_state_exception,
+    get_state_result,
+    is_state_iterable,
+    raise_state_exception,
+    return_value_to_state,
+)
+from states.objects import TERMINAL_STATES, State, StateDetails, StateType
+from states.results import ResultFactory, ResultReference
+
+__all__ = [
+    # model
+    "State",
+    "StateDetails",
+    "StateType",
+    "TERMINAL_STATES",
+    # constructors
+    "AwaitingConcurrencySlot",
+    "AwaitingRetry",
+    "Cancelled",
+    "Cancelling",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "Late",
+    "Paused",
+    "Pending",
+    "Retrying",
+    "Running",
+    "Scheduled",
+    "Suspended",
+    # helpers
+    "StateGroup",
+    "aget_state_result",
+    "exception_to_crashed_state",
+    "exception_to_failed_state",
+    "format_exception",
+    "get_state_exception",
+    "get_state_result",
+    "is_state_iterable",
+    "raise_state_exception",
+    "return_value_to_state",
+    # exceptions
+    "CancelledRun",
+    "CrashedRun",
+    "FailedRun",
+    "MissingResult",
+    "PausedRun",
+    "StatesError",
+    "TerminationSignal",
+    "UnfinishedRun",
+    # result storage seam
+    "ResultFactory",
+    "ResultReference",
+    # sync/async bridge
+    "run_sync",
+    "sync_compatible",
+]

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, TypeVar
 
 import anyio.to_thread
 
+from resultstore.errors import ResultNotFoundError
 from resultstore.serializers import Buffer
 from states.concurrency import on_private_loop
 
@@ -168,6 +169,12 @@ class Store(ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles held by the store."""
+
+    def not_found(self, key: str) -> ResultNotFoundError:
+        """The error ``open`` raises for an absent key, worded the same by every store."""
+        return ResultNotFoundError(
+            f"no result under key {key!r} in {self.url}", key=key, url=self.url
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from resultstore.errors import ConfigurationError, ResultNotFoundError, StorageError
+from resultstore.errors import ConfigurationError, StorageError
 from resultstore.keys import RESERVED_SUFFIX
 from resultstore.serializers import Buffer
 from resultstore.stores.base import Payload, Reader, Store, run_blocking
@@ -139,9 +139,7 @@ class FileStore(Store):
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError:
-            raise ResultNotFoundError(
-                f"no result under key {key!r} in {self.url}", key=key, url=self.url
-            ) from None
+            raise self.not_found(key) from None
         except OSError as exc:
             raise self._error("read", key, exc) from None
         return _FileReader(fd)

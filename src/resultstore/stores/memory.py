@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from resultstore.errors import ResultNotFoundError
 from resultstore.stores.base import BytesReader, Payload, Reader, Store
 
 __all__ = ["MemoryStore"]
@@ -39,9 +38,7 @@ class MemoryStore(Store):
         try:
             return BytesReader(self._records[key])
         except KeyError:
-            raise ResultNotFoundError(
-                f"no result under key {key!r} in {self.url}", key=key, url=self.url
-            ) from None
+            raise self.not_found(key) from None
 
     async def exists(self, key: str) -> bool:
         return key in self._records

@@ -1,0 +1,198 @@
+"""The conformance kit every store must pass, built-in or plugin.
+
+Subclass :class:`StoreConformance` in your own test suite and provide a
+``store`` fixture that returns a fresh, empty store; pytest then runs every
+check below against it, unchanged::
+
+    import pytest
+    from resultstore.testing import StoreConformance
+
+    class TestMyStore(StoreConformance):
+        @pytest.fixture
+        def store(self, tmp_path):
+            return MyStore(f"mine://{tmp_path}")
+
+The checks cover what :class:`~resultstore.ResultStore` relies on: byte-exact
+round trips of small and large payloads, atomic overwrite, missing keys,
+exists/delete/list with prefixes, concurrency, awkward keys, and full records
+written and read through a ``ResultStore``. They are plain sync tests that
+drive the store's coroutines, so no async pytest plugin is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+
+from resultstore.errors import ResultNotFoundError
+from resultstore.result_store import ResultStore
+from resultstore.stores.base import Payload, Store
+from states.concurrency import run_sync
+
+__all__ = ["AWKWARD_KEYS", "StoreConformance", "read_all"]
+
+T = TypeVar("T")
+
+AWKWARD_KEYS = [
+    "plain",
+    "nested/deeper/key",
+    "with space/and-dash_underscore.dot",
+    "unicode/résumé/数据/🙂",
+    "a" * 200,
+    "/".join(["seg"] * 60),
+    ".hidden/.dotfile",
+    "trailing.dot.",
+    "percent%20and+plus&amp=eq?q#hash",
+]
+"""Keys every store must store and list exactly as given."""
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return run_sync(coro)
+
+
+async def read_all(store: Store, key: str) -> bytes:
+    """Open ``key`` on ``store`` and read it to the end."""
+    reader = await store.open(key)
+    try:
+        return await reader.read()
+    finally:
+        await reader.aclose()
+
+
+async def _keys(store: Store, prefix: str = "") -> list[str]:
+    return sorted([key async for key in store.list(prefix)])
+
+
+class StoreConformance:
+    """Checks every store must pass. Provide a ``store`` fixture returning a fresh store."""
+
+    large_size: int = 12 * 1024 * 1024
+    """Bytes in the large round trip; raise it for backends with special large-object paths."""
+
+    concurrency: int = 64
+    """How many operations the concurrency checks run at once."""
+
+    @pytest.fixture
+    def store(self) -> Store:  # pragma: no cover - overridden by subclasses
+        raise NotImplementedError("provide a `store` fixture returning a fresh, empty Store")
+
+    # -- round trips -----------------------------------------------------------
+
+    def test_small_round_trip(self, store: Store) -> None:
+        _run(store.write("k", Payload([b"hello ", b"world"])))
+        assert _run(read_all(store, "k")) == b"hello world"
+
+    def test_empty_payload_round_trip(self, store: Store) -> None:
+        _run(store.write("empty", Payload([])))
+        assert _run(read_all(store, "empty")) == b""
+        assert _run(store.exists("empty"))
+
+    def test_large_round_trip_from_many_buffers(self, store: Store) -> None:
+        block = os.urandom(1024 * 1024)
+        count = self.large_size // len(block)
+        buffers = [memoryview(block)[i % 7 :] for i in range(count)]
+        expected = b"".join(buffers)
+        _run(store.write("large", Payload(buffers)))
+        assert _run(read_all(store, "large")) == expected
+
+    def test_reader_reads_exact_sizes_and_into_buffers(self, store: Store) -> None:
+        data = bytes(range(256)) * 40
+        _run(store.write("r", Payload([data])))
+
+        async def check() -> None:
+            reader = await store.open("r")
+            try:
+                assert await reader.read(10) == data[:10]
+                into = bytearray(1000)
+                assert await reader.readinto(memoryview(into)) == 1000
+                assert bytes(into) == data[10:1010]
+                assert await reader.read() == data[1010:]
+                assert await reader.read(5) == b""
+            finally:
+                await reader.aclose()
+
+        _run(check())
+
+    def test_overwrite_replaces_whole_value(self, store: Store) -> None:
+        _run(store.write("k", Payload([b"a much longer first value"])))
+        _run(store.write("k", Payload([b"short"])))
+        assert _run(read_all(store, "k")) == b"short"
+        assert _run(_keys(store)) == ["k"]
+
+    # -- missing keys, exists, delete ------------------------------------------------
+
+    def test_missing_key(self, store: Store) -> None:
+        with pytest.raises(ResultNotFoundError, match="'nope'"):
+            _run(store.open("nope"))
+        assert _run(store.exists("nope")) is False
+        assert _run(store.delete("nope")) is False
+
+    def test_exists_and_delete(self, store: Store) -> None:
+        _run(store.write("d/k", Payload([b"x"])))
+        assert _run(store.exists("d/k")) is True
+        assert _run(store.exists("d")) is False
+        assert _run(store.delete("d/k")) is True
+        assert _run(store.exists("d/k")) is False
+        with pytest.raises(ResultNotFoundError):
+            _run(store.open("d/k"))
+
+    # -- listing -------------------------------------------------------------
+
+    def test_list_with_prefixes(self, store: Store) -> None:
+        for key in ["a", "a/b", "a/b/c", "ab", "b/x"]:
+            _run(store.write(key, Payload([key.encode()])))
+        assert _run(_keys(store)) == ["a", "a/b", "a/b/c", "ab", "b/x"]
+        assert _run(_keys(store, "a")) == ["a", "a/b", "a/b/c", "ab"]
+        assert _run(_keys(store, "a/")) == ["a/b", "a/b/c"]
+        assert _run(_keys(store, "a/b/")) == ["a/b/c"]
+        assert _run(_keys(store, "zzz")) == []
+        assert _run(read_all(store, "a")) == b"a"
+        assert _run(read_all(store, "a/b")) == b"a/b"
+
+    def test_awkward_keys_round_trip_and_list(self, store: Store) -> None:
+        for key in AWKWARD_KEYS:
+            _run(store.write(key, Payload([key.encode()])))
+        assert _run(_keys(store)) == sorted(AWKWARD_KEYS)
+        for key in AWKWARD_KEYS:
+            assert _run(read_all(store, key)) == key.encode()
+
+    # -- concurrency ----------------------------------------------------------
+
+    def test_concurrent_writes_of_distinct_keys_all_land(self, store: Store) -> None:
+        async def write_many() -> None:
+            async with anyio.create_task_group() as tg:
+                for i in range(self.concurrency):
+                    tg.start_soon(store.write, f"c/{i}", Payload([str(i).encode() * 100]))
+
+        _run(write_many())
+        assert _run(_keys(store, "c/")) == sorted(f"c/{i}" for i in range(self.concurrency))
+        for i in range(0, self.concurrency, 7):
+            assert _run(read_all(store, f"c/{i}")) == str(i).encode() * 100
+
+    def test_concurrent_writers_of_one_key_leave_one_whole_value(self, store: Store) -> None:
+        values = [bytes([i]) * (50_000 + i) for i in range(16)]
+
+        async def race() -> None:
+            async with anyio.create_task_group() as tg:
+                for value in values:
+                    tg.start_soon(store.write, "same", Payload([value]))
+
+        _run(race())
+        assert _run(read_all(store, "same")) in values
+
+    # -- through the core ---------------------------------------------------------
+
+    def test_result_store_round_trip(self, store: Store) -> None:
+        results = ResultStore(store, retry=None)
+        value = {"numbers": list(range(1000)), "text": "ünïcode", "nested": {"t": (1, 2)}}
+        key = results.write(value, key="core/value")
+        record = results.read(key, retry=False)
+        assert record.result == value
+        assert record.metadata.storage_key == "core/value"
+        assert results.keys("core/") == ["core/value"]
+        assert results.read_metadata(key).size == record.metadata.size

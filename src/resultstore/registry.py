@@ -67,6 +67,11 @@ def available_stores() -> dict[str, str]:
 def _store_class(scheme: str) -> type[Store]:
     claims = _entry_points().get(scheme)
     if not claims:
+        from resultstore.stores.fsspec import fsspec_store_class
+
+        generic = fsspec_store_class(scheme)
+        if generic is not None:
+            return generic
         raise UnknownSchemeError(
             f"no store handles the URL scheme {scheme!r}; installed schemes: "
             f"{', '.join(sorted(_entry_points()))} (install a plugin that provides {scheme!r})"

@@ -1,0 +1,113 @@
+"""Any other fsspec protocol (``gcs://``, ``az://``, ``sftp://``, ...) through one generic store.
+
+Used for a URL scheme that no ``resultstore.stores`` plugin claims but fsspec
+knows. Key ``a/b`` lives at ``ROOT/a/b.rsr``, as in the file store. A write
+goes to a temporary name beside the target and is then moved over it, so
+readers never see part of a record where the move is atomic (local and SFTP
+renames, object-store copies). Blocking filesystems are driven from worker
+threads; async-capable ones are used as they are.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fsspec
+from fsspec.registry import known_implementations
+
+from resultstore.errors import ConfigurationError, ResultStoreError, StorageError
+from resultstore.keys import RESERVED_SUFFIX
+from resultstore.stores.base import BytesReader, Payload, Reader, Store, run_blocking
+
+__all__ = ["FsspecStore", "fsspec_store_class"]
+
+
+def fsspec_store_class(scheme: str) -> type[Store] | None:
+    """:class:`FsspecStore` when fsspec knows ``scheme``, else None."""
+    if scheme in known_implementations or scheme in fsspec.registry:
+        return FsspecStore
+    return None
+
+
+class FsspecStore(Store):
+    """Records stored through an fsspec filesystem, under the URL's path."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        protocol, path = url.split("://", 1)
+        self.protocol = protocol
+        try:
+            self.fs = fsspec.filesystem(protocol, **options)
+        except ImportError as exc:
+            hint = known_implementations.get(protocol, {}).get("err") or str(exc)
+            raise ConfigurationError(
+                f"storage URL scheme {protocol!r} needs an fsspec implementation that is not "
+                f"installed: {hint}",
+                url=url,
+            ) from None
+        self.root = self.fs._strip_protocol(url).rstrip("/")
+        super().__init__(f"{protocol}://{path.rstrip('/')}")
+
+    def _path(self, key: str) -> str:
+        # Like the file store: the reserved suffix keeps keys "a" and "a/b" apart.
+        return f"{self.root}/{key}{RESERVED_SUFFIX}" if self.root else key + RESERVED_SUFFIX
+
+    async def _run(self, action: str, key: str, method: str, *args: Any, nbytes: int = 0) -> Any:
+        try:
+            if getattr(self.fs, "async_impl", False):
+                return await getattr(self.fs, "_" + method)(*args)
+            return await run_blocking(getattr(self.fs, method), *args, nbytes=nbytes)
+        except FileNotFoundError:
+            raise
+        except ResultStoreError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"cannot {action} key {key!r} in {self.url}: {type(exc).__name__}: {exc}",
+                key=key,
+                url=self.url,
+            ) from exc
+
+    async def write(self, key: str, payload: Payload) -> None:
+        path = self._path(key)
+        folder, name = posixpath.split(path)
+        tmp = posixpath.join(folder, f"{name}.{secrets.token_hex(8)}.tmp")
+        await self._run("write", key, "makedirs", folder, True)
+        await self._run("write", key, "pipe_file", tmp, payload.join(), nbytes=payload.size)
+        try:
+            await self._run("write", key, "mv", tmp, path)
+        except BaseException:
+            await self._run("write", key, "rm_file", tmp)
+            raise
+
+    async def open(self, key: str) -> Reader:
+        try:
+            data = await self._run("read", key, "cat_file", self._path(key), nbytes=1 << 30)
+        except FileNotFoundError:
+            raise self.not_found(key) from None
+        return BytesReader(data)
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._run("check", key, "isfile", self._path(key)))
+
+    async def delete(self, key: str) -> bool:
+        if not await self.exists(key):
+            return False
+        try:
+            await self._run("delete", key, "rm_file", self._path(key))
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        try:
+            found = await self._run("list", prefix or "*", "find", self.root or "/")
+        except FileNotFoundError:
+            return
+        base = len(self.root) + 1 if self.root else 0
+        for path in found:
+            key = path[base : -len(RESERVED_SUFFIX)]
+            if path.endswith(RESERVED_SUFFIX) and key.startswith(prefix):
+                yield key

@@ -9,11 +9,11 @@ no plugin claims, but that fsspec knows, is served by the generic fsspec store.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 from urllib.parse import urlsplit
 
 from resultstore.errors import ConfigurationError, PluginError, UnknownSchemeError
+from resultstore.plugins import discover, dist_name
 from resultstore.stores.base import INTERFACE_VERSION, Store
 
 __all__ = ["STORE_GROUP", "available_stores", "redact_url", "resolve_store", "scheme_of"]
@@ -42,30 +42,17 @@ def scheme_of(url: str) -> str:
     return scheme
 
 
-def _dist_name(ep: EntryPoint) -> str:
-    return ep.dist.name if ep.dist is not None else "unknown distribution"
-
-
-@functools.cache
-def _entry_points() -> dict[str, list[EntryPoint]]:
-    found: dict[str, list[EntryPoint]] = {}
-    for ep in entry_points(group=STORE_GROUP):
-        claims = found.setdefault(ep.name, [])
-        if all(ep.value != other.value for other in claims):
-            claims.append(ep)
-    return found
-
-
 def available_stores() -> dict[str, str]:
     """Installed store schemes, each with the distribution providing it."""
     return {
-        scheme: ", ".join(_dist_name(ep) for ep in eps) for scheme, eps in _entry_points().items()
+        scheme: ", ".join(dist_name(ep) for ep in eps)
+        for scheme, eps in discover(STORE_GROUP).items()
     }
 
 
 @functools.cache
 def _store_class(scheme: str) -> type[Store]:
-    claims = _entry_points().get(scheme)
+    claims = discover(STORE_GROUP).get(scheme)
     if not claims:
         from resultstore.stores.fsspec import fsspec_store_class
 
@@ -74,28 +61,28 @@ def _store_class(scheme: str) -> type[Store]:
             return generic
         raise UnknownSchemeError(
             f"no store handles the URL scheme {scheme!r}; installed schemes: "
-            f"{', '.join(sorted(_entry_points()))} (install a plugin that provides {scheme!r})"
+            f"{', '.join(sorted(discover(STORE_GROUP)))}; install a plugin that provides it"
         )
     if len(claims) > 1:
-        owners = " and ".join(f"{_dist_name(ep)} ({ep.value})" for ep in claims)
+        owners = " and ".join(f"{dist_name(ep)} ({ep.value})" for ep in claims)
         raise PluginError(f"URL scheme {scheme!r} is claimed by {owners}; uninstall one of them")
     ep = claims[0]
     try:
         cls = ep.load()
     except Exception as exc:
         raise PluginError(
-            f"store plugin {_dist_name(ep)} for scheme {scheme!r} failed to import: "
+            f"store plugin {dist_name(ep)} for scheme {scheme!r} failed to import: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Store)):
         raise PluginError(
-            f"store plugin {_dist_name(ep)} for scheme {scheme!r} ({ep.value}) "
+            f"store plugin {dist_name(ep)} for scheme {scheme!r} ({ep.value}) "
             "is not a resultstore.Store subclass"
         )
     version = getattr(cls, "interface_version", None)
     if version != INTERFACE_VERSION:
         raise PluginError(
-            f"store plugin {_dist_name(ep)} for scheme {scheme!r} implements store interface "
+            f"store plugin {dist_name(ep)} for scheme {scheme!r} implements store interface "
             f"version {version}, but this resultstore expects version {INTERFACE_VERSION}; "
             f"upgrade the plugin or resultstore"
         )

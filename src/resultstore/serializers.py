@@ -17,13 +17,13 @@ import json
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import cloudpickle
 import pydantic_core
 
 from resultstore.errors import PluginError, SerializationError, UnknownSerializerError
+from resultstore.plugins import discover, providers
 
 __all__ = [
     "SERIALIZER_GROUP",
@@ -148,7 +148,7 @@ class JSONSerializer(Serializer):
 
 @functools.cache
 def _load_serializer_class(name: str) -> type[Serializer]:
-    found = [ep for ep in entry_points(group=SERIALIZER_GROUP) if ep.name == name]
+    found = discover(SERIALIZER_GROUP).get(name, [])
     if not found:
         raise UnknownSerializerError(
             f"unknown serializer {name!r}; installed serializers: "
@@ -169,9 +169,7 @@ def _load_serializer_class(name: str) -> type[Serializer]:
 
 def available_serializers() -> dict[str, str]:
     """Installed serializer names, each with the distribution providing it."""
-    return {
-        ep.name: (ep.dist.name if ep.dist else "?") for ep in entry_points(group=SERIALIZER_GROUP)
-    }
+    return providers(SERIALIZER_GROUP)
 
 
 def get_serializer(serializer: str | Serializer) -> Serializer:

@@ -1,0 +1,317 @@
+"""``s3://BUCKET/PREFIX``: records as S3 objects, through s3fs's async API.
+
+Key ``a/b`` lives at ``s3://BUCKET/PREFIX/a/b``. A record up to ``part_size``
+is one PUT; a larger one is a multipart upload whose parts are cut from the
+record's buffers and sent a few at a time, so memory stays bounded by
+``part_size * max_concurrency`` whatever the record's size. S3 makes both
+atomic for readers: a GET sees the old object or the new one, never a part.
+
+Credentials and endpoint come from storage options (``key``, ``secret``,
+``endpoint_url``, ``client_kwargs``, ... as for ``s3fs.S3FileSystem``) or the
+standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_PROFILE``, ...); they never appear in the store's URL, repr or errors.
+botocore's exceptions are translated into one-line resultstore errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import sys
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from resultstore.errors import (
+    ConfigurationError,
+    ResultNotFoundError,
+    ResultStoreError,
+    StorageError,
+    StorageUnavailableError,
+)
+from resultstore.serializers import Buffer
+from resultstore.stores.base import Payload, Reader, Store
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["S3Store"]
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_MIN_PART = 5 * 1024 * 1024
+_UNAVAILABLE_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError"}
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def _client_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind ``exc`` (s3fs wraps botocore's ClientError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code")
+            if code is None:
+                code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return None if code is None else str(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        if isinstance(seen, (ConnectionError, TimeoutError, asyncio.TimeoutError)) or any(
+            word in name for word in ("Connect", "Timeout", "ServerDisconnected", "ClientOSError")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _parts(buffers: list[Buffer], part_size: int) -> Iterator[bytes]:
+    """Cut the buffers into ``part_size`` chunks (the last may be shorter)."""
+    pending: list[memoryview] = []
+    pending_size = 0
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        while len(view):
+            take = min(len(view), part_size - pending_size)
+            pending.append(view[:take])
+            pending_size += take
+            view = view[take:]
+            if pending_size == part_size:
+                yield b"".join(pending)
+                pending, pending_size = [], 0
+    if pending_size:
+        yield b"".join(pending)
+
+
+class _S3Reader(Reader):
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    async def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            return bytes(await self._body.read())
+        chunks: list[bytes] = []
+        while n > 0:
+            chunk = await self._body.read(n)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def readinto(self, buffer: memoryview) -> int:
+        total = 0
+        while total < len(buffer):
+            chunk = await self._body.read(min(len(buffer) - total, 1 << 20))
+            if not chunk:
+                break
+            buffer[total : total + len(chunk)] = chunk
+            total += len(chunk)
+        return total
+
+    async def aclose(self) -> None:
+        self._body.close()
+
+
+class S3Store(Store):
+    """Records stored as objects under a bucket and prefix."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        part_size: int = 16 * 1024 * 1024,
+        max_concurrency: int = 4,
+        **options: Any,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "s3":
+            raise ConfigurationError(f"not an s3:// URL: {url!r}", url=url)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ConfigurationError(
+                "S3 URLs take the form s3://bucket/prefix; pass credentials as storage options "
+                "or AWS_* environment variables, never in the URL"
+            )
+        bucket = parts.netloc
+        if not _BUCKET.match(bucket):
+            raise ConfigurationError(
+                f"invalid S3 bucket name {bucket!r} in {url!r}: use 3-63 lowercase letters, "
+                "digits, dots or dashes",
+                url=url,
+            )
+        if part_size < _MIN_PART:
+            raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
+        self.bucket = bucket
+        self.prefix = parts.path.strip("/")
+        super().__init__(f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
+        self.part_size = part_size
+        self.max_concurrency = max(1, max_concurrency)
+        config = dict(options.pop("config_kwargs", None) or {})
+        # Our own xxh3 checksum covers every record; botocore's CRC on top costs CPU only.
+        config.setdefault("request_checksum_calculation", "when_required")
+        config.setdefault("response_checksum_validation", "when_required")
+        config.setdefault("connect_timeout", 5)
+        config.setdefault("read_timeout", 60)
+        config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        self._options = {"config_kwargs": config, **options}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.url!r})"
+
+    async def _fs(self) -> Any:
+        """The s3fs client of the running event loop (aiohttp sessions are per loop)."""
+        loop = asyncio.get_running_loop()
+        fs = self._clients.get(loop)
+        if fs is None:
+            import s3fs
+
+            fs = s3fs.S3FileSystem(
+                asynchronous=True, loop=loop, skip_instance_cache=True, **self._options
+            )
+            fs.retries = 3  # s3fs's own retry loop, on top of botocore's
+            await fs.set_session()
+            self._clients[loop] = fs
+        return fs
+
+    def _object(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _translate(self, exc: BaseException, action: str, key: str) -> ResultStoreError:
+        code = _client_error_code(exc)
+        where = f"{action} key {key!r} in {self.url}"
+        if code == "NoSuchBucket":
+            return StorageError(
+                f"cannot {where}: bucket {self.bucket!r} does not exist; create it or fix the URL",
+                key=key,
+                url=self.url,
+            )
+        if code in _MISSING_CODES:
+            return self.not_found(key)
+        if code in _DENIED_CODES:
+            return StorageError(
+                f"cannot {where}: access denied ({code}); check the credentials "
+                "(storage options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE)",
+                key=key,
+                url=self.url,
+            )
+        if code in _UNAVAILABLE_CODES or (code is None and _is_connection_failure(exc)):
+            reason = code or type(exc).__name__
+            return StorageUnavailableError(
+                f"cannot {where}: the S3 endpoint is unavailable ({reason}); "
+                "check the endpoint URL (AWS_ENDPOINT_URL or storage options) and the network",
+                key=key,
+                url=self.url,
+            )
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return StorageError(
+            f"cannot {where}: {code or type(exc).__name__}: {detail}", key=key, url=self.url
+        )
+
+    async def _call(self, method: str, action: str, key: str, **kwargs: Any) -> Any:
+        try:
+            fs = await self._fs()
+            return await fs._call_s3(method, Bucket=self.bucket, **kwargs)
+        except ResultStoreError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, action, key) from exc
+
+    async def write(self, key: str, payload: Payload) -> None:
+        name = self._object(key)
+        if payload.size <= self.part_size:
+            await self._call("put_object", "write", key, Key=name, Body=payload.join())
+            return
+        upload = await self._call("create_multipart_upload", "write", key, Key=name)
+        upload_id = upload["UploadId"]
+        etags: dict[int, str] = {}
+        limiter = anyio.CapacityLimiter(self.max_concurrency)
+
+        async def send(number: int, body: bytes) -> None:
+            try:
+                done = await self._call(
+                    "upload_part",
+                    "write",
+                    key,
+                    Key=name,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+                etags[number] = done["ETag"]
+            finally:
+                limiter.release_on_behalf_of(number)
+
+        try:
+            try:
+                async with anyio.create_task_group() as tg:
+                    for number, body in enumerate(_parts(payload.buffers, self.part_size), 1):
+                        await limiter.acquire_on_behalf_of(number)
+                        tg.start_soon(send, number, body)
+            except BaseExceptionGroup as group:
+                raise group.exceptions[0] from None
+            await self._call(
+                "complete_multipart_upload",
+                "write",
+                key,
+                Key=name,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+                },
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(ResultStoreError):
+                await self._call(
+                    "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
+                )
+            raise
+
+    async def open(self, key: str) -> Reader:
+        response = await self._call("get_object", "read", key, Key=self._object(key))
+        return _S3Reader(response["Body"])
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call("head_object", "check", key, Key=self._object(key))
+        except ResultNotFoundError:
+            return False
+        return True
+
+    async def delete(self, key: str) -> bool:
+        if not await self.exists(key):
+            return False
+        await self._call("delete_object", "delete", key, Key=self._object(key))
+        return True
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        base = f"{self.prefix}/" if self.prefix else ""
+        request: dict[str, Any] = {"Prefix": base + prefix}
+        while True:
+            page = await self._call("list_objects_v2", "list", prefix or "*", **request)
+            for item in page.get("Contents", []):
+                yield item["Key"][len(base) :]
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
+
+    async def aclose(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        fs = self._clients.pop(loop, None)
+        if fs is not None and getattr(fs, "_s3", None) is not None:
+            await fs._s3.close()

@@ -1,0 +1,187 @@
+"""The S3 store against a real S3 server (SeaweedFS on loopback): no mocks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import anyio
+import pytest
+
+from resultstore import (
+    ConfigurationError,
+    ResultStore,
+    RetryPolicy,
+    StorageError,
+    StorageUnavailableError,
+    resolve_store,
+)
+from resultstore.stores.base import Store
+from resultstore.stores.s3 import S3Store
+from resultstore.testing import StoreConformance
+from seaweedfs import SeaweedFS
+
+
+class TestS3Store(StoreConformance):
+    """The same conformance checks as the file and memory stores, unchanged."""
+
+    large_size = 40 * 1024 * 1024  # above part_size: exercises multipart uploads
+
+    @pytest.fixture
+    def store(self, s3_url: str) -> Store:
+        store = resolve_store(s3_url)
+        assert isinstance(store, S3Store)
+        return store
+
+
+def test_records_live_under_the_prefix(s3_url: str, s3_server: SeaweedFS) -> None:
+    store = ResultStore(s3_url)
+    store.write({"a": 1}, key="daily/2026-11-28")
+
+    bucket, prefix = s3_url.removeprefix("s3://").split("/", 1)
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=prefix + "/")
+    assert [item["Key"] for item in listed["Contents"]] == [f"{prefix}/daily/2026-11-28"]
+    assert store.keys() == ["daily/2026-11-28"]
+
+
+def test_storage_options_from_code_need_no_environment(
+    s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in s3_server.env():
+        monkeypatch.delenv(name, raising=False)
+    url = f"s3://{s3_bucket}/from-code-{uuid.uuid4().hex[:8]}"
+    store = ResultStore(url, storage_options=s3_server.storage_options())
+
+    key = store.write([1, 2, 3])
+
+    assert store.read(key).result == [1, 2, 3]
+
+
+def test_storage_options_from_the_environment(
+    s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in s3_server.env():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RESULTSTORE_STORAGE_OPTIONS", json.dumps(s3_server.storage_options()))
+    monkeypatch.setenv("RESULTSTORE_STORAGE_URL", f"s3://{s3_bucket}/from-env")
+
+    store = ResultStore()
+    key = store.write("configured by env")
+
+    assert store.storage_url == f"s3://{s3_bucket}/from-env"
+    assert store.read(key).result == "configured by env"
+
+
+def test_missing_bucket_is_one_clear_line(s3_env: dict[str, str]) -> None:
+    store = ResultStore("s3://no-such-bucket-here/p")
+
+    with pytest.raises(StorageError) as caught:
+        store.write(1, key="k")
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "bucket 'no-such-bucket-here' does not exist" in message
+    assert "'k'" in message
+
+
+def test_unreachable_endpoint_fails_within_bounded_time(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    store = ResultStore(f"s3://{s3_bucket}/p", retry=RetryPolicy(attempts=2, delay=0.1))
+
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as caught:
+        store.read("some/key")
+
+    assert time.monotonic() - started < 30
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'some/key'" in message and "unavailable" in message
+
+
+def test_wrong_credentials_are_reported_as_access_denied(
+    s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    store = ResultStore(f"s3://{s3_bucket}/denied")
+
+    with pytest.raises(StorageError, match="access denied") as caught:
+        store.write(1, key="k")
+
+    assert "definitely-wrong-secret" not in str(caught.value)
+    assert "definitely-wrong-secret" not in repr(store)
+
+
+def test_credentials_never_appear_in_reprs_or_state_json(
+    s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    options = s3_server.storage_options()
+    store = ResultStore(f"s3://{s3_bucket}/secret-check", storage_options=options)
+    result = store.create_result("x")
+
+    shown = " ".join(
+        [repr(store), repr(store.store), repr(result), json.dumps(result.to_reference())]
+    )
+    assert options["secret"] not in shown
+    assert options["key"] not in shown
+
+
+def test_credentials_in_the_url_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="never in the URL"):
+        resolve_store("s3://AKIA:secret@bucket/prefix")
+
+
+def test_two_hundred_concurrent_writes_all_land(s3_url: str) -> None:
+    store = ResultStore(s3_url)
+
+    async def write_all() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(store.awrite, {"i": i}, f"many/{i:03d}")
+
+    anyio.run(write_all)
+
+    assert store.keys("many/") == [f"many/{i:03d}" for i in range(200)]
+    assert store.read("many/123").result == {"i": 123}
+
+
+LARGE_READER = textwrap.dedent(
+    """
+    import sys, hashlib
+    from resultstore import ResultStore
+    value = ResultStore(sys.argv[1]).read("big", retry=False).result
+    print(len(value), hashlib.sha256(value).hexdigest())
+    """
+)
+
+
+def test_a_100_mb_result_written_here_is_read_by_another_process(
+    s3_url: str, s3_env: dict[str, str]
+) -> None:
+    value = os.urandom(1024 * 1024) * 105
+    ResultStore(s3_url).write(value, key="big")
+
+    done = subprocess.run(
+        [sys.executable, "-c", LARGE_READER, s3_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **s3_env},
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(value)), hashlib.sha256(value).hexdigest()]

@@ -160,6 +160,12 @@ def _parse_prefix(data: bytes, key: str, url: str | None) -> tuple[int, int]:
     return header_len, header_hash
 
 
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
 def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _Header:
     if xxhash.xxh3_64_intdigest(raw) != header_hash:
         raise _damaged(key, url, "header checksum mismatch")
@@ -169,14 +175,19 @@ def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _H
         segments = [int(n) for n in fields["segments"]]
         if any(n < 0 for n in segments):
             raise ValueError("negative segment length")
-        metadata = ResultMetadata(
+        expiration = fields["expiration"]
+        # The header hash matched, so the fields are ours: skip pydantic's validation on
+        # this hot path, but still check every type.
+        metadata = ResultMetadata.model_construct(
             storage_key=key,
             storage_url=url,
-            serializer=fields["serializer"],
+            serializer=_text(fields["serializer"]),
             size=sum(segments),
-            checksum=fields["checksum"],
-            created=fields["created"],
-            expiration=fields["expiration"],
+            checksum=_text(fields["checksum"]),
+            created=datetime.datetime.fromisoformat(_text(fields["created"])),
+            expiration=None
+            if expiration is None
+            else datetime.datetime.fromisoformat(_text(expiration)),
             signed=signature is not None,
         )
     except Exception as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultstore.errors import (
@@ -120,26 +119,9 @@ class ResultStore:
         signed = ", signed" if self._signer else ""
         return f"ResultStore({self.storage_url!r}, serializer={self.serializer.name!r}{signed})"
 
-    @asynccontextmanager
-    async def _guard(self, action: str, key: str) -> AsyncIterator[None]:
-        """Turn any non-resultstore exception from a store into a one-line StorageError."""
-        try:
-            yield
-        except ResultStoreError:
-            raise
-        except (ConnectionError, TimeoutError) as exc:
-            raise StorageUnavailableError(
-                f"cannot {action} key {key!r}: {self.storage_url} is unreachable "
-                f"({type(exc).__name__}: {exc}); check the URL and network",
-                key=key,
-                url=self.storage_url,
-            ) from exc
-        except Exception as exc:
-            raise StorageError(
-                f"cannot {action} key {key!r} in {self.storage_url}: {type(exc).__name__}: {exc}",
-                key=key,
-                url=self.storage_url,
-            ) from exc
+    def _guard(self, action: str, key: str) -> _Guard:
+        """A context that turns non-resultstore exceptions from a store into one-line errors."""
+        return _Guard(self.storage_url, action, key)
 
     # -- writing -------------------------------------------------------------
 
@@ -157,7 +139,7 @@ class ResultStore:
             expiration=_check_expiration(expiration),
             signer=self._signer,
         )
-        async with self._guard("write", key):
+        with self._guard("write", key):
             await self.store.write(key, Payload(buffers))
         return key
 
@@ -185,13 +167,17 @@ class ResultStore:
     # -- reading -------------------------------------------------------------
 
     async def _read_once(self, key: str) -> ResultRecord[Any]:
-        async with self._guard("read", key):
+        with self._guard("read", key):
             reader = await self.store.open(key)
             try:
                 metadata, segments = await read_record(reader, key, self.storage_url, self._signer)
             finally:
                 await reader.aclose()
-        serializer = get_serializer(metadata.serializer)
+        serializer = (
+            self.serializer
+            if metadata.serializer == self.serializer.name
+            else get_serializer(metadata.serializer)
+        )
         try:
             value = serializer.loads(segments)
         except SerializationError as exc:
@@ -217,7 +203,7 @@ class ResultStore:
     async def aread_metadata(self, key: str) -> ResultMetadata:
         """The metadata of the record under ``key``, without loading its payload."""
         key = validate_key(key)
-        async with self._guard("inspect", key):
+        with self._guard("inspect", key):
             reader = await self.store.open(key)
             try:
                 header, _ = await read_header(reader, key, self.storage_url)
@@ -234,7 +220,7 @@ class ResultStore:
     async def aexists(self, key: str) -> bool:
         """True when a record exists under ``key``."""
         key = validate_key(key)
-        async with self._guard("check", key):
+        with self._guard("check", key):
             return await self.store.exists(key)
 
     def exists(self, key: str) -> bool:
@@ -244,7 +230,7 @@ class ResultStore:
     async def adelete(self, key: str) -> bool:
         """Delete the record under ``key``; True if one was deleted."""
         key = validate_key(key)
-        async with self._guard("delete", key):
+        with self._guard("delete", key):
             return await self.store.delete(key)
 
     def delete(self, key: str) -> bool:
@@ -254,7 +240,7 @@ class ResultStore:
     async def akeys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield the keys under ``prefix``, in no particular order."""
         prefix = validate_prefix(prefix)
-        async with self._guard("list", prefix or "*"):
+        with self._guard("list", prefix or "*"):
             async for key in self.store.list(prefix):
                 yield key
 
@@ -291,6 +277,33 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Guard:
+    """Sync context manager (cheap even around awaits) used by :meth:`ResultStore._guard`."""
+
+    __slots__ = ("action", "key", "url")
+
+    def __init__(self, url: str, action: str, key: str) -> None:
+        self.url, self.action, self.key = url, action, key
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None or isinstance(exc, ResultStoreError) or not isinstance(exc, Exception):
+            return
+        where = f"{self.action} key {self.key!r}"
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            raise StorageUnavailableError(
+                f"cannot {where}: {self.url} is unreachable ({type(exc).__name__}: {exc}); "
+                "check the URL and network",
+                key=self.key,
+                url=self.url,
+            ) from exc
+        raise StorageError(
+            f"cannot {where} in {self.url}: {type(exc).__name__}: {exc}", key=self.key, url=self.url
+        ) from exc
 
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:

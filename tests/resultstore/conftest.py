@@ -1,0 +1,54 @@
+"""Shared fixtures for the `resultstore` tests.
+
+Every test starts from a clean configuration: no ``RESULTSTORE_*`` variable
+from the developer's shell leaks in (a stray ``RESULTSTORE_SIGNING_KEY`` would
+change what every store does). Tests that need a setting set it themselves
+with ``monkeypatch``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resultstore import ResultStore, RetryPolicy
+
+
+@pytest.fixture(autouse=True)
+def _clean_resultstore_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("RESULTSTORE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def file_url(tmp_path: Path) -> str:
+    return f"file://{tmp_path}/results"
+
+
+@pytest.fixture
+def memory_url() -> str:
+    # Memory stores of the same name share records process-wide: one fresh name per test.
+    return f"memory://test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=["file", "memory"])
+def store_url(request: pytest.FixtureRequest, file_url: str, memory_url: str) -> str:
+    """A fresh, empty storage URL: each test using it runs once per built-in backend."""
+    return file_url if request.param == "file" else memory_url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[ResultStore]:
+    # A short retry policy: tests that read a missing key on purpose give up quickly.
+    with ResultStore(store_url, retry=RetryPolicy(attempts=3, delay=0.01)) as results:
+        yield results

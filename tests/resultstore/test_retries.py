@@ -1,0 +1,298 @@
+"""Retried reads: a record not written yet, or storage briefly unreachable, is tried
+again; anything that cannot get better by waiting fails at once."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from resultstore import (
+    ConfigurationError,
+    IntegrityError,
+    ResultNotFoundError,
+    ResultStore,
+    RetryPolicy,
+    SerializationError,
+    StorageError,
+    StorageUnavailableError,
+)
+from resultstore.stores.base import Reader
+from resultstore.stores.memory import MemoryStore
+from states.concurrency import run_sync
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts opens and can fail the first ``failures`` of them."""
+
+    def __init__(self, url: str, failures: int = 0, error: type[Exception] = ConnectionError):
+        super().__init__(url)
+        self.opens = 0
+        self.failures = failures
+        self.error = error
+
+    async def open(self, key: str) -> Reader:
+        self.opens += 1
+        if self.opens <= self.failures:
+            raise self.error("connection reset by peer")
+        return await super().open(key)
+
+
+class Counter:
+    """An async callable that fails with ``error`` until call number ``succeed_on``."""
+
+    def __init__(self, error: Exception, succeed_on: int | None = None) -> None:
+        self.calls = 0
+        self.error = error
+        self.succeed_on = succeed_on
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls == self.succeed_on:
+            return "done"
+        raise self.error
+
+
+def not_found() -> ResultNotFoundError:
+    return ResultNotFoundError("no result under key 'k' in memory://x", key="k", url="memory://x")
+
+
+# -- the policy on its own -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempts", [2, 3, 7])
+def test_retries_exactly_the_configured_attempts(attempts: int) -> None:
+    counter = Counter(not_found())
+    policy = RetryPolicy(attempts=attempts, delay=0)
+    with pytest.raises(ResultNotFoundError) as caught:
+        run_sync(policy.call(counter))
+    assert counter.calls == attempts
+    gave_up = rf"\(gave up after {attempts} attempts over \d+\.\ds\)"
+    assert re.fullmatch(rf"no result under key 'k' in memory://x {gave_up}", str(caught.value))
+    assert (caught.value.key, caught.value.url) == ("k", "memory://x")
+
+
+def test_success_after_failures_returns_the_value() -> None:
+    counter = Counter(not_found(), succeed_on=3)
+    assert run_sync(RetryPolicy(attempts=5, delay=0).call(counter)) == "done"
+    assert counter.calls == 3
+
+
+@pytest.mark.parametrize(
+    "error",
+    [not_found(), StorageUnavailableError("storage is down", key="k", url="s3://b")],
+    ids=["not found", "unavailable"],
+)
+def test_what_can_get_better_is_retried(error: Exception) -> None:
+    counter = Counter(error)
+    with pytest.raises(type(error)):
+        run_sync(RetryPolicy(attempts=4, delay=0).call(counter))
+    assert counter.calls == 4
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        IntegrityError("record 'k' is damaged", key="k"),
+        SerializationError("cannot decode"),
+        StorageError("access denied", key="k"),
+        ConfigurationError("bad option"),
+        ValueError("a bug"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_what_cannot_get_better_fails_at_once(error: Exception) -> None:
+    counter = Counter(error)
+    with pytest.raises(type(error)) as caught:
+        run_sync(RetryPolicy(attempts=10, delay=1).call(counter))
+    assert counter.calls == 1
+    assert caught.value is error
+    assert "gave up" not in str(caught.value)
+
+
+def test_a_single_attempt_reports_the_error_as_is() -> None:
+    error = not_found()
+    with pytest.raises(ResultNotFoundError) as caught:
+        run_sync(RetryPolicy(attempts=1).call(Counter(error)))
+    assert caught.value is error
+
+
+def test_delays_grow_by_backoff_up_to_max_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", fake_sleep)
+    policy = RetryPolicy(attempts=6, delay=0.1, backoff=2.0, max_delay=0.5)
+    with pytest.raises(ResultNotFoundError, match="gave up after 6 attempts"):
+        run_sync(policy.call(Counter(not_found())))
+    assert slept == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])  # no sleep after the last attempt
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"attempts": 0}, "retry attempts must be at least 1, got 0"),
+        ({"delay": -1}, "delay=-1"),
+        ({"backoff": 0.5}, "backoff=0.5"),
+        ({"max_delay": -1}, "max_delay=-1"),
+    ],
+)
+def test_nonsense_policies_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        RetryPolicy(**options)
+
+
+# -- retries through ResultStore ----------------------------------------------------------
+
+
+def test_reading_a_missing_key_retries_then_names_key_url_and_attempts(memory_url: str) -> None:
+    backend = CountingStore(memory_url)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=4, delay=0.01))
+    with pytest.raises(ResultNotFoundError) as caught:
+        store.read("results/missing")
+    assert backend.opens == 4
+    message = str(caught.value)
+    assert message.startswith(f"no result under key 'results/missing' in {memory_url} ")
+    assert "(gave up after 4 attempts over " in message
+    assert (caught.value.key, caught.value.url) == ("results/missing", memory_url)
+
+
+def test_retry_false_fails_fast_even_with_a_patient_policy(file_url: str) -> None:
+    store = ResultStore(file_url)  # the default policy: 10 attempts, 0.25 s apart
+    assert (store.retry.attempts, store.retry.delay) == (10, 0.25)
+    started = time.monotonic()
+    with pytest.raises(ResultNotFoundError) as caught:
+        store.read("missing", retry=False)
+    assert time.monotonic() - started < 0.1
+    assert str(caught.value) == f"no result under key 'missing' in {store.storage_url}"
+
+
+def test_damaged_records_are_read_once(memory_url: str) -> None:
+    backend = CountingStore(memory_url)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=10, delay=1))
+    store.write("value", key="k")
+    backend._records["k"] = backend._records["k"][:-1]  # lose the last byte
+    started = time.monotonic()
+    with pytest.raises(IntegrityError, match="'k'"):
+        store.read("k")
+    assert backend.opens == 1
+    assert time.monotonic() - started < 0.2
+
+
+def test_unreachable_storage_is_retried_until_it_answers(memory_url: str) -> None:
+    backend = CountingStore(memory_url, failures=2)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=5, delay=0.01))
+    store.write("patience", key="k")
+    assert store.read("k").result == "patience"
+    assert backend.opens == 3
+
+
+def test_storage_that_stays_unreachable_gives_up_with_one_line(memory_url: str) -> None:
+    backend = CountingStore(memory_url, failures=100)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=3, delay=0.01))
+    with pytest.raises(StorageUnavailableError) as caught:
+        store.read("k")
+    assert backend.opens == 3
+    message = str(caught.value)
+    assert message.startswith(
+        f"cannot read key 'k': {memory_url} is unreachable "
+        "(ConnectionError: connection reset by peer); check the URL and network"
+    )
+    assert "gave up after 3 attempts" in message
+    assert "\n" not in message
+    assert isinstance(caught.value.__cause__, ConnectionError)
+
+
+def test_other_backend_failures_become_one_line_storage_errors(memory_url: str) -> None:
+    backend = CountingStore(memory_url, failures=100, error=PermissionError)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=5, delay=0.01))
+    with pytest.raises(StorageError) as caught:
+        store.read("k")
+    assert backend.opens == 1  # not retried: waiting will not grant the permission
+    assert not isinstance(caught.value, StorageUnavailableError)
+    assert str(caught.value) == (
+        f"cannot read key 'k' in {memory_url}: PermissionError: connection reset by peer"
+    )
+
+
+def test_a_late_writer_is_waited_for(file_url: str) -> None:
+    reader = ResultStore(file_url, retry=RetryPolicy(attempts=20, delay=0.05))
+    writer = ResultStore(file_url)
+
+    def write_later() -> None:
+        time.sleep(0.6)
+        writer.write({"finally": "here"}, key="slow/result")
+
+    thread = threading.Thread(target=write_later)
+    started = time.monotonic()
+    thread.start()
+    try:
+        assert reader.read("slow/result").result == {"finally": "here"}
+    finally:
+        thread.join()
+    assert time.monotonic() - started >= 0.55  # it really waited for the writer
+
+
+@pytest.mark.anyio
+async def test_a_late_writer_is_waited_for_by_async_reads(memory_url: str) -> None:
+    store = ResultStore(memory_url, retry=RetryPolicy(attempts=20, delay=0.05))
+
+    async def write_later() -> None:
+        await anyio.sleep(0.3)
+        await store.awrite("async value", key="k")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(write_later)
+        assert (await store.aread("k")).result == "async value"
+
+
+# -- configuration from the environment ------------------------------------------------------
+
+
+def test_environment_sets_the_read_policy(monkeypatch: pytest.MonkeyPatch, memory_url: str) -> None:
+    monkeypatch.setenv("RESULTSTORE_READ_ATTEMPTS", "3")
+    monkeypatch.setenv("RESULTSTORE_READ_RETRY_DELAY", "0.01")
+    backend = CountingStore(memory_url)
+    store = ResultStore(backend)
+    assert store.retry == RetryPolicy(attempts=3, delay=0.01)
+    with pytest.raises(ResultNotFoundError, match=r"gave up after 3 attempts"):
+        store.read("missing")
+    assert backend.opens == 3
+    # A policy given in code wins.
+    assert ResultStore(backend, retry=RetryPolicy(attempts=2)).retry.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("RESULTSTORE_READ_ATTEMPTS", "0"),
+        ("RESULTSTORE_READ_ATTEMPTS", "many"),
+        ("RESULTSTORE_READ_RETRY_DELAY", "-1"),
+    ],
+)
+def test_bad_retry_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as caught:
+        ResultStore("memory://x")
+    message = str(caught.value)
+    assert message.startswith(f"invalid setting {variable}: ")
+    assert message.endswith("; fix or unset the environment variable")
+    assert "\n" not in message
+
+
+def test_settings_are_read_when_a_store_is_made(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    before = ResultStore(f"file://{tmp_path}")
+    monkeypatch.setenv("RESULTSTORE_READ_ATTEMPTS", "2")
+    after = ResultStore(f"file://{tmp_path}")
+    assert (before.retry.attempts, after.retry.attempts) == (10, 2)

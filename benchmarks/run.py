@@ -1,0 +1,392 @@
+"""Benchmarks: resultstore side by side with the raw limit on this machine.
+
+The limit is what a program could do by hand: ``cloudpickle.dumps`` plus a file
+write (temporary file, fsync, rename, as our file store does) and
+``read`` plus ``cloudpickle.loads``; for S3, raw s3fs calls on the same server.
+Every figure is a ratio measured in one run, so machines compare.
+
+    python benchmarks/run.py                       # everything, 200 MB large value
+    python benchmarks/run.py --size-mb 50 --skip-s3
+    python benchmarks/run.py --s3-url s3://bucket/prefix   # an existing server (AWS_* env)
+
+Prints a table and writes JSON (default ``benchmarks/results/latest.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+
+from resultstore import ResultStore
+
+HERE = Path(__file__).resolve().parent
+Row = dict[str, Any]
+
+
+def _best(fn: Callable[[], Any], repeat: int) -> float:
+    """The best wall time of ``repeat`` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _peak_extra(fn: Callable[[], Any]) -> int:
+    """Peak bytes allocated (traced by tracemalloc) while ``fn`` runs, beyond what it returns."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del result
+    return peak
+
+
+def _raw_atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _raw_read(path: str) -> Any:
+    with open(path, "rb") as fh:
+        return cloudpickle.loads(fh.read())
+
+
+def bench_large_file(folder: Path, size_mb: int, repeat: int) -> list[Row]:
+    value = np.random.default_rng(0).random(size_mb * 1024 * 1024 // 8)
+    nbytes = value.nbytes
+    raw_path = str(folder / "raw.pkl")
+    store = ResultStore(f"file://{folder}/store")
+
+    raw_w = _best(lambda: _raw_atomic_write(raw_path, cloudpickle.dumps(value)), repeat)
+    raw_r = _best(lambda: _raw_read(raw_path), repeat)
+    our_w = _best(lambda: store.write(value, key="large"), repeat)
+    our_r = _best(lambda: store.read("large").result, repeat)
+
+    write_peak = _peak_extra(lambda: store.write(value, key="large"))
+    read_peak = _peak_extra(lambda: store.read("large").result)
+    on_disk = os.path.getsize(folder / "store" / "large.rsr")
+    mb = nbytes / 1e6
+    return [
+        _row(f"file {size_mb} MB array write", mb / our_w, mb / raw_w, "MB/s", 0.8),
+        _row(f"file {size_mb} MB array read", mb / our_r, mb / raw_r, "MB/s", 0.8),
+        _row("  peak extra memory, write", write_peak / nbytes, None, "x object", None, 0.25),
+        _row("  peak extra memory, read", read_peak / nbytes, None, "x object", None, 1.25),
+        _row("  bytes on disk", on_disk / nbytes, None, "x object", None, 1.01),
+    ]
+
+
+def bench_small_file(folder: Path, ops: int, repeat: int) -> list[Row]:
+    value = {
+        "id": 7,
+        "values": [float(i) for i in range(100)],
+        "tags": [f"t{i}" for i in range(20)],
+        "ok": True,
+    }
+    assert 900 <= len(cloudpickle.dumps(value)) <= 1200, "about 1 KB"
+    (folder / "raw").mkdir()
+    store = ResultStore(f"file://{folder}/store")
+    keys = [f"small/{i}" for i in range(ops)]
+    raw_paths = [str(folder / "raw" / str(i)) for i in range(ops)]
+
+    def raw_writes() -> None:
+        for path in raw_paths:
+            _raw_atomic_write(path, cloudpickle.dumps(value))
+
+    def raw_reads() -> None:
+        for path in raw_paths:
+            _raw_read(path)
+
+    def our_writes() -> None:
+        for key in keys:
+            store.write(value, key=key)
+
+    def our_reads() -> None:
+        for key in keys:
+            store.read(key).result  # noqa: B018 - the read is the point
+
+    raw_w, raw_r = _best(raw_writes, repeat), _best(raw_reads, repeat)
+    our_w, our_r = _best(our_writes, repeat), _best(our_reads, repeat)
+    return [
+        _row(f"file 1 KB dict write x{ops}", ops / our_w, ops / raw_w, "ops/s", 0.5),
+        _row(f"file 1 KB dict read x{ops}", ops / our_r, ops / raw_r, "ops/s", 0.4),
+    ]
+
+
+@contextmanager
+def _s3_target(url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An S3 URL plus s3fs options: the given one (AWS_* env), or a fresh local SeaweedFS."""
+    if url:
+        yield url, {}
+        return
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from seaweedfs import SeaweedFS
+
+    with SeaweedFS() as server:
+        server.create_bucket("bench")
+        yield "s3://bench/run", server.storage_options()
+
+
+def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row]:
+    import s3fs
+
+    with _s3_target(url) as (base, options):
+        store = ResultStore(f"{base}/ours", storage_options=options)
+        bucket_prefix = base.removeprefix("s3://") + "/raw"
+        value = os.urandom(size_mb * 1024 * 1024)
+        cloudpickle.dumps(value)
+        small_value = {"values": list(range(150))}
+        small_payload = cloudpickle.dumps(small_value)
+
+        async def raw_fs() -> Any:
+            fs = s3fs.S3FileSystem(asynchronous=True, skip_instance_cache=True, **options)
+            await fs.set_session()
+            return fs
+
+        async def raw_large(fs: Any) -> tuple[float, float]:
+            started = time.perf_counter()
+            await fs._pipe_file(f"{bucket_prefix}/large", cloudpickle.dumps(value))
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            cloudpickle.loads(await fs._cat_file(f"{bucket_prefix}/large"))
+            return wrote, time.perf_counter() - started
+
+        async def raw_small(fs: Any) -> tuple[float, float]:
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(fs._pipe_file(f"{bucket_prefix}/s/{i}", small_payload) for i in range(small))
+            )
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(fs._cat_file(f"{bucket_prefix}/s/{i}") for i in range(small)))
+            return wrote, time.perf_counter() - started
+
+        async def ours_large() -> tuple[float, float]:
+            started = time.perf_counter()
+            await store.awrite(value, key="large")
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            (await store.aread("large")).result  # noqa: B018
+            return wrote, time.perf_counter() - started
+
+        async def ours_small() -> tuple[float, float]:
+            started = time.perf_counter()
+            await asyncio.gather(*(store.awrite(small_value, key=f"s/{i}") for i in range(small)))
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(store.aread(f"s/{i}") for i in range(small)))
+            return wrote, time.perf_counter() - started
+
+        async def ours_one_by_one() -> float:
+            started = time.perf_counter()
+            for i in range(small):
+                await store.awrite(small_value, key=f"seq/{i}")
+            for i in range(small):
+                await store.aread(f"seq/{i}")
+            return time.perf_counter() - started
+
+        async def main() -> dict[str, tuple[float, ...]]:
+            fs = await raw_fs()
+            best: dict[str, list[tuple[float, ...]]] = {}
+            for _ in range(repeat):
+                for name, run in [
+                    ("raw_large", lambda: raw_large(fs)),
+                    ("ours_large", ours_large),
+                    ("raw_small", lambda: raw_small(fs)),
+                    ("ours_small", ours_small),
+                ]:
+                    best.setdefault(name, []).append(await run())
+            best["seq"] = [(await ours_one_by_one(),)]
+            await store.aclose()
+            return {name: tuple(map(min, zip(*runs, strict=False))) for name, runs in best.items()}
+
+        t = asyncio.run(main())
+        mb = len(value) / 1e6
+        ours_concurrent = t["ours_small"][0] + t["ours_small"][1]
+        raw_concurrent = t["raw_small"][0] + t["raw_small"][1]
+        return [
+            _row(
+                f"S3 {size_mb} MB write",
+                mb / t["ours_large"][0],
+                mb / t["raw_large"][0],
+                "MB/s",
+                0.8,
+            ),
+            _row(
+                f"S3 {size_mb} MB read",
+                mb / t["ours_large"][1],
+                mb / t["raw_large"][1],
+                "MB/s",
+                0.8,
+            ),
+            _row(
+                f"S3 {small} small, concurrent write+read",
+                2 * small / ours_concurrent,
+                2 * small / raw_concurrent,
+                "ops/s",
+                0.9,
+            ),
+            _row(
+                f"S3 {small} small, concurrent vs one by one",
+                t["seq"][0] / ours_concurrent,
+                None,
+                "x faster",
+                None,
+                None,
+                1.5,
+            ),
+        ]
+
+
+def bench_import(repeat: int) -> list[Row]:
+    code = "import resultstore, states"
+    walls = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        walls.append(time.perf_counter() - started)
+    bare = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - started)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    )
+    heavy = [m for m in ("s3fs", "botocore", "numpy") if f"| {m}\n" in done.stderr]
+    return [
+        _row(
+            "python -c 'import resultstore, states'",
+            statistics.median(walls) * 1e3,
+            None,
+            "ms",
+            None,
+            150,
+        ),
+        _row("  of which interpreter start-up", statistics.median(bare) * 1e3, None, "ms", None),
+        _row(
+            f"  heavy modules imported: {heavy or 'none'}",
+            float(len(heavy)),
+            None,
+            "count",
+            None,
+            0,
+        ),
+    ]
+
+
+def _row(
+    name: str,
+    ours: float,
+    raw: float | None,
+    unit: str,
+    min_ratio: float | None,
+    max_value: float | None = None,
+    min_value: float | None = None,
+) -> Row:
+    ratio = None if raw is None else ours / raw
+    ok = True
+    if min_ratio is not None and ratio is not None:
+        ok = ratio >= min_ratio
+    if max_value is not None:
+        ok = ok and ours <= max_value
+    if min_value is not None:
+        ok = ok and ours >= min_value
+    target = (
+        f">= {min_ratio}x raw"
+        if min_ratio is not None
+        else f"<= {max_value}"
+        if max_value is not None
+        else f">= {min_value}"
+        if min_value is not None
+        else ""
+    )
+    return {
+        "name": name,
+        "ours": ours,
+        "raw": raw,
+        "unit": unit,
+        "ratio": ratio,
+        "target": target,
+        "ok": ok,
+    }
+
+
+def _table(rows: list[Row]) -> str:
+    lines = [
+        f"{'measurement':46} {'ours':>12} {'raw':>12} {'unit':>9} {'ratio':>7}  target",
+        "-" * 104,
+    ]
+    for r in rows:
+        raw = f"{r['raw']:12.1f}" if r["raw"] is not None else f"{'':12}"
+        ratio = f"{r['ratio']:7.2f}" if r["ratio"] is not None else f"{'':7}"
+        mark = "" if not r["target"] else ("ok" if r["ok"] else "MISSED")
+        lines.append(
+            f"{r['name']:46} {r['ours']:12.2f} {raw} {r['unit']:>9} {ratio}  {r['target']} {mark}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=200, help="large file value size")
+    parser.add_argument("--s3-size-mb", type=int, default=100, help="large S3 value size")
+    parser.add_argument("--small-ops", type=int, default=3000, help="sequential 1 KB file ops")
+    parser.add_argument("--s3-small", type=int, default=1000, help="concurrent small S3 results")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
+    parser.add_argument("--dir", default=None, help="folder for file benchmarks (default: temp)")
+    parser.add_argument("--s3-url", default=None, help="existing s3://bucket/prefix (AWS_* env)")
+    parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    args = parser.parse_args()
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        (Path(tmp) / "large").mkdir()
+        (Path(tmp) / "small").mkdir()
+        rows += bench_large_file(Path(tmp) / "large", args.size_mb, args.repeat)
+        rows += bench_small_file(Path(tmp) / "small", args.small_ops, args.repeat)
+    if not args.skip_s3:
+        rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat)
+    rows += bench_import(5)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print(f"resultstore benchmarks on {machine}\n")
+    print(_table(rows))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,6 +44,7 @@ __all__ = [
     "encode_record",
     "read_header",
     "read_record",
+    "utc",
 ]
 
 MAGIC = b"RSTR"
@@ -74,7 +75,7 @@ class ResultMetadata(BaseModel):
         """True once the expiration time has passed."""
         if self.expiration is None:
             return False
-        return (now or datetime.datetime.now(datetime.timezone.utc)) >= self.expiration
+        return utc(now or datetime.datetime.now(datetime.timezone.utc)) >= utc(self.expiration)
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,8 @@ class _Header:
     signed_bytes: bytes = field(repr=False)
 
 
-def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
-    if value is None:
-        return None
+def utc(value: datetime.datetime) -> datetime.datetime:
+    """``value`` as an aware UTC datetime; a naive one is taken to be UTC already."""
     if value.tzinfo is None:
         return value.replace(tzinfo=datetime.timezone.utc)
     return value.astimezone(datetime.timezone.utc)
@@ -123,8 +123,8 @@ def encode_record(
     """
     fields: dict[str, Any] = {
         "serializer": serializer,
-        "created": (_utc(created) or datetime.datetime.now(datetime.timezone.utc)).isoformat(),
-        "expiration": None if expiration is None else _utc(expiration).isoformat(),  # type: ignore[union-attr]
+        "created": utc(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(),
+        "expiration": None if expiration is None else utc(expiration).isoformat(),
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": _payload_checksum(segments),
     }

@@ -20,6 +20,7 @@ from resultstore.errors import (
     SerializationError,
     StorageError,
     StorageUnavailableError,
+    UnknownSerializerError,
 )
 from resultstore.keys import validate_key, validate_prefix
 from resultstore.records import (
@@ -28,6 +29,7 @@ from resultstore.records import (
     encode_record,
     read_header,
     read_record,
+    utc,
 )
 from resultstore.registry import redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy
@@ -50,11 +52,17 @@ def _uuid_key() -> str:
 
 
 def _check_expiration(expiration: object) -> datetime.datetime | None:
-    if expiration is None or isinstance(expiration, datetime.datetime):
-        return expiration
-    raise ConfigurationError(
-        f"expiration must be a datetime or None, not {type(expiration).__name__}"
-    )
+    """``expiration`` as an aware UTC datetime (naive ones are taken as UTC), or None."""
+    if expiration is None:
+        return None
+    if not isinstance(expiration, datetime.datetime):
+        raise ConfigurationError(
+            f"expiration must be a datetime or None, not {type(expiration).__name__}"
+        )
+    try:
+        return utc(expiration)
+    except OverflowError:
+        raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
 
 
 class ResultStore:
@@ -108,6 +116,14 @@ class ResultStore:
         if signing_key is None and settings.signing_key is not None:
             signing_key = settings.signing_key.get_secret_value()
             old_signing_keys = tuple(k.get_secret_value() for k in settings.signing_keys_old)
+            if not signing_key:
+                raise ConfigurationError(
+                    "RESULTSTORE_SIGNING_KEY is set but empty; unset it or give a key"
+                )
+        if signing_key is not None and not signing_key:
+            raise ConfigurationError("signing_key is empty; pass None to disable signing")
+        if not all(old_signing_keys):
+            raise ConfigurationError("old signing keys may not be empty")
         self._signer = Signer(signing_key, old_signing_keys) if signing_key else None
 
     @property
@@ -173,16 +189,16 @@ class ResultStore:
                 metadata, segments = await read_record(reader, key, self.storage_url, self._signer)
             finally:
                 await reader.aclose()
-        serializer = (
-            self.serializer
-            if metadata.serializer == self.serializer.name
-            else get_serializer(metadata.serializer)
-        )
         try:
+            serializer = (
+                self.serializer
+                if metadata.serializer == self.serializer.name
+                else get_serializer(metadata.serializer)
+            )
             value = serializer.loads(segments)
-        except SerializationError as exc:
-            raise SerializationError(
-                f"record {key!r} in {self.storage_url}: {exc}", key=key
+        except (SerializationError, UnknownSerializerError) as exc:
+            raise type(exc)(
+                f"record {key!r} in {self.storage_url}: {exc}", key=key, url=self.storage_url
             ) from None
         return ResultRecord(value, metadata)
 

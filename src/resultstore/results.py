@@ -118,20 +118,31 @@ class PersistedResult:
     @classmethod
     def from_reference(cls, reference: Mapping[str, Any]) -> PersistedResult:
         """Rebuild a reference from its JSON form (see :meth:`to_reference`)."""
+
+        def text(name: str, default: str | None = None) -> str:
+            value = reference.get(name, default)
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(
+                    f"malformed persisted result reference: {name!r} must be a non-empty "
+                    f"string, got {type(value).__name__}"
+                )
+            return value
+
+        expiration = reference.get("expiration")
         try:
-            expiration = reference.get("expiration")
-            return cls(
-                storage_url=str(reference["storage_url"]),
-                key=str(reference["key"]),
-                serializer=str(reference.get("serializer", "pickle")),
-                expiration=None
-                if expiration is None
-                else datetime.datetime.fromisoformat(str(expiration)),
+            when = (
+                None if expiration is None else datetime.datetime.fromisoformat(text("expiration"))
             )
-        except (KeyError, ValueError) as exc:
+        except ValueError:
             raise ConfigurationError(
-                f"malformed persisted result reference {dict(reference)!r}: {exc}"
+                f"malformed persisted result reference: bad expiration {expiration!r}"
             ) from None
+        return cls(
+            storage_url=text("storage_url"),
+            key=text("key"),
+            serializer=text("serializer", "pickle"),
+            expiration=when,
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PersistedResult):

@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -65,6 +66,8 @@ def get_settings() -> Settings:
             f"invalid setting {name}: {first['msg']}; fix or unset the environment variable"
         ) from None
     except Exception as exc:  # pydantic-settings raises SettingsError for bad JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"RESULTSTORE_{field.group(1).upper()}" if field else "a RESULTSTORE_* variable"
         raise ConfigurationError(
-            f"invalid RESULTSTORE_* environment setting: {exc}; fix or unset the variable"
+            f"invalid setting {name}: {str(exc).splitlines()[0]}; fix or unset it"
         ) from None

@@ -259,7 +259,8 @@ def test_bad_storage_options_json_is_a_one_line_configuration_error(
         ResultStore("memory://x")
     message = str(caught.value)
     assert "storage_options" in message
-    assert "fix or unset the variable" in message
+    assert "RESULTSTORE_STORAGE_OPTIONS" in message
+    assert "fix or unset" in message
     assert "\n" not in message
 
 

@@ -25,7 +25,8 @@ class MemoryStore(Store):
 
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         parts = urlsplit(url)
-        name = (parts.netloc + parts.path).strip("/") or "default"
+        netloc = parts.netloc.rsplit("@", 1)[-1]  # never keep credentials in the URL
+        name = (netloc + parts.path).strip("/") or "default"
         super().__init__(f"memory://{name}")
         self.name = name
         with _spaces_lock:

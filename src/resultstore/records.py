@@ -176,9 +176,7 @@ def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _H
         if any(n < 0 for n in segments):
             raise ValueError("negative segment length")
         expiration = fields["expiration"]
-        # The header hash matched, so the fields are ours: skip pydantic's validation on
-        # this hot path, but still check every type.
-        metadata = ResultMetadata.model_construct(
+        metadata = ResultMetadata(
             storage_key=key,
             storage_url=url,
             serializer=_text(fields["serializer"]),
@@ -200,17 +198,24 @@ def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _H
     return _Header(metadata, segments, metadata.checksum, signature, signed_bytes)
 
 
-async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Header, bytes]:
-    """Read and verify a record's header; returns it with the payload bytes read so far."""
+async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Header, bytes, bool]:
+    """Read and verify a record's header.
+
+    Returns it with the payload bytes read so far, and whether the record's end
+    was reached (a short read means the end, by the Reader contract).
+    """
     first = await reader.read(_FIRST_READ)
+    at_end = len(first) < _FIRST_READ
     header_len, header_hash = _parse_prefix(first, key, url)
     end = _PREFIX.size + header_len
     if len(first) < end:
-        first += await reader.read(end - len(first))
+        more = await reader.read(end - len(first))
+        at_end = len(more) < end - len(first)
+        first += more
         if len(first) < end:
             raise _damaged(key, url, "truncated inside the header")
     header = _parse_header(first[_PREFIX.size : end], header_hash, key, url)
-    return header, first[end:]
+    return header, first[end:], at_end
 
 
 async def read_record(
@@ -225,7 +230,7 @@ async def read_record(
     from storage, and writable values once unpickled). With a ``verifier``, an
     unsigned or forged record raises :class:`SignatureError`.
     """
-    header, rest = await read_header(reader, key, url)
+    header, rest, at_end = await read_header(reader, key, url)
     if verifier is not None and header.signature is None:
         raise SignatureError(
             f"record {key!r} is not signed but a signing key is configured; "
@@ -253,7 +258,7 @@ async def read_record(
         if have + got < length:
             raise _damaged(key, url, f"payload truncated ({header.metadata.size} bytes expected)")
         segments.append(buffer)
-    if offset < len(view) or await reader.read(1):
+    if offset < len(view) or (not at_end and await reader.read(1)):
         raise _damaged(key, url, "trailing bytes after the payload")
     if verifier is not None and not verifier.verify(
         header.signed_bytes, segments, header.signature

@@ -125,11 +125,12 @@ class ResultStore:
         if not all(old_signing_keys):
             raise ConfigurationError("old signing keys may not be empty")
         self._signer = Signer(signing_key, old_signing_keys) if signing_key else None
+        self._storage_url = redact_url(self.store.url)
 
     @property
     def storage_url(self) -> str:
         """The store's URL, without credentials: what persisted results record."""
-        return redact_url(self.store.url)
+        return self._storage_url
 
     def __repr__(self) -> str:
         signed = ", signed" if self._signer else ""
@@ -222,7 +223,7 @@ class ResultStore:
         with self._guard("inspect", key):
             reader = await self.store.open(key)
             try:
-                header, _ = await read_header(reader, key, self.storage_url)
+                header, _, _ = await read_header(reader, key, self.storage_url)
             finally:
                 await reader.aclose()
         return header.metadata

@@ -145,10 +145,17 @@ def test_the_header_is_readable_json() -> None:
 def test_read_header_returns_metadata_without_the_payload() -> None:
     payload = pseudo_random(300_000, seed=1)
     data = stored([b"stream", payload])
-    header, rest = run_sync(read_header(BytesReader(data), KEY, URL))
+    header, rest, at_end = run_sync(read_header(BytesReader(data), KEY, URL))
     assert header.metadata.size == len(payload) + len(b"stream")
     assert header.segments == [len(b"stream"), len(payload)]
     assert len(rest) < len(payload)  # only the first read, not the whole record
+    assert not at_end
+
+
+def test_read_header_knows_when_a_small_record_was_read_whole() -> None:
+    data = stored([b"tiny"])
+    header, rest, at_end = run_sync(read_header(BytesReader(data), KEY, URL))
+    assert (rest, at_end) == (b"tiny", True)
 
 
 # -- damage ------------------------------------------------------------------------

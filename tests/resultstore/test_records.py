@@ -155,6 +155,7 @@ def test_read_header_returns_metadata_without_the_payload() -> None:
 def test_read_header_knows_when_a_small_record_was_read_whole() -> None:
     data = stored([b"tiny"])
     header, rest, at_end = run_sync(read_header(BytesReader(data), KEY, URL))
+    assert header.segments == [4]
     assert (rest, at_end) == (b"tiny", True)
 
 

@@ -2,28 +2,33 @@
 
 Variables use the prefix ``RESULTSTORE_``, e.g. ``RESULTSTORE_STORAGE_URL``,
 ``RESULTSTORE_STORAGE_OPTIONS`` (a JSON object), ``RESULTSTORE_READ_ATTEMPTS``.
-Nothing else in the package reads ``os.environ``.
+Nothing else in the package reads ``os.environ``. Plain pydantic does the
+validation: reading a dozen variables needs no settings framework, and
+``import resultstore`` stays fast.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from resultstore.errors import ConfigurationError
 
-__all__ = ["DEFAULT_STORAGE_URL", "Settings", "get_settings"]
+__all__ = ["DEFAULT_STORAGE_URL", "ENV_PREFIX", "Settings", "get_settings"]
 
 DEFAULT_STORAGE_URL = "file://~/.resultstore/storage"
+ENV_PREFIX = "RESULTSTORE_"
+_JSON_FIELDS = {"storage_options", "signing_keys_old"}
 
 
-class Settings(BaseSettings):
-    """Configuration of `resultstore`, from ``RESULTSTORE_*`` environment variables."""
+class Settings(BaseModel):
+    """Configuration of `resultstore`; build it from the environment with :func:`get_settings`."""
 
-    model_config = SettingsConfigDict(env_prefix="RESULTSTORE_", extra="ignore", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     storage_url: str = Field(
         default=DEFAULT_STORAGE_URL,
@@ -55,19 +60,34 @@ class Settings(BaseSettings):
         return value.strip() or DEFAULT_STORAGE_URL
 
 
-def get_settings() -> Settings:
-    """Read the settings from the environment now, with a one-line error when invalid."""
+def _variable(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``environ`` (default: the process environment), now.
+
+    A bad value raises a one-line :class:`ConfigurationError` naming the variable.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        raw = env.get(_variable(field))
+        if raw is None:
+            continue
+        if field in _JSON_FIELDS:
+            try:
+                values[field] = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"invalid setting {_variable(field)}: not valid JSON ({exc}); fix or unset it"
+                ) from None
+        else:
+            values[field] = raw
     try:
-        return Settings()
+        return Settings.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "RESULTSTORE_" + str(first["loc"][0]).upper() if first["loc"] else "RESULTSTORE_*"
-        raise ConfigurationError(
-            f"invalid setting {name}: {first['msg']}; fix or unset the environment variable"
-        ) from None
-    except Exception as exc:  # pydantic-settings raises SettingsError for bad JSON
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = f"RESULTSTORE_{field.group(1).upper()}" if field else "a RESULTSTORE_* variable"
-        raise ConfigurationError(
-            f"invalid setting {name}: {str(exc).splitlines()[0]}; fix or unset it"
-        ) from None
+        name = _variable(str(first["loc"][0])) if first["loc"] else "a RESULTSTORE_* variable"
+        message = f"invalid setting {name}: {first['msg']}; fix or unset it"
+        raise ConfigurationError(message) from None

@@ -285,7 +285,7 @@ def test_bad_retry_settings_name_the_variable(
         ResultStore("memory://x")
     message = str(caught.value)
     assert message.startswith(f"invalid setting {variable}: ")
-    assert message.endswith("; fix or unset the environment variable")
+    assert message.endswith("; fix or unset it")
     assert "\n" not in message
 
 

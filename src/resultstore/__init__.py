@@ -26,7 +26,7 @@ from resultstore.errors import (
 )
 from resultstore.keys import validate_key
 from resultstore.records import ResultMetadata, ResultRecord
-from resultstore.registry import available_stores, resolve_store
+from resultstore.registry import available_stores, redact_url, resolve_store
 from resultstore.result_store import ResultStore
 from resultstore.results import PersistedResult
 from resultstore.retry import RetryPolicy
@@ -62,6 +62,7 @@ __all__ = [
     "available_stores",
     "get_serializer",
     "get_settings",
+    "redact_url",
     "resolve_store",
     "validate_key",
 ]

@@ -12,7 +12,12 @@ import functools
 from typing import Any
 from urllib.parse import urlsplit
 
-from resultstore.errors import ConfigurationError, PluginError, UnknownSchemeError
+from resultstore.errors import (
+    ConfigurationError,
+    PluginError,
+    ResultStoreError,
+    UnknownSchemeError,
+)
 from resultstore.plugins import discover, dist_name
 from resultstore.stores.base import INTERFACE_VERSION, Store
 
@@ -80,6 +85,11 @@ def _store_class(scheme: str) -> type[Store]:
             "is not a resultstore.Store subclass"
         )
     version = getattr(cls, "interface_version", None)
+    if version is None:
+        raise PluginError(
+            f"store plugin {dist_name(ep)} for scheme {scheme!r} ({ep.value}) declares no "
+            f"interface_version; set `interface_version = {INTERFACE_VERSION}` on the class"
+        )
     if version != INTERFACE_VERSION:
         raise PluginError(
             f"store plugin {dist_name(ep)} for scheme {scheme!r} implements store interface "
@@ -95,13 +105,24 @@ def resolve_store(url: str, **storage_options: Any) -> Store:
     cls = _store_class(scheme)
     try:
         return cls(url, **storage_options)
-    except ConfigurationError:
+    except ResultStoreError:
         raise
     except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise _open_failed(scheme, url, exc) from exc
         raise ConfigurationError(
             f"bad storage options for {scheme!r} store {redact_url(url)!r}: {exc}",
             url=redact_url(url),
         ) from None
+    except Exception as exc:
+        raise _open_failed(scheme, url, exc) from exc
+
+
+def _open_failed(scheme: str, url: str, exc: Exception) -> PluginError:
+    return PluginError(
+        f"the {scheme!r} store failed to open {redact_url(url)!r}: {type(exc).__name__}: {exc}",
+        url=redact_url(url),
+    )
 
 
 def redact_url(url: str) -> str:

@@ -22,7 +22,7 @@ drive the store's coroutines, so no async pytest plugin is needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -33,7 +33,7 @@ from resultstore.result_store import ResultStore
 from resultstore.stores.base import Payload, Store
 from states.concurrency import run_sync
 
-__all__ = ["AWKWARD_KEYS", "StoreConformance", "read_all"]
+__all__ = ["AWKWARD_KEYS", "StoreConformance", "read_all", "run"]
 
 T = TypeVar("T")
 
@@ -51,7 +51,8 @@ AWKWARD_KEYS = [
 """Keys every store must store and list exactly as given."""
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Drive a store coroutine from a sync test, on the same loop the kit uses."""
     return run_sync(coro)
 
 
@@ -81,28 +82,34 @@ class StoreConformance:
     def store(self) -> Store:  # pragma: no cover - overridden by subclasses
         raise NotImplementedError("provide a `store` fixture returning a fresh, empty Store")
 
+    @pytest.fixture(autouse=True)
+    def _close_store_after_test(self, store: Store) -> Iterator[None]:
+        """Close the store on the loop it was used from, so clients never leak."""
+        yield
+        run(store.aclose())
+
     # -- round trips -----------------------------------------------------------
 
     def test_small_round_trip(self, store: Store) -> None:
-        _run(store.write("k", Payload([b"hello ", b"world"])))
-        assert _run(read_all(store, "k")) == b"hello world"
+        run(store.write("k", Payload([b"hello ", b"world"])))
+        assert run(read_all(store, "k")) == b"hello world"
 
     def test_empty_payload_round_trip(self, store: Store) -> None:
-        _run(store.write("empty", Payload([])))
-        assert _run(read_all(store, "empty")) == b""
-        assert _run(store.exists("empty"))
+        run(store.write("empty", Payload([])))
+        assert run(read_all(store, "empty")) == b""
+        assert run(store.exists("empty"))
 
     def test_large_round_trip_from_many_buffers(self, store: Store) -> None:
         block = os.urandom(1024 * 1024)
         count = self.large_size // len(block)
         buffers = [memoryview(block)[i % 7 :] for i in range(count)]
         expected = b"".join(buffers)
-        _run(store.write("large", Payload(buffers)))
-        assert _run(read_all(store, "large")) == expected
+        run(store.write("large", Payload(buffers)))
+        assert run(read_all(store, "large")) == expected
 
     def test_reader_reads_exact_sizes_and_into_buffers(self, store: Store) -> None:
         data = bytes(range(256)) * 40
-        _run(store.write("r", Payload([data])))
+        run(store.write("r", Payload([data])))
 
         async def check() -> None:
             reader = await store.open("r")
@@ -116,50 +123,76 @@ class StoreConformance:
             finally:
                 await reader.aclose()
 
-        _run(check())
+        run(check())
 
     def test_overwrite_replaces_whole_value(self, store: Store) -> None:
-        _run(store.write("k", Payload([b"a much longer first value"])))
-        _run(store.write("k", Payload([b"short"])))
-        assert _run(read_all(store, "k")) == b"short"
-        assert _run(_keys(store)) == ["k"]
+        run(store.write("k", Payload([b"a much longer first value"])))
+        run(store.write("k", Payload([b"short"])))
+        assert run(read_all(store, "k")) == b"short"
+        assert run(_keys(store)) == ["k"]
 
     # -- missing keys, exists, delete ------------------------------------------------
 
     def test_missing_key(self, store: Store) -> None:
         with pytest.raises(ResultNotFoundError, match="'nope'"):
-            _run(store.open("nope"))
-        assert _run(store.exists("nope")) is False
-        assert _run(store.delete("nope")) is False
+            run(store.open("nope"))
+        assert run(store.exists("nope")) is False
+        assert run(store.delete("nope")) is False
 
     def test_exists_and_delete(self, store: Store) -> None:
-        _run(store.write("d/k", Payload([b"x"])))
-        assert _run(store.exists("d/k")) is True
-        assert _run(store.exists("d")) is False
-        assert _run(store.delete("d/k")) is True
-        assert _run(store.exists("d/k")) is False
+        run(store.write("d/k", Payload([b"x"])))
+        assert run(store.exists("d/k")) is True
+        assert run(store.exists("d")) is False
+        assert run(store.delete("d/k")) is True
+        assert run(store.exists("d/k")) is False
         with pytest.raises(ResultNotFoundError):
-            _run(store.open("d/k"))
+            run(store.open("d/k"))
 
     # -- listing -------------------------------------------------------------
 
     def test_list_with_prefixes(self, store: Store) -> None:
         for key in ["a", "a/b", "a/b/c", "ab", "b/x"]:
-            _run(store.write(key, Payload([key.encode()])))
-        assert _run(_keys(store)) == ["a", "a/b", "a/b/c", "ab", "b/x"]
-        assert _run(_keys(store, "a")) == ["a", "a/b", "a/b/c", "ab"]
-        assert _run(_keys(store, "a/")) == ["a/b", "a/b/c"]
-        assert _run(_keys(store, "a/b/")) == ["a/b/c"]
-        assert _run(_keys(store, "zzz")) == []
-        assert _run(read_all(store, "a")) == b"a"
-        assert _run(read_all(store, "a/b")) == b"a/b"
+            run(store.write(key, Payload([key.encode()])))
+        assert run(_keys(store)) == ["a", "a/b", "a/b/c", "ab", "b/x"]
+        assert run(_keys(store, "a")) == ["a", "a/b", "a/b/c", "ab"]
+        assert run(_keys(store, "a/")) == ["a/b", "a/b/c"]
+        assert run(_keys(store, "a/b/")) == ["a/b/c"]
+        assert run(_keys(store, "zzz")) == []
+        assert run(read_all(store, "a")) == b"a"
+        assert run(read_all(store, "a/b")) == b"a/b"
+
+    def test_list_prefixes_with_pattern_characters_are_literal(self, store: Store) -> None:
+        keys = ["p*/x", "p?/y", "p[ab]/z", "pa/w", "p%/v", "p_/u"]
+        for key in keys:
+            run(store.write(key, Payload([b"."])))
+        assert run(_keys(store, "p*")) == ["p*/x"]
+        assert run(_keys(store, "p?")) == ["p?/y"]
+        assert run(_keys(store, "p[ab]/")) == ["p[ab]/z"]
+        assert run(_keys(store, "p%")) == ["p%/v"]
+        assert run(_keys(store, "p_")) == ["p_/u"]
+
+    def test_an_open_reader_keeps_the_value_it_opened(self, store: Store) -> None:
+        old, new = b"o" * 300_000, b"n" * 200_000
+        run(store.write("k", Payload([old])))
+
+        async def read_across_overwrite() -> bytes:
+            reader = await store.open("k")
+            try:
+                head = await reader.read(1000)
+                await store.write("k", Payload([new]))
+                return head + await reader.read()
+            finally:
+                await reader.aclose()
+
+        assert run(read_across_overwrite()) == old
+        assert run(read_all(store, "k")) == new
 
     def test_awkward_keys_round_trip_and_list(self, store: Store) -> None:
         for key in AWKWARD_KEYS:
-            _run(store.write(key, Payload([key.encode()])))
-        assert _run(_keys(store)) == sorted(AWKWARD_KEYS)
+            run(store.write(key, Payload([key.encode()])))
+        assert run(_keys(store)) == sorted(AWKWARD_KEYS)
         for key in AWKWARD_KEYS:
-            assert _run(read_all(store, key)) == key.encode()
+            assert run(read_all(store, key)) == key.encode()
 
     # -- concurrency ----------------------------------------------------------
 
@@ -169,10 +202,10 @@ class StoreConformance:
                 for i in range(self.concurrency):
                     tg.start_soon(store.write, f"c/{i}", Payload([str(i).encode() * 100]))
 
-        _run(write_many())
-        assert _run(_keys(store, "c/")) == sorted(f"c/{i}" for i in range(self.concurrency))
+        run(write_many())
+        assert run(_keys(store, "c/")) == sorted(f"c/{i}" for i in range(self.concurrency))
         for i in range(0, self.concurrency, 7):
-            assert _run(read_all(store, f"c/{i}")) == str(i).encode() * 100
+            assert run(read_all(store, f"c/{i}")) == str(i).encode() * 100
 
     def test_concurrent_writers_of_one_key_leave_one_whole_value(self, store: Store) -> None:
         values = [bytes([i]) * (50_000 + i) for i in range(16)]
@@ -182,8 +215,8 @@ class StoreConformance:
                 for value in values:
                     tg.start_soon(store.write, "same", Payload([value]))
 
-        _run(race())
-        assert _run(read_all(store, "same")) in values
+        run(race())
+        assert run(read_all(store, "same")) in values
 
     # -- through the core ---------------------------------------------------------
 

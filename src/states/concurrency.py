@@ -14,6 +14,7 @@ functions are thin wrappers that drive that coroutine to completion here.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -49,15 +50,35 @@ def on_private_loop() -> bool:
         running = asyncio.get_running_loop()
     except RuntimeError:
         return False
-    return running is getattr(_local, "loop", None)
+    holder: _LoopHolder | None = getattr(_local, "holder", None)
+    return holder is not None and running is holder.loop
+
+
+class _LoopHolder:
+    """Owns a thread's private loop and closes it when the thread's locals go away."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        if not self.loop.is_closed() and not self.loop.is_running():
+            self.loop.close()
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:
-    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = asyncio.new_event_loop()
-        _local.loop = loop
-    return loop
+    holder: _LoopHolder | None = getattr(_local, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _local.holder = _LoopHolder()
+    return holder.loop
+
+
+@atexit.register
+def _close_main_thread_loop() -> None:
+    holder: _LoopHolder | None = getattr(_local, "holder", None)
+    if holder is not None:
+        holder.__del__()
 
 
 def _run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:

@@ -93,7 +93,19 @@ def _resolve_in_child(site: Path, url: str) -> subprocess.CompletedProcess[str]:
 
 
 PLUGIN_MODULE = """
+from resultstore.stores.base import Store
 from resultstore.stores.memory import MemoryStore
+
+class UndeclaredStore(Store):
+    async def write(self, key, payload): ...
+    async def open(self, key): ...
+    async def exists(self, key): ...
+    async def delete(self, key): ...
+    def list(self, prefix=""): ...
+
+class BrokenStore(MemoryStore):
+    def __init__(self, url, **options):
+        raise RuntimeError("cannot reach the backend")
 
 class OldStore(MemoryStore):
     interface_version = 0
@@ -130,6 +142,36 @@ def test_a_plugin_of_another_interface_version_is_refused(tmp_path: Path) -> Non
     last = done.stderr.strip().splitlines()[-1]
     assert "old-plugin" in last
     assert "interface version 0" in last and "expects version 1" in last
+
+
+def test_a_plugin_that_declares_no_interface_version_is_refused(tmp_path: Path) -> None:
+    _fake_distribution(
+        tmp_path,
+        "lazy-plugin",
+        "[resultstore.stores]\nlazy = lazy_plugin:UndeclaredStore\n",
+        PLUGIN_MODULE,
+    )
+
+    done = _resolve_in_child(tmp_path, "lazy://x")
+
+    last = done.stderr.strip().splitlines()[-1]
+    assert "lazy-plugin" in last and "declares no interface_version" in last
+
+
+def test_a_store_failing_to_open_is_a_plugin_error_naming_the_url(tmp_path: Path) -> None:
+    _fake_distribution(
+        tmp_path,
+        "broken-plugin",
+        "[resultstore.stores]\nbroken = broken_plugin:BrokenStore\n",
+        PLUGIN_MODULE,
+    )
+
+    done = _resolve_in_child(tmp_path, "broken://user:pw@host/x")
+
+    last = done.stderr.strip().splitlines()[-1]
+    assert "PluginError" in last
+    assert "the 'broken' store failed to open 'broken://host/x'" in last
+    assert "cannot reach the backend" in last and "pw" not in last
 
 
 def test_a_third_party_plugin_is_found_through_its_entry_point_only(tmp_path: Path) -> None:

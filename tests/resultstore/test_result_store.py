@@ -591,3 +591,21 @@ def test_a_tampered_signed_record_is_refused(tmp_path: Path) -> None:
     _flip_byte(tmp_path / f"{key}.rsr", -5)
     with pytest.raises(SignatureError, match="does not verify"):
         store.read(key)
+
+
+def test_env_storage_options_apply_only_to_the_configured_scheme(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RESULTSTORE_STORAGE_OPTIONS", '{"fsync": false}')
+
+    monkeypatch.setenv("RESULTSTORE_STORAGE_URL", f"file://{tmp_path}/configured")
+    configured = ResultStore()
+    assert isinstance(configured.store, FileStore) and configured.store.fsync is False
+
+    monkeypatch.setenv("RESULTSTORE_STORAGE_URL", "s3://bucket/prefix")
+    other_scheme = ResultStore(f"file://{tmp_path}/other")
+    assert isinstance(other_scheme.store, FileStore) and other_scheme.store.fsync is True
+
+    monkeypatch.delenv("RESULTSTORE_STORAGE_URL")
+    unconfigured = ResultStore(f"file://{tmp_path}/any")
+    assert isinstance(unconfigured.store, FileStore) and unconfigured.store.fsync is False

@@ -47,14 +47,17 @@ T = TypeVar("T")
 _INLINE_LIMIT = 1 << 20
 
 
-async def run_blocking(fn: Callable[..., T], *args: Any, nbytes: int = 0) -> T:
+async def run_blocking(
+    fn: Callable[..., T], *args: Any, nbytes: int = 0, may_wait: bool = False
+) -> T:
     """Run blocking ``fn(*args)`` without stalling other tasks on the event loop.
 
-    Small operations (under 1 MiB) and calls made through a sync wrapper run
-    inline, because a thread hop would cost more than it saves; the rest run
-    in a worker thread.
+    Calls made through a sync wrapper run inline: their event loop serves no one
+    else. Otherwise quick operations (under 1 MiB, and not ``may_wait``, i.e.
+    never waiting on a lock or the network) run inline too, because a thread hop
+    would cost more than it saves; the rest run in a worker thread.
     """
-    if nbytes < _INLINE_LIMIT or on_private_loop():
+    if on_private_loop() or (nbytes < _INLINE_LIMIT and not may_wait):
         return fn(*args)
     return await anyio.to_thread.run_sync(fn, *args)
 
@@ -138,11 +141,13 @@ class Store(ABC):
     """Base class of every store; subclasses are registered by URL scheme.
 
     Register a store under the entry-point group ``resultstore.stores`` with
-    the URL scheme as its name. ``url`` is the store's location without
+    the URL scheme as its name, and set ``interface_version`` to the
+    :data:`INTERFACE_VERSION` it was written for. ``url`` is the store's location without
     credentials; it is what a persisted result records.
     """
 
-    interface_version: ClassVar[int] = INTERFACE_VERSION
+    interface_version: ClassVar[int]
+    """The store interface version the class implements; each store declares it."""
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url

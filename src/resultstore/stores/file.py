@@ -95,6 +95,8 @@ class _FileReader(Reader):
 class FileStore(Store):
     """Records stored as files below a root folder (created on first write)."""
 
+    interface_version = 1
+
     def __init__(self, url: str, *, fsync: bool = True, **options: Any) -> None:
         self.root = _root_from_url(url)
         super().__init__(self.root.as_uri())

@@ -35,6 +35,8 @@ def fsspec_store_class(scheme: str) -> type[Store] | None:
 class FsspecStore(Store):
     """Records stored through an fsspec filesystem, under the URL's path."""
 
+    interface_version = 1
+
     def __init__(self, url: str, **options: Any) -> None:
         protocol, path = url.split("://", 1)
         self.protocol = protocol

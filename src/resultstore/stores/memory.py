@@ -23,6 +23,8 @@ _spaces_lock = threading.Lock()
 class MemoryStore(Store):
     """Records kept in a dictionary shared by every store of the same name."""
 
+    interface_version = 1
+
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]  # never keep credentials in the URL

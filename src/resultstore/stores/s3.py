@@ -125,6 +125,8 @@ class _S3Reader(Reader):
 class S3Store(Store):
     """Records stored as objects under a bucket and prefix."""
 
+    interface_version = 1
+
     def __init__(
         self,
         url: str,

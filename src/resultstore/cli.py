@@ -1,0 +1,926 @@
+"""The ``resultstore`` command line: store, fetch, list, inspect, copy and verify records.
+
+``resultstore demo`` runs a small pipeline on the local default storage and shows
+results travelling between processes; the other commands work on any store URL
+(``--storage``, else ``RESULTSTORE_STORAGE_URL``, else ``~/.resultstore/storage``).
+
+Errors are one line on stderr (``error: ...``) and a distinct exit code, decided in
+one place (:func:`exit_code_for`); ``--debug`` adds the traceback. Progress bars are
+drawn on stderr only when it is a terminal. Only this module imports typer and
+rich, and only the console script and ``python -m resultstore`` import it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import logging
+import math
+import os
+import re
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+
+import anyio
+import typer
+
+from resultstore.errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidKeyError,
+    ResultNotFoundError,
+    ResultStoreError,
+    SerializationError,
+    SignatureError,
+    StorageError,
+)
+from resultstore.keys import validate_key
+from resultstore.records import ResultMetadata, read_record
+from resultstore.registry import available_stores
+from resultstore.result_store import ResultStore
+from resultstore.serializers import Buffer, available_serializers
+from resultstore.stores.base import Payload, Reader
+from states.concurrency import run_sync
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = ["CliError", "ExitCode", "app", "exit_code_for", "main"]
+
+T = TypeVar("T")
+
+_CHUNK = 8 * 1024 * 1024
+"""Bytes read per call when copying a record."""
+_CONCURRENCY = 8
+"""Records handled at once by ls, gc, check and copy (helps remote stores)."""
+_LARGE = 1024 * 1024
+"""From this size on, get and put show a spinner (on a terminal)."""
+
+
+class ExitCode(enum.IntEnum):
+    """What the process exit status means; documented in ``resultstore --help``."""
+
+    OK = 0
+    UNEXPECTED = 1
+    NOT_FOUND = 2
+    BAD_INPUT = 3
+    STORAGE = 4
+    INTEGRITY = 5
+    INTERRUPTED = 130
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 unexpected error, 2 not found, 3 bad input or usage, "
+    "4 storage unreachable or failing, 5 integrity (damaged, unsigned or forged record), "
+    "130 interrupted."
+)
+
+
+class CliError(Exception):
+    """An error the CLI reports as ``error: <message>`` and exits with ``code``."""
+
+    def __init__(self, message: str, code: ExitCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _click_exception(name: str) -> type[Exception]:
+    """A click exception class as typer raises it (recent typer vendors its own click)."""
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == name and issubclass(cls, Exception):
+            return cls
+    raise ImportError(f"typer's click has no {name}")  # pragma: no cover
+
+
+_CLICK_EXCEPTION = _click_exception("ClickException")
+_USAGE_ERROR = _click_exception("UsageError")
+
+# The one mapping from exceptions to exit codes; the first matching class wins.
+_EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
+    (ResultNotFoundError, ExitCode.NOT_FOUND),
+    (IntegrityError, ExitCode.INTEGRITY),  # includes SignatureError
+    (StorageError, ExitCode.STORAGE),  # includes StorageUnavailableError
+    (InvalidKeyError, ExitCode.BAD_INPUT),
+    (ConfigurationError, ExitCode.BAD_INPUT),  # unknown scheme/serializer, bad options
+    (SerializationError, ExitCode.BAD_INPUT),
+    (_CLICK_EXCEPTION, ExitCode.BAD_INPUT),  # usage errors, bad parameters
+)
+
+
+def exit_code_for(exc: BaseException) -> ExitCode:
+    """The exit code the CLI ends with when ``exc`` escapes a command."""
+    if isinstance(exc, CliError):
+        return exc.code
+    for cls, code in _EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return ExitCode.UNEXPECTED
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text.strip())
+
+
+def error_message(exc: BaseException) -> str:
+    """The one-line message for ``exc``, without the ``error:`` prefix."""
+    if isinstance(exc, _CLICK_EXCEPTION):
+        message = _one_line(str(cast(Any, exc).format_message()))
+        ctx = getattr(exc, "ctx", None)
+        if isinstance(exc, _USAGE_ERROR) and ctx is not None:
+            message += f" (see '{ctx.command_path} --help')"
+        return message
+    if isinstance(exc, (CliError, ResultStoreError)):
+        return _one_line(str(exc))
+    detail = f": {exc}" if str(exc) else ""
+    return _one_line(
+        f"unexpected {type(exc).__name__}{detail} (rerun with --debug for the traceback)"
+    )
+
+
+def _print_error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+# --- global options -----------------------------------------------------------------
+
+
+@dataclass
+class CliOptions:
+    """The global options, shared by every command through the click context."""
+
+    storage: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    debug: bool = False
+
+
+def parse_storage_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a dict; a value is JSON when it parses, else a string."""
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CliError(
+                f"bad --storage-option {item!r}: expected KEY=VALUE, e.g. part_size=8388608",
+                ExitCode.BAD_INPUT,
+            )
+        try:
+            options[name] = json.loads(raw)
+        except ValueError:
+            options[name] = raw
+    return options
+
+
+def _options(ctx: typer.Context) -> CliOptions:
+    options = ctx.find_object(CliOptions)
+    return options if options is not None else CliOptions()
+
+
+def _open_store(ctx: typer.Context, serializer: str | None = None) -> ResultStore:
+    options = _options(ctx)
+    return ResultStore(
+        options.storage, serializer=serializer, storage_options=options.storage_options
+    )
+
+
+app = typer.Typer(
+    name="resultstore",
+    help=(
+        "Persist results of work to pluggable storage and fetch them back.\n\n"
+        "Start with 'resultstore demo'. Storage is --storage URL, else "
+        "RESULTSTORE_STORAGE_URL, else file://~/.resultstore/storage."
+    ),
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="Store URL (file:///path, s3://bucket/prefix, ...). "
+            "Default: RESULTSTORE_STORAGE_URL, else file://~/.resultstore/storage.",
+        ),
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="A store option (repeatable); VALUE is parsed as JSON when it can be.",
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs on errors.")
+    ] = False,
+) -> None:
+    """Record the global options for the command that follows."""
+    options = ctx.ensure_object(CliOptions)
+    options.debug = debug
+    options.storage = storage
+    options.storage_options = parse_storage_options(storage_option or [])
+    if debug:
+        logging.basicConfig(format="%(name)s: %(message)s")
+        for name in ("resultstore", "states"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+# --- output helpers -------------------------------------------------------------------
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A rich console; when not a terminal, wide enough never to cut a key."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=max(console.width, 10_000))
+    return console
+
+
+def _print_table(table: Table) -> None:
+    """Print a table on stdout; without a terminal, as plain lines with no trailing blanks."""
+    console = _console()
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        print(line.rstrip())
+
+
+def _progress_enabled() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; does nothing otherwise."""
+
+    def __init__(self, description: str, total: int | None, *, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._bytes = 0
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        columns += [TextColumn("{task.fields[moved]}"), TimeElapsedColumn()]
+        self._bar = Progress(*columns, console=_console(stderr=True), transient=True)
+        self._task = self._bar.add_task(description, total=total, moved="")
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self, records: int = 1) -> None:
+        """Count finished records."""
+        if self._bar is not None:
+            self._bar.advance(self._task, records)
+
+    def add_bytes(self, nbytes: int) -> None:
+        """Count bytes moved so far (shown next to the bar)."""
+        if self._bar is not None:
+            self._bytes += nbytes
+            self._bar.update(self._task, moved=_size(self._bytes))
+
+
+def _spinner(description: str, nbytes: int) -> AbstractContextManager[_Progress]:
+    """A spinner for one large read or write, on a terminal only."""
+    return _Progress(description, None, enabled=_progress_enabled() and nbytes >= _LARGE)
+
+
+def _size(nbytes: int) -> str:
+    from rich.filesize import decimal
+
+    return decimal(nbytes)
+
+
+def _bytes_text(nbytes: int) -> str:
+    """``20 bytes``, or ``3018 bytes (3.0 kB)`` when a rounder figure helps."""
+    human = _size(nbytes)
+    return f"{nbytes} bytes" if human.endswith(" bytes") else f"{nbytes} bytes ({human})"
+
+
+def _when(value: datetime.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _metadata_dict(metadata: ResultMetadata) -> dict[str, Any]:
+    """The metadata fields shown by ``inspect`` and ``ls --json``, in a stable order."""
+    data = metadata.model_dump(mode="json")
+    fields = (
+        "serializer",
+        "size",
+        "checksum",
+        "created",
+        "expiration",
+        "storage_url",
+        "storage_key",
+        "signed",
+    )
+    return {name: data[name] for name in fields}
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _to_json(value: object) -> str | None:
+    """``value`` as JSON text (indented unless a scalar), or None when it is not JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    try:
+        return json.dumps(value, indent=None if _is_scalar(value) else 2, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _summary(value: object) -> str:
+    """A one-line description of a value that is not shown as JSON."""
+    name = type(value).__name__
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{name}: {len(value)} bytes>"
+    if isinstance(value, memoryview):
+        return f"<{name}: {value.nbytes} bytes>"
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return f"<{name}: {nbytes} bytes>"
+    return f"<{name} object>"
+
+
+# --- async helpers --------------------------------------------------------------------
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def _each(items: Sequence[T], fn: Callable[[T], Awaitable[None]]) -> None:
+    """Await ``fn(item)`` for every item, a few at a time; the first failure stops all."""
+    pending = iter(items)  # shared by the workers: each item is taken once
+
+    async def worker() -> None:
+        for item in pending:
+            await fn(item)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(_CONCURRENCY, len(items))):
+                tg.start_soon(worker)
+    except BaseExceptionGroup as group:
+        raise _first_error(group) from None
+
+
+async def _sorted_keys(store: ResultStore, prefix: str) -> list[str]:
+    return sorted([key async for key in store.akeys(prefix)])
+
+
+@dataclass
+class _Entry:
+    """One listed record: its metadata, or why it could not be read."""
+
+    key: str
+    metadata: ResultMetadata | None = None
+    problem: ResultStoreError | None = None
+
+
+async def _scan(store: ResultStore, prefix: str) -> list[_Entry]:
+    """The metadata of every record under ``prefix``, sorted by key.
+
+    Damaged records are returned with their problem instead of stopping the scan;
+    records deleted meanwhile are left out.
+    """
+    entries: dict[str, _Entry] = {}
+
+    async def inspect(key: str) -> None:
+        try:
+            entries[key] = _Entry(key, metadata=await store.aread_metadata(key))
+        except ResultNotFoundError:
+            pass
+        except IntegrityError as exc:
+            entries[key] = _Entry(key, problem=exc)
+
+    await _each(await _sorted_keys(store, prefix), inspect)
+    return [entries[key] for key in sorted(entries)]
+
+
+def _scan_sync(store: ResultStore, prefix: str) -> list[_Entry]:
+    return run_sync(_scan(store, prefix))
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@app.command()
+def put(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Key to store the value under, e.g. runs/7/model.")],
+    json_text: Annotated[
+        str | None, typer.Option("--json", metavar="TEXT", help="The value, as JSON text.")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", metavar="PATH", help="Store this file's bytes as a bytes value."),
+    ] = None,
+    serializer: Annotated[
+        str | None,
+        typer.Option("--serializer", metavar="NAME", help="pickle, json, pickle+zstd, ..."),
+    ] = None,
+    expires_in: Annotated[
+        float | None,
+        typer.Option("--expires-in", metavar="SECONDS", help="Expire the record after this."),
+    ] = None,
+) -> None:
+    """Store a JSON value or a file's bytes under KEY."""
+    if (json_text is None) == (file is None):
+        raise CliError("put needs exactly one of --json TEXT or --file PATH", ExitCode.BAD_INPUT)
+    value: Any
+    if json_text is not None:
+        try:
+            value = json.loads(json_text)
+        except ValueError as exc:
+            raise CliError(
+                f"--json for key {key!r} is not valid JSON: {exc}", ExitCode.BAD_INPUT
+            ) from None
+        nbytes = len(json_text)
+    else:
+        assert file is not None
+        try:
+            value = file.read_bytes()
+        except OSError as exc:
+            raise CliError(
+                f"cannot read --file {str(file)!r}: {exc.strerror or exc}", ExitCode.BAD_INPUT
+            ) from None
+        nbytes = len(value)
+    expiration = None
+    if expires_in is not None:
+        if not math.isfinite(expires_in) or expires_in < 0:
+            raise CliError(
+                f"--expires-in must be a number of seconds >= 0, got {expires_in}",
+                ExitCode.BAD_INPUT,
+            )
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expiration = now + datetime.timedelta(seconds=expires_in)
+    with _open_store(ctx, serializer) as store, _spinner(f"writing {key}", nbytes):
+        try:
+            store.write(value, key=key, expiration=expiration)
+        except SerializationError as exc:  # its message names the type, not the key
+            raise CliError(
+                f"cannot store key {key!r} in {store.storage_url}: {exc}", ExitCode.BAD_INPUT
+            ) from exc
+    expires = f", expires {_when(expiration)}" if expiration else ""
+    print(f"stored {key} in {store.storage_url} ({store.serializer.name}{expires})")
+
+
+def _output_bytes(key: str, value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    text = _to_json(value)
+    if text is None:
+        raise CliError(
+            f"the value under key {key!r} is {_summary(value)}: --output writes only bytes, "
+            "str or JSON-serializable values (store bytes or str to export other data)",
+            ExitCode.BAD_INPUT,
+        )
+    return (text + "\n").encode("utf-8")
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Key of the record to read.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Write the value to PATH: bytes raw, str as UTF-8, others as JSON.",
+        ),
+    ] = None,
+) -> None:
+    """Read KEY and print its value as JSON (or a one-line summary), or save it."""
+    with _open_store(ctx) as store:
+        nbytes = store.read_metadata(key).size if _progress_enabled() else 0
+        with _spinner(f"reading {key} ({_size(nbytes)})", nbytes):
+            value = store.read(key, retry=False).result
+    if output is None:
+        text = _to_json(value)
+        print(text if text is not None else _summary(value))
+        return
+    data = _output_bytes(key, value)
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        raise CliError(
+            f"cannot write the value of key {key!r} to {str(output)!r}: {exc.strerror or exc}",
+            ExitCode.BAD_INPUT,
+        ) from None
+    print(f"wrote {len(data)} bytes to {output}")
+
+
+@app.command("ls")
+def list_records(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line instead of a table.")
+    ] = False,
+) -> None:
+    """List records: key, size, serializer, created, expiration."""
+    with _open_store(ctx) as store:
+        entries = _scan_sync(store, prefix)
+    damaged = [entry for entry in entries if entry.problem is not None]
+    if as_json:
+        for entry in entries:
+            if entry.metadata is not None:
+                print(json.dumps(_metadata_dict(entry.metadata)))
+            else:
+                print(json.dumps({"storage_key": entry.key, "error": str(entry.problem)}))
+    elif not entries:
+        where = f" under {prefix!r}" if prefix else ""
+        print(f"no records{where} in {store.storage_url}")
+    else:
+        from rich.table import Table
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        table = Table(
+            "key", "size", "serializer", "created", "expiration", box=None, pad_edge=False
+        )
+        table.columns[1].justify = "right"
+        for entry in entries:
+            meta = entry.metadata
+            if meta is None:
+                table.add_row(entry.key, "-", "DAMAGED", "-", "-")
+                continue
+            expiration = _when(meta.expiration)
+            if meta.is_expired(now):
+                expiration += " (expired)"
+            table.add_row(
+                meta.storage_key, _size(meta.size), meta.serializer, _when(meta.created), expiration
+            )
+        _print_table(table)
+    if damaged:
+        sys.stderr.write(
+            f"warning: {len(damaged)} damaged record(s); run 'resultstore check' for details\n"
+        )
+
+
+@app.command()
+def inspect(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="Key of the record to describe.")],
+) -> None:
+    """Print a record's metadata as JSON, without loading its value."""
+    with _open_store(ctx) as store:
+        metadata = store.read_metadata(key)
+    print(json.dumps(_metadata_dict(metadata), indent=2))
+
+
+@app.command()
+def rm(
+    ctx: typer.Context,
+    keys: Annotated[list[str], typer.Argument(help="Keys of the records to delete.")],
+) -> None:
+    """Delete records; exits 'not found' if any key had no record (the others are deleted)."""
+    for key in keys:
+        validate_key(key)
+    missing: list[str] = []
+    with _open_store(ctx) as store:
+        for key in keys:
+            if store.delete(key):
+                print(f"deleted {key}")
+            else:
+                missing.append(key)
+    if missing:
+        names = ", ".join(repr(key) for key in missing)
+        plural = "keys" if len(missing) > 1 else "key"
+        raise CliError(
+            f"no result under {plural} {names} in {store.storage_url}", ExitCode.NOT_FOUND
+        )
+
+
+@app.command()
+def gc(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report what would be deleted.")
+    ] = False,
+) -> None:
+    """Delete expired records and report how many bytes were freed."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    deleted: set[str] = set()
+
+    async def delete(store: ResultStore, key: str) -> None:
+        if await store.adelete(key):
+            deleted.add(key)
+
+    with _open_store(ctx) as store:
+        expired = [
+            entry.metadata
+            for entry in _scan_sync(store, prefix)
+            if entry.metadata is not None and entry.metadata.is_expired(now)
+        ]
+        if not dry_run:
+            keys = [metadata.storage_key for metadata in expired]
+            run_sync(_each(keys, lambda key: delete(store, key)))
+    freed = 0
+    for metadata in expired:
+        if dry_run or metadata.storage_key in deleted:
+            verb = "would delete" if dry_run else "deleted"
+            print(f"{verb} {metadata.storage_key} ({_size(metadata.size)})")
+            freed += metadata.size
+    verb = "would free" if dry_run else "freed"
+    print(f"{len(expired)} expired record(s) in {store.storage_url}: {verb} {_bytes_text(freed)}")
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+) -> None:
+    """Read and verify every record (checksums, signatures); exit 5 if any fails."""
+    failed: dict[str, IntegrityError] = {}
+    undecodable: dict[str, str] = {}
+    checked = 0
+
+    async def verify(store: ResultStore, key: str, progress: _Progress, large: anyio.Lock) -> None:
+        nonlocal checked
+        try:
+            size = (await store.aread_metadata(key)).size
+            if size >= _CHUNK:
+                async with large:  # one large value in memory at a time
+                    await store.aread(key, retry=False)
+            else:
+                await store.aread(key, retry=False)
+        except ResultNotFoundError:
+            return  # deleted meanwhile
+        except IntegrityError as exc:  # includes SignatureError
+            failed[key] = exc
+        except SerializationError as exc:  # intact, but e.g. its class is not importable here
+            undecodable[key] = str(exc)
+        else:
+            progress.add_bytes(size)
+        checked += 1
+        progress.advance()
+
+    async def run(store: ResultStore) -> None:
+        keys = await _sorted_keys(store, prefix)
+        large = anyio.Lock()
+        with _Progress("checking", len(keys), enabled=_progress_enabled()) as progress:
+            await _each(keys, lambda key: verify(store, key, progress, large))
+
+    with _open_store(ctx) as store:
+        run_sync(run(store))
+    for key, exc in sorted(failed.items()):
+        print(f"{'REFUSED' if isinstance(exc, SignatureError) else 'DAMAGED'}  {key}: {exc}")
+    for key, message in sorted(undecodable.items()):
+        print(f"NOT DECODABLE HERE  {key}: checksums ok, but {message}")
+    ok = checked - len(failed) - len(undecodable)
+    print(
+        f"checked {checked} record(s) in {store.storage_url}: {ok} ok, {len(failed)} failed"
+        + (f", {len(undecodable)} not decodable here" if undecodable else "")
+    )
+    if failed:
+        names = ", ".join(repr(key) for key in sorted(failed))
+        raise CliError(
+            f"{len(failed)} record(s) failed verification in {store.storage_url}: {names}",
+            ExitCode.INTEGRITY,
+        )
+
+
+class _ChunksReader(Reader):
+    """A :class:`Reader` over chunks already read, to verify a record before copying it."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self._chunks = list(chunks)
+        self._index = 0
+        self._offset = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        while self._index < len(self._chunks) and n != 0:
+            chunk = self._chunks[self._index]
+            take = len(chunk) - self._offset if n < 0 else min(n, len(chunk) - self._offset)
+            parts.append(chunk[self._offset : self._offset + take])
+            self._offset += take
+            if n > 0:
+                n -= take
+            if self._offset == len(chunk):
+                self._index += 1
+                self._offset = 0
+        return b"".join(parts)
+
+
+@contextmanager
+def _raw_guard(action: str, key: str, url: str) -> Iterator[None]:
+    """Raw store calls: turn a plugin's stray exception into a one-line StorageError."""
+    try:
+        yield
+    except ResultStoreError:
+        raise
+    except Exception as exc:
+        raise StorageError(
+            f"cannot {action} key {key!r} in {url}: {type(exc).__name__}: {exc}", key=key, url=url
+        ) from exc
+
+
+async def _read_chunks(reader: Reader, chunks: list[bytes], progress: _Progress) -> None:
+    """Append the rest of the record to ``chunks``, ``_CHUNK`` bytes at a time."""
+    while chunks[-1] and len(chunks[-1]) == _CHUNK:
+        chunks.append(await reader.read(_CHUNK))
+        progress.add_bytes(len(chunks[-1]))
+
+
+@app.command()
+def copy(
+    ctx: typer.Context,
+    src_url: Annotated[str, typer.Argument(metavar="SRC_URL", help="Store to copy from.")],
+    dst_url: Annotated[str, typer.Argument(metavar="DST_URL", help="Store to copy to.")],
+    prefix: Annotated[
+        str, typer.Option("--prefix", metavar="P", help="Only keys starting with this.")
+    ] = "",
+) -> None:
+    """Copy records byte-exact between stores (e.g. file to S3): checksums and
+    signatures stay valid. Each record is verified before and after the copy.
+    --storage-option applies to both stores."""
+    options = _options(ctx).storage_options
+    damaged: dict[str, str] = {}
+    copied: list[int] = []
+
+    async def transfer(src: ResultStore, dst: ResultStore, key: str, chunks: list[bytes]) -> None:
+        try:
+            source, _ = await read_record(_ChunksReader(chunks), key, src.storage_url)
+        except IntegrityError as exc:
+            damaged[key] = str(exc)
+            return
+        buffers: list[Buffer] = [chunk for chunk in chunks if chunk]
+        with _raw_guard("write", key, dst.storage_url):
+            await dst.store.write(key, Payload(buffers))
+        landed = await dst.aread_metadata(key)
+        compared = ("serializer", "size", "checksum", "created", "expiration", "signed")
+        if any(getattr(landed, name) != getattr(source, name) for name in compared):
+            raise IntegrityError(
+                f"the copy of key {key!r} in {dst.storage_url} does not match the source "
+                f"in {src.storage_url}; copy it again",
+                key=key,
+                url=dst.storage_url,
+            )
+        copied.append(sum(len(chunk) for chunk in chunks))
+
+    async def copy_one(
+        src: ResultStore, dst: ResultStore, key: str, progress: _Progress, large: anyio.Lock
+    ) -> None:
+        try:
+            with _raw_guard("read", key, src.storage_url):
+                reader = await src.store.open(key)
+        except ResultNotFoundError:
+            return  # deleted meanwhile
+        try:
+            with _raw_guard("read", key, src.storage_url):
+                chunks = [await reader.read(_CHUNK)]
+            progress.add_bytes(len(chunks[0]))
+            if len(chunks[0]) < _CHUNK:
+                await transfer(src, dst, key, chunks)
+            else:
+                async with large:  # one large record in memory at a time
+                    with _raw_guard("read", key, src.storage_url):
+                        await _read_chunks(reader, chunks, progress)
+                    await transfer(src, dst, key, chunks)
+        finally:
+            await reader.aclose()
+        progress.advance()
+
+    async def run(src: ResultStore, dst: ResultStore) -> None:
+        keys = await _sorted_keys(src, prefix)
+        large = anyio.Lock()
+        with _Progress("copying", len(keys), enabled=_progress_enabled()) as progress:
+            await _each(keys, lambda key: copy_one(src, dst, key, progress, large))
+
+    with (
+        ResultStore(src_url, storage_options=options) as src,
+        ResultStore(dst_url, storage_options=options) as dst,
+    ):
+        run_sync(run(src, dst))
+    for key in sorted(damaged):
+        print(f"DAMAGED  {key}: {damaged[key]} (not copied)")
+    print(
+        f"copied {len(copied)} record(s), {_bytes_text(sum(copied))}, "
+        f"from {src.storage_url} to {dst.storage_url}"
+    )
+    if damaged:
+        names = ", ".join(repr(key) for key in sorted(damaged))
+        raise CliError(
+            f"{len(damaged)} damaged record(s) in {src.storage_url} not copied: {names}",
+            ExitCode.INTEGRITY,
+        )
+
+
+@app.command()
+def stores() -> None:
+    """List the installed store URL schemes and serializers, with their distributions."""
+    from rich.table import Table
+
+    table = Table("kind", "name", "provided by", box=None, pad_edge=False)
+    for scheme, dist in sorted(available_stores().items()):
+        table.add_row("store", f"{scheme}://", dist)
+    for name, dist in sorted(available_serializers().items()):
+        table.add_row("serializer", name, dist)
+    _print_table(table)
+    print("Other schemes fsspec knows are served by the generic fsspec store.")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    storage: Annotated[
+        str | None,
+        typer.Option("--storage", metavar="URL", help="Store URL (default: the local default)."),
+    ] = None,
+) -> None:
+    """Run a small pipeline whose results are fetched by other processes (a few seconds)."""
+    from resultstore.demo import run_demo
+
+    options = _options(ctx)
+    run_demo(storage or options.storage, storage_options=options.storage_options)
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    options = CliOptions()
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="resultstore",
+            standalone_mode=False,
+            obj=options,
+        )
+    except typer.Abort:
+        _print_error("aborted")
+        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitCode.UNEXPECTED
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: show the help
+            text = str(cast(Any, exc).format_message())  # empty when rich printed it already
+            if text.strip():
+                print(text)
+            return ExitCode.OK
+        if options.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        _print_error(error_message(exc))
+        return exit_code_for(exc)
+    return result if isinstance(result, int) else ExitCode.OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

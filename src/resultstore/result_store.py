@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultstore.errors import (
     ConfigurationError,
+    IntegrityError,
     ResultStoreError,
     SerializationError,
     StorageError,
@@ -36,7 +37,7 @@ from resultstore.retry import NO_RETRY, RetryPolicy
 from resultstore.serializers import Serializer, get_serializer
 from resultstore.settings import get_settings
 from resultstore.signing import Signer
-from resultstore.stores.base import Payload, Store
+from resultstore.stores.base import BytesReader, Payload, Store
 from states.concurrency import run_sync
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["ResultStore"]
 
 T = TypeVar("T")
+
+_RAW_CHUNK = 8 * 1024 * 1024
 
 
 def _uuid_key() -> str:
@@ -237,6 +240,63 @@ class ResultStore:
     def read_metadata(self, key: str) -> ResultMetadata:
         """Sync twin of :meth:`aread_metadata`."""
         return run_sync(self.aread_metadata(key))
+
+    async def _read_raw(self, key: str) -> tuple[ResultMetadata, list[bytes]]:
+        """The record's bytes as stored, after verifying them (nothing is deserialized)."""
+        with self._guard("read", key):
+            reader = await self.store.open(key)
+            try:
+                chunks = [await reader.read(_RAW_CHUNK)]
+                while len(chunks[-1]) == _RAW_CHUNK:
+                    chunks.append(await reader.read(_RAW_CHUNK))
+            finally:
+                await reader.aclose()
+        metadata, _ = await read_record(BytesReader(chunks), key, self.storage_url, self._signer)
+        return metadata, chunks
+
+    async def averify(self, key: str) -> ResultMetadata:
+        """Check the record under ``key`` (framing, checksum, signature) without unpickling it.
+
+        Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record.
+        """
+        key = validate_key(key)
+        with self._guard("verify", key):
+            reader = await self.store.open(key)
+            try:
+                metadata, _ = await read_record(reader, key, self.storage_url, self._signer)
+            finally:
+                await reader.aclose()
+        return metadata
+
+    def verify(self, key: str) -> ResultMetadata:
+        """Sync twin of :meth:`averify`."""
+        return run_sync(self.averify(key))
+
+    async def acopy_to(self, key: str, destination: ResultStore) -> ResultMetadata:
+        """Copy the record under ``key`` byte for byte into ``destination``.
+
+        The record is verified before it is written, so damage is never copied,
+        and its checksum and signature stay valid; the copy's metadata is read
+        back and compared. Returns the copy's metadata.
+        """
+        key = validate_key(key)
+        source, chunks = await self._read_raw(key)
+        with destination._guard("write", key):
+            await destination.store.write(key, Payload(chunks))
+        copied = await destination.aread_metadata(key)
+        compared = ("serializer", "size", "checksum", "created", "expiration", "signed")
+        if any(getattr(copied, name) != getattr(source, name) for name in compared):
+            raise IntegrityError(
+                f"the copy of key {key!r} in {destination.storage_url} does not match the "
+                f"source in {self.storage_url}; copy it again",
+                key=key,
+                url=destination.storage_url,
+            )
+        return copied
+
+    def copy_to(self, key: str, destination: ResultStore) -> ResultMetadata:
+        """Sync twin of :meth:`acopy_to`."""
+        return run_sync(self.acopy_to(key, destination))
 
     # -- the rest --------------------------------------------------------------
 

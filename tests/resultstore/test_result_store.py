@@ -609,3 +609,62 @@ def test_env_storage_options_apply_only_to_the_configured_scheme(
     monkeypatch.delenv("RESULTSTORE_STORAGE_URL")
     unconfigured = ResultStore(f"file://{tmp_path}/any")
     assert isinstance(unconfigured.store, FileStore) and unconfigured.store.fsync is False
+
+
+class _CreatesAFile:
+    """Unpickling this runs code: it creates the file named in its argument."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_verify_checks_a_record_without_unpickling_it(tmp_path: Path) -> None:
+    store = ResultStore(f"file://{tmp_path}/store")
+    marker = tmp_path / "was-unpickled"
+    store.write(_CreatesAFile(str(marker)), key="suspicious")
+
+    metadata = store.verify("suspicious")
+
+    assert metadata.storage_key == "suspicious"
+    assert not marker.exists()
+
+
+def test_verify_reports_damage(tmp_path: Path) -> None:
+    store = ResultStore(f"file://{tmp_path}/store")
+    store.write(list(range(100)), key="k")
+    record = tmp_path / "store" / "k.rsr"
+    data = bytearray(record.read_bytes())
+    data[-3] ^= 0xFF
+    record.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError, match=r"'k'.*payload checksum mismatch"):
+        store.verify("k")
+
+
+def test_copy_to_moves_the_record_byte_for_byte(tmp_path: Path) -> None:
+    source = ResultStore(f"file://{tmp_path}/source", signing_key="shared")
+    target = ResultStore(f"file://{tmp_path}/target", signing_key="shared")
+    source.write({"big": b"x" * 9_000_000}, key="runs/1")
+
+    copied = source.copy_to("runs/1", target)
+
+    assert copied == target.read_metadata("runs/1")
+    assert (tmp_path / "source" / "runs" / "1.rsr").read_bytes() == (
+        tmp_path / "target" / "runs" / "1.rsr"
+    ).read_bytes()
+    assert target.read("runs/1").result == {"big": b"x" * 9_000_000}
+
+
+def test_copy_to_never_copies_a_damaged_record(tmp_path: Path) -> None:
+    source = ResultStore(f"file://{tmp_path}/source")
+    target = ResultStore(f"memory://copy-target-{tmp_path.name}")
+    source.write("fine", key="k")
+    record = tmp_path / "source" / "k.rsr"
+    record.write_bytes(record.read_bytes()[:-1])
+
+    with pytest.raises(IntegrityError, match="'k'"):
+        source.copy_to("k", target)
+    assert not target.exists("k")

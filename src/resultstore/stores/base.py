@@ -118,23 +118,43 @@ class Reader(ABC):
 
 
 class BytesReader(Reader):
-    """A :class:`Reader` over bytes already in memory, for backends that fetch whole values."""
+    """A :class:`Reader` over bytes already in memory, for backends that fetch whole values.
 
-    def __init__(self, data: Buffer) -> None:
-        self._view = memoryview(data)
+    Takes one buffer or several (read back to back), and never copies them up front.
+    """
+
+    def __init__(self, data: Buffer | Sequence[Buffer]) -> None:
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        self._views = [memoryview(part).cast("B") for part in parts]
+        self._index = 0
         self._pos = 0
 
     async def read(self, n: int = -1) -> bytes:
-        end = len(self._view) if n < 0 else min(self._pos + n, len(self._view))
-        chunk = bytes(self._view[self._pos : end])
-        self._pos = end
-        return chunk
+        if len(self._views) == 1:  # the common case: one buffer, one copy
+            view = self._views[0]
+            end = len(view) if n < 0 else min(self._pos + n, len(view))
+            chunk = bytes(view[self._pos : end])
+            self._pos = end
+            return chunk
+        size = sum(len(v) for v in self._views) if n < 0 else n
+        buffer = bytearray(size)
+        got = await self.readinto(memoryview(buffer))
+        del buffer[got:]
+        return bytes(buffer)
 
     async def readinto(self, buffer: memoryview) -> int:
-        n = min(len(buffer), len(self._view) - self._pos)
-        buffer[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
+        filled = 0
+        while filled < len(buffer) and self._index < len(self._views):
+            view = self._views[self._index]
+            if self._pos == len(view):
+                self._index += 1
+                self._pos = 0
+                continue
+            take = min(len(buffer) - filled, len(view) - self._pos)
+            buffer[filled : filled + take] = view[self._pos : self._pos + take]
+            filled += take
+            self._pos += take
+        return filled
 
 
 class Store(ABC):

@@ -1,0 +1,44 @@
+"""BytesReader: the Reader over bytes in memory that whole-value backends return."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resultstore.stores.base import BytesReader
+from states.concurrency import run_sync
+
+
+@given(
+    parts=st.lists(st.binary(max_size=50), max_size=6),
+    sizes=st.lists(st.integers(min_value=0, max_value=70), max_size=12),
+)
+def test_reads_of_any_size_give_back_the_buffers_in_order(
+    parts: list[bytes], sizes: list[int]
+) -> None:
+    reader = BytesReader(parts)
+    expected = b"".join(parts)
+    got = b""
+    for size in sizes:
+        chunk = run_sync(reader.read(size))
+        assert chunk == expected[len(got) : len(got) + size]
+        got += chunk
+    got += run_sync(reader.read())
+    assert got == expected
+    assert run_sync(reader.read(1)) == b""
+
+
+@given(parts=st.lists(st.binary(max_size=50), max_size=6), size=st.integers(0, 400))
+def test_readinto_fills_the_buffer_unless_the_data_ends(parts: list[bytes], size: int) -> None:
+    buffer = bytearray(size)
+    got = run_sync(BytesReader(parts).readinto(memoryview(buffer)))
+    expected = b"".join(parts)
+    assert got == min(size, len(expected))
+    assert bytes(buffer[:got]) == expected[:got]
+
+
+def test_a_single_buffer_is_not_copied_up_front() -> None:
+    data = bytearray(b"abcdef")
+    reader = BytesReader(data)
+    data[0:1] = b"X"  # the reader sees the caller's buffer, not a snapshot
+    assert run_sync(reader.read(3)) == b"Xbc"

@@ -36,6 +36,8 @@ class Settings(BaseModel):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
+        repr=False,  # may hold credentials: never shown, never dumped
+        exclude=True,
         description="Extra options for the store, as a JSON object (e.g. endpoint settings).",
     )
     serializer: str = Field(default="pickle", description="Default serializer name.")

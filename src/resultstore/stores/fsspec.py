@@ -4,8 +4,8 @@ Used for a URL scheme that no ``resultstore.stores`` plugin claims but fsspec
 knows. Key ``a/b`` lives at ``ROOT/a/b.rsr``, as in the file store. A write
 goes to a temporary name beside the target and is then moved over it, so
 readers never see part of a record where the move is atomic (local and SFTP
-renames, object-store copies). Blocking filesystems are driven from worker
-threads; async-capable ones are used as they are.
+renames, object-store copies). Every call goes through fsspec's sync API in a
+worker thread, which suits blocking and async implementations alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from fsspec.registry import known_implementations
 
 from resultstore.errors import ConfigurationError, ResultStoreError, StorageError
 from resultstore.keys import RESERVED_SUFFIX
+from resultstore.registry import redact_url
 from resultstore.stores.base import BytesReader, Payload, Reader, Store, run_blocking
 
 __all__ = ["FsspecStore", "fsspec_store_class"]
@@ -50,17 +51,17 @@ class FsspecStore(Store):
                 url=url,
             ) from None
         self.root = self.fs._strip_protocol(url).rstrip("/")
-        super().__init__(f"{protocol}://{path.rstrip('/')}")
+        super().__init__(redact_url(f"{protocol}://{path.rstrip('/')}"))
 
     def _path(self, key: str) -> str:
         # Like the file store: the reserved suffix keeps keys "a" and "a/b" apart.
         return f"{self.root}/{key}{RESERVED_SUFFIX}" if self.root else key + RESERVED_SUFFIX
 
-    async def _run(self, action: str, key: str, method: str, *args: Any, nbytes: int = 0) -> Any:
+    async def _run(self, action: str, key: str, method: str, *args: Any) -> Any:
+        # fsspec's sync API works for every implementation (async ones run on fsspec's own
+        # I/O thread); a generic backend may be remote, so never block a shared loop.
         try:
-            if getattr(self.fs, "async_impl", False):
-                return await getattr(self.fs, "_" + method)(*args)
-            return await run_blocking(getattr(self.fs, method), *args, nbytes=nbytes)
+            return await run_blocking(getattr(self.fs, method), *args, may_wait=True)
         except FileNotFoundError:
             raise
         except ResultStoreError:
@@ -77,7 +78,7 @@ class FsspecStore(Store):
         folder, name = posixpath.split(path)
         tmp = posixpath.join(folder, f"{name}.{secrets.token_hex(8)}.tmp")
         await self._run("write", key, "makedirs", folder, True)
-        await self._run("write", key, "pipe_file", tmp, payload.join(), nbytes=payload.size)
+        await self._run("write", key, "pipe_file", tmp, payload.join())
         try:
             await self._run("write", key, "mv", tmp, path)
         except BaseException:
@@ -86,7 +87,7 @@ class FsspecStore(Store):
 
     async def open(self, key: str) -> Reader:
         try:
-            data = await self._run("read", key, "cat_file", self._path(key), nbytes=1 << 30)
+            data = await self._run("read", key, "cat_file", self._path(key))
         except FileNotFoundError:
             raise self.not_found(key) from None
         return BytesReader(data)

@@ -67,7 +67,18 @@ def _is_connection_failure(exc: BaseException) -> bool:
     while seen is not None:
         name = type(seen).__name__
         if isinstance(seen, (ConnectionError, TimeoutError, asyncio.TimeoutError)) or any(
-            word in name for word in ("Connect", "Timeout", "ServerDisconnected", "ClientOSError")
+            word in name
+            for word in (
+                "Connect",
+                "Timeout",
+                "ServerDisconnected",
+                "ClientOSError",
+                # a response body cut short: aiohttp's ClientPayloadError, botocore's
+                # IncompleteReadError / ResponseStreamingError
+                "Payload",
+                "IncompleteRead",
+                "ResponseStreaming",
+            )
         ):
             return True
         seen = seen.__cause__ or seen.__context__
@@ -93,15 +104,25 @@ def _parts(buffers: list[Buffer], part_size: int) -> Iterator[bytes]:
 
 
 class _S3Reader(Reader):
-    def __init__(self, body: Any) -> None:
+    """A GET's body; a connection lost while streaming it is translated like any S3 error."""
+
+    def __init__(self, body: Any, store: S3Store, key: str) -> None:
         self._body = body
+        self._store = store
+        self._key = key
+
+    async def _chunk(self, n: int) -> bytes:
+        try:
+            return bytes(await self._body.read()) if n < 0 else await self._body.read(n)
+        except Exception as exc:
+            raise self._store._translate(exc, "read", self._key) from exc
 
     async def read(self, n: int = -1) -> bytes:
         if n < 0:
-            return bytes(await self._body.read())
+            return await self._chunk(-1)
         chunks: list[bytes] = []
         while n > 0:
-            chunk = await self._body.read(n)
+            chunk = await self._chunk(n)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -111,7 +132,7 @@ class _S3Reader(Reader):
     async def readinto(self, buffer: memoryview) -> int:
         total = 0
         while total < len(buffer):
-            chunk = await self._body.read(min(len(buffer) - total, 1 << 20))
+            chunk = await self._chunk(min(len(buffer) - total, 1 << 20))
             if not chunk:
                 break
             buffer[total : total + len(chunk)] = chunk
@@ -282,7 +303,7 @@ class S3Store(Store):
 
     async def open(self, key: str) -> Reader:
         response = await self._call("get_object", "read", key, Key=self._object(key))
-        return _S3Reader(response["Body"])
+        return _S3Reader(response["Body"], self, key)
 
     async def exists(self, key: str) -> bool:
         try:

@@ -26,6 +26,12 @@ MAX_SEGMENT_BYTES = 200
 RESERVED_SUFFIX = ".rsr"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+# Keys of plain segments (letters, digits, '_', '-', inner dots) are valid without the
+# slower checks below: no '.'/'..' segments, no empty segments, no reserved suffix.
+_PLAIN = re.compile(
+    r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*(?:/[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*)*"
+)
+_PLAIN_MAX = MAX_SEGMENT_BYTES
 
 
 def _problem(key: str, *, allow_empty: bool, allow_trailing_slash: bool) -> str | None:
@@ -62,6 +68,13 @@ def validate_key(key: object) -> str:
     """Return ``key`` if it is a valid key, else raise :class:`InvalidKeyError`."""
     if not isinstance(key, str):
         raise InvalidKeyError(f"key must be a string, not {type(key).__name__}", key=repr(key))
+    if (
+        len(key) <= _PLAIN_MAX
+        and _PLAIN.fullmatch(key)
+        and not key.endswith(RESERVED_SUFFIX)
+        and RESERVED_SUFFIX + "/" not in key
+    ):
+        return key
     problem = _problem(key, allow_empty=False, allow_trailing_slash=False)
     if problem:
         raise InvalidKeyError(f"invalid key {key!r}: {problem}", key=key)

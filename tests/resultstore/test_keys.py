@@ -194,3 +194,18 @@ def test_a_key_and_a_key_below_it_coexist_on_disk(tmp_path: Path) -> None:
         "a.rsr",
         "a/b.rsr",
     ]
+
+
+@given(st.text(alphabet="ab.-_/rs9", max_size=40))
+def test_the_fast_path_for_plain_keys_agrees_with_the_full_rules(key: str) -> None:
+    """validate_key skips the full checks for plain keys; it must never accept more."""
+    from resultstore.keys import _problem
+
+    full_verdict = _problem(key, allow_empty=False, allow_trailing_slash=False) is None
+    try:
+        validate_key(key)
+    except InvalidKeyError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == full_verdict

@@ -57,7 +57,7 @@ async def run_blocking(
     never waiting on a lock or the network) run inline too, because a thread hop
     would cost more than it saves; the rest run in a worker thread.
     """
-    if on_private_loop() or (nbytes < _INLINE_LIMIT and not may_wait):
+    if (nbytes < _INLINE_LIMIT and not may_wait) or on_private_loop():
         return fn(*args)
     return await anyio.to_thread.run_sync(fn, *args)
 

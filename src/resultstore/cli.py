@@ -343,7 +343,7 @@ def _when(value: datetime.datetime | None) -> str:
 
 def _metadata_dict(metadata: ResultMetadata) -> dict[str, Any]:
     """The metadata fields shown by ``inspect`` and ``ls --json``, in a stable order."""
-    data = metadata.model_dump(mode="json")
+    data = metadata.to_dict()
     fields = (
         "serializer",
         "size",

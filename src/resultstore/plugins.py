@@ -8,7 +8,10 @@ are reported instead of one being picked silently.
 from __future__ import annotations
 
 import functools
-from importlib.metadata import EntryPoint, distributions
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["discover", "dist_name", "providers"]
 
@@ -22,6 +25,8 @@ def dist_name(ep: EntryPoint) -> str:
 @functools.cache
 def discover(group: str) -> dict[str, list[EntryPoint]]:
     """Every entry point of ``group`` by name, one per declaring distribution."""
+    from importlib.metadata import distributions  # imported on first lookup
+
     found: dict[str, list[EntryPoint]] = {}
     seen: set[str] = set()
     for dist in distributions():

@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import anyio
-
 from resultstore.errors import (
     ConfigurationError,
     ResultNotFoundError,
@@ -75,6 +73,8 @@ class RetryPolicy:
                         f" (gave up after {attempt} attempts over {elapsed:.1f}s)"
                     ) from exc.__cause__
                 logger.debug("attempt %d/%d failed: %s; retrying", attempt, self.attempts, exc)
+            import anyio  # only a retry needs it
+
             await anyio.sleep(delay)
             delay = min(delay * self.backoff, self.max_delay)
         raise AssertionError("unreachable")  # pragma: no cover

@@ -19,7 +19,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import cloudpickle
 import pydantic_core
 
 from resultstore.errors import PluginError, SerializationError, UnknownSerializerError
@@ -84,6 +83,8 @@ class PickleSerializer(Serializer):
     name = "pickle"
 
     def dumps(self, obj: Any) -> list[Buffer]:
+        import cloudpickle  # imported on first write: keeps `import resultstore` light
+
         buffers: list[pickle.PickleBuffer] = []
         try:
             stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -107,6 +108,7 @@ class CompressedPickleSerializer(Serializer):
         self.level = level
 
     def dumps(self, obj: Any) -> list[Buffer]:
+        import cloudpickle
         import zstandard
 
         try:

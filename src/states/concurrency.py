@@ -13,13 +13,16 @@ functions are thin wrappers that drive that coroutine to completion here.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:  # asyncio and the thread pool are imported on first use
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["in_async_context", "on_private_loop", "run_sync", "sync_compatible"]
 
@@ -33,6 +36,9 @@ _worker_pool_lock = threading.Lock()
 
 def in_async_context() -> bool:
     """True when an event loop is running in the calling thread."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # no loop can run before asyncio is imported
+        return False
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -46,6 +52,9 @@ def on_private_loop() -> bool:
     Such a loop serves one blocking caller and nothing else, so brief blocking
     I/O on it costs less than handing the work to a thread.
     """
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
@@ -60,6 +69,8 @@ class _LoopHolder:
     __slots__ = ("loop",)
 
     def __init__(self) -> None:
+        import asyncio
+
         self.loop = asyncio.new_event_loop()
 
     def __del__(self) -> None:
@@ -89,6 +100,8 @@ def _pool() -> ThreadPoolExecutor:
     global _worker_pool
     with _worker_pool_lock:
         if _worker_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             _worker_pool = ThreadPoolExecutor(thread_name_prefix="resultstore-sync")
         return _worker_pool
 

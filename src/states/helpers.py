@@ -20,8 +20,6 @@ from collections.abc import Iterable
 from types import GeneratorType, TracebackType
 from typing import Any, TypeGuard, TypeVar, cast
 
-import anyio
-
 from states.concurrency import run_sync, sync_compatible
 from states.constructors import Completed, Crashed, Failed
 from states.exceptions import (
@@ -301,6 +299,8 @@ async def exception_to_crashed_state(
     ``result_store`` when given (not written).
     """
     httpx = sys.modules.get("httpx")  # only if the caller's code already uses it
+    import anyio  # imported where needed: keeps `import states` light
+
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         message = "Execution was cancelled by the runtime environment."
     elif isinstance(exc, KeyboardInterrupt):

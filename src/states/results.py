@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import functools
 from collections.abc import Mapping
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 from states.exceptions import StatesError
@@ -86,6 +85,8 @@ def is_reference_mapping(value: Any) -> bool:
 
 @functools.cache
 def _reference_type(name: str) -> Any:
+    from importlib.metadata import entry_points  # only needed to decode a reference
+
     found = entry_points(group=RESULT_REFERENCE_GROUP).select(name=name)
     for ep in found:
         return ep.load()

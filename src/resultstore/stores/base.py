@@ -24,8 +24,6 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
-import anyio.to_thread
-
 from resultstore.errors import ResultNotFoundError
 from resultstore.serializers import Buffer
 from states.concurrency import on_private_loop
@@ -59,6 +57,8 @@ async def run_blocking(
     """
     if (nbytes < _INLINE_LIMIT and not may_wait) or on_private_loop():
         return fn(*args)
+    import anyio.to_thread  # imported on first use: keeps `import resultstore` light
+
     return await anyio.to_thread.run_sync(fn, *args)
 
 

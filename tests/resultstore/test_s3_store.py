@@ -185,3 +185,23 @@ def test_a_100_mb_result_written_here_is_read_by_another_process(
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(len(value)), hashlib.sha256(value).hexdigest()]
+
+
+def test_a_sync_user_exits_without_unclosed_session_warnings(
+    s3_url: str, s3_env: dict[str, str]
+) -> None:
+    code = (
+        "import sys; from resultstore import ResultStore; s = ResultStore(sys.argv[1]); "
+        "print(s.read(s.write([1, 2])).result)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, s3_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **s3_env},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[1, 2]"
+    assert done.stderr == ""

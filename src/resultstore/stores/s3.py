@@ -16,6 +16,7 @@ botocore's exceptions are translated into one-line resultstore errors.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import re
 import sys
@@ -189,6 +190,7 @@ class S3Store(Store):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        _open_stores.add(self)
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
@@ -338,3 +340,22 @@ class S3Store(Store):
         fs = self._clients.pop(loop, None)
         if fs is not None and getattr(fs, "_s3", None) is not None:
             await fs._s3.close()
+
+    def _close_idle_clients(self) -> None:
+        """Close the clients of loops that are not running (at exit, for sync users)."""
+        for loop, fs in list(self._clients.items()):
+            if loop.is_closed() or loop.is_running() or getattr(fs, "_s3", None) is None:
+                continue
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(fs._s3.close())
+            self._clients.pop(loop, None)
+
+
+_open_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_clients_at_exit() -> None:
+    """Sync callers never await aclose(); close their connections before the loops go."""
+    for store in list(_open_stores):
+        store._close_idle_clients()

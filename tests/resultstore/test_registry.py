@@ -195,3 +195,38 @@ def test_importing_resultstore_does_not_import_s3fs_or_botocore() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]"
+
+
+SERIALIZER_MODULE = """
+from resultstore.serializers import Serializer
+
+class ReversedBytes(Serializer):
+    name = "reversed"
+
+    def dumps(self, obj):
+        return [bytes(obj)[::-1]]
+
+    def loads(self, segments):
+        return b"".join(bytes(s) for s in segments)[::-1]
+"""
+
+
+def test_a_third_party_serializer_is_found_through_its_entry_point(tmp_path: Path) -> None:
+    _fake_distribution(
+        tmp_path,
+        "reversed-serializer",
+        "[resultstore.serializers]\nreversed = reversed_serializer:ReversedBytes\n",
+        SERIALIZER_MODULE,
+    )
+    code = (
+        "from resultstore import ResultStore, available_serializers; "
+        "store = ResultStore('memory://x', serializer='reversed'); "
+        "print(store.read(store.write(b'abc')).result, available_serializers()['reversed'])"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["b'abc'", "reversed-serializer"]

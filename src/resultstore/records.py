@@ -24,7 +24,7 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pydantic_core
 import xxhash
@@ -58,12 +58,11 @@ _CHECKSUM_PREFIX = _CHECKSUM_ALGO + ":"
 R = TypeVar("R")
 
 
-@dataclass(frozen=True, slots=True)
-class ResultMetadata:
+class ResultMetadata(NamedTuple):
     """What is known about a stored result without loading its payload.
 
-    A plain frozen dataclass: one is built for every read, and the header it
-    comes from was already verified, so there is nothing left to validate.
+    An immutable named tuple: one is built for every read, cheaply, and the
+    header it comes from was already verified, so there is nothing to validate.
     """
 
     storage_key: str
@@ -83,7 +82,7 @@ class ResultMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON-ready values (datetimes in ISO 8601)."""
-        data = {field: getattr(self, field) for field in self.__dataclass_fields__}
+        data = self._asdict()
         for name in ("created", "expiration"):
             if data[name] is not None:
                 data[name] = data[name].isoformat()

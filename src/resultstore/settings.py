@@ -28,7 +28,7 @@ _JSON_FIELDS = {"storage_options", "signing_keys_old"}
 class Settings(BaseModel):
     """Configuration of `resultstore`; build it from the environment with :func:`get_settings`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     storage_url: str = Field(
         default=DEFAULT_STORAGE_URL,

@@ -37,13 +37,8 @@ _worker_pool_lock = threading.Lock()
 def in_async_context() -> bool:
     """True when an event loop is running in the calling thread."""
     asyncio = sys.modules.get("asyncio")
-    if asyncio is None:  # no loop can run before asyncio is imported
-        return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    # _get_running_loop is asyncio's low-level, non-raising twin of get_running_loop.
+    return asyncio is not None and asyncio._get_running_loop() is not None
 
 
 def on_private_loop() -> bool:
@@ -55,10 +50,7 @@ def on_private_loop() -> bool:
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
         return False
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
+    running = asyncio._get_running_loop()
     holder: _LoopHolder | None = getattr(_local, "holder", None)
     return holder is not None and running is holder.loop
 

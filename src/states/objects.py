@@ -17,6 +17,7 @@ from uuid import UUID
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
@@ -66,6 +67,9 @@ class StateDetails(BaseModel):
 
     Every field is optional so a State can be built without any of it.
     """
+
+    # Build the validator on first use, not at import: `import states` stays fast.
+    model_config = ConfigDict(defer_build=True)
 
     flow_run_id: UUID | None = None
     task_run_id: UUID | None = None
@@ -131,6 +135,8 @@ class State(BaseModel, Generic[R]):
     ``name`` defaults to the capitalised type (``"Completed"``); a different name
     (``"Retrying"`` for a RUNNING state) marks a named sub-state of the type.
     """
+
+    model_config = ConfigDict(defer_build=True)
 
     type: StateType
     name: str | None = None

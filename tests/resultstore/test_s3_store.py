@@ -27,6 +27,7 @@ from resultstore.stores.base import Store
 from resultstore.stores.s3 import S3Store
 from resultstore.testing import StoreConformance
 from seaweedfs import SeaweedFS
+from states import return_value_to_state
 
 
 class TestS3Store(StoreConformance):
@@ -205,3 +206,33 @@ def test_a_sync_user_exits_without_unclosed_session_warnings(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"
     assert done.stderr == ""
+
+
+STATE_READER = textwrap.dedent(
+    """
+    import sys
+    from states import State, get_state_result
+    print(get_state_result(State.model_validate_json(sys.stdin.read())))
+    """
+)
+
+
+def test_another_process_fetches_an_s3_result_from_the_state_json_alone(
+    s3_url: str, s3_env: dict[str, str]
+) -> None:
+    store = ResultStore(s3_url)
+    state = anyio.run(lambda: return_value_to_state({"rows": 42}, store, write_result=True))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    done = subprocess.run(
+        [sys.executable, "-c", STATE_READER],
+        input=state.model_dump_json(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **s3_env},  # credentials only: no storage URL or options
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'rows': 42}"

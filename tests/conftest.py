@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from resultstore.testing import clean_resultstore_env  # noqa: F401 - autouse: no stray RESULTSTORE_*
 from seaweedfs import SeaweedFS
 
 S3_BUCKET = "resultstore-tests"

@@ -33,7 +33,7 @@ from resultstore.result_store import ResultStore
 from resultstore.stores.base import Payload, Store
 from states.concurrency import run_sync
 
-__all__ = ["AWKWARD_KEYS", "StoreConformance", "read_all", "run"]
+__all__ = ["AWKWARD_KEYS", "StoreConformance", "clean_resultstore_env", "read_all", "run"]
 
 T = TypeVar("T")
 
@@ -63,6 +63,17 @@ async def read_all(store: Store, key: str) -> bytes:
         return await reader.read()
     finally:
         await reader.aclose()
+
+
+@pytest.fixture(autouse=True)
+def clean_resultstore_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide the developer's ``RESULTSTORE_*`` variables (a signing key, say) from tests.
+
+    Import it into a ``conftest.py`` to apply it to every test below that folder.
+    """
+    for name in list(os.environ):
+        if name.upper().startswith("RESULTSTORE_"):
+            monkeypatch.delenv(name)
 
 
 async def _keys(store: Store, prefix: str = "") -> list[str]:

@@ -7,19 +7,10 @@ folder (nothing touches the real home) and a clean environment: no ``RESULTSTORE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from cli_harness import Cli, clean_env
-
-
-@pytest.fixture(autouse=True)
-def _clean_resultstore_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test process itself (which prepares records) sees no stray configuration."""
-    for name in list(os.environ):
-        if name.upper().startswith("RESULTSTORE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

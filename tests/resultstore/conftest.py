@@ -8,7 +8,6 @@ with ``monkeypatch``.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +15,6 @@ from pathlib import Path
 import pytest
 
 from resultstore import ResultStore, RetryPolicy
-
-
-@pytest.fixture(autouse=True)
-def _clean_resultstore_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.upper().startswith("RESULTSTORE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

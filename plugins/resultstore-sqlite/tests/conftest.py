@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from resultstore import resolve_store
 from resultstore.stores.base import Store
+from resultstore.testing import clean_resultstore_env  # noqa: F401 - autouse fixture
 from states.concurrency import run_sync
-
-
-@pytest.fixture(autouse=True)
-def _clean_resultstore_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No RESULTSTORE_* variable from the developer's shell (a signing key, say) leaks in."""
-    for name in list(os.environ):
-        if name.upper().startswith("RESULTSTORE_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

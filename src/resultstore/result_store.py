@@ -98,14 +98,16 @@ class ResultStore:
             self.store = result_storage
         elif result_storage is None or isinstance(result_storage, str):
             url = result_storage if result_storage is not None else settings.storage_url
+            scheme = scheme_of(url)
             # With RESULTSTORE_STORAGE_URL set, RESULTSTORE_STORAGE_OPTIONS configures only
             # stores of its scheme (an S3 endpoint must not reach another backend).
-            configured = "storage_url" not in settings.model_fields_set or scheme_of(
-                settings.storage_url
-            ) == scheme_of(url)
+            configured = (
+                "storage_url" not in settings.model_fields_set
+                or scheme_of(settings.storage_url) == scheme
+            )
             env_options = settings.storage_options if configured else {}
             options: dict[str, Any] = {**env_options, **(storage_options or {})}
-            if scheme_of(url) == "file":
+            if scheme == "file":
                 options.setdefault("fsync", settings.fsync)
             self.store = resolve_store(url, **options)
         else:

@@ -658,7 +658,8 @@ def gc(
         bool, typer.Option("--dry-run", help="Only report what would be deleted.")
     ] = False,
 ) -> None:
-    """Delete expired records and report how many bytes were freed."""
+    """Delete expired records, and leftovers of writes interrupted over an hour ago;
+    report how many bytes were freed."""
     now = datetime.datetime.now(datetime.timezone.utc)
     deleted: set[str] = set()
 
@@ -675,6 +676,7 @@ def gc(
         if not dry_run:
             keys = [metadata.storage_key for metadata in expired]
             run_sync(_each(keys, lambda key: delete(store, key)))
+        leftovers, leftover_bytes = store.clean_abandoned(dry_run=dry_run)
     freed = 0
     for metadata in expired:
         if dry_run or metadata.storage_key in deleted:
@@ -683,6 +685,11 @@ def gc(
             freed += metadata.size
     verb = "would free" if dry_run else "freed"
     print(f"{len(expired)} expired record(s) in {store.storage_url}: {verb} {_bytes_text(freed)}")
+    if leftovers:
+        print(
+            f"{leftovers} leftover(s) of interrupted writes older than an hour: "
+            f"{verb} {_bytes_text(leftover_bytes)}"
+        )
 
 
 @app.command()

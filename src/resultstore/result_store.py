@@ -343,6 +343,23 @@ class ResultStore:
         found = run_sync(_collect(self.alist(prefix)))
         return iter(sorted(found, key=lambda m: m.storage_key))
 
+    async def aclean_abandoned(
+        self, older_than: float = 3600.0, *, dry_run: bool = False
+    ) -> tuple[int, int]:
+        """Remove leftovers of writers killed mid-write (e.g. temporary files).
+
+        Only what has been untouched for ``older_than`` seconds goes, so writes in
+        progress are safe. Returns (items, bytes) removed, or that would be.
+        """
+        with self._guard("clean", "*"):
+            return await self.store.clean_abandoned(older_than, dry_run=dry_run)
+
+    def clean_abandoned(
+        self, older_than: float = 3600.0, *, dry_run: bool = False
+    ) -> tuple[int, int]:
+        """Sync twin of :meth:`aclean_abandoned`."""
+        return run_sync(self.aclean_abandoned(older_than, dry_run=dry_run))
+
     async def aclose(self) -> None:
         """Release the store's connections."""
         await self.store.aclose()

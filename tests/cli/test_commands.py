@@ -9,6 +9,7 @@ import pty
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -128,6 +129,23 @@ def test_gc_deletes_only_expired_records(cli: Cli) -> None:
     done = cli.run("gc").stdout
     assert "deleted old" in done and "freed" in done and "fresh" not in done
     assert sorted(_listed(cli)) == ["forever", "fresh"]
+
+
+def test_gc_removes_leftovers_of_interrupted_writes(file_cli: Cli, tmp_path: Path) -> None:
+    ResultStore(file_cli.url).write(1, key="runs/kept")
+    folder = tmp_path / "store" / "runs"
+    stale = folder / ".lost.rsr.0123456789abcdef.tmp"  # what a writer killed mid-write leaves
+    stale.write_bytes(b"x" * 1000)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    in_progress = folder / ".busy.rsr.fedcba9876543210.tmp"
+    in_progress.write_bytes(b"y" * 10)
+
+    dry = file_cli.run("gc", "--dry-run").stdout
+    assert "1 leftover(s) of interrupted writes" in dry and stale.exists()
+    done = file_cli.run("gc").stdout
+    assert "1 leftover(s) of interrupted writes older than an hour: freed 1000 bytes" in done
+    assert not stale.exists() and in_progress.exists()
+    assert list(_listed(file_cli)) == ["runs/kept"]
 
 
 def test_copy_file_to_s3_and_back_is_byte_exact(

@@ -668,3 +668,23 @@ def test_copy_to_never_copies_a_damaged_record(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="'k'"):
         source.copy_to("k", target)
     assert not target.exists("k")
+
+
+def test_clean_abandoned_removes_only_old_temporary_files(tmp_path: Path) -> None:
+    store = ResultStore(f"file://{tmp_path}/store")
+    store.write("kept", key="a/b")
+    old = tmp_path / "store" / "a" / ".c.rsr.00112233aabbccdd.tmp"
+    old.write_bytes(b"z" * 500)
+    os.utime(old, (0, 0))
+    recent = tmp_path / "store" / "a" / ".d.rsr.00112233aabbccdd.tmp"
+    recent.write_bytes(b"z")
+    lookalike = tmp_path / "store" / "a" / "notes.tmp"
+    lookalike.write_bytes(b"mine")
+    os.utime(lookalike, (0, 0))
+
+    assert store.clean_abandoned(dry_run=True) == (1, 500)
+    assert old.exists()
+    assert store.clean_abandoned() == (1, 500)
+    assert not old.exists() and recent.exists() and lookalike.exists()
+    assert store.read("a/b").result == "kept"
+    assert ResultStore("memory://nothing-left-behind").clean_abandoned() == (0, 0)

@@ -195,6 +195,14 @@ class Store(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles held by the store."""
 
+    async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Remove what writers killed mid-write left behind, untouched for ``older_than`` s.
+
+        Returns (items, bytes) removed, or that would be with ``dry_run``. Optional:
+        stores whose interrupted writes leave nothing behind keep this default.
+        """
+        return 0, 0
+
     def not_found(self, key: str) -> ResultNotFoundError:
         """The error ``open`` raises for an absent key, worded the same by every store."""
         return ResultNotFoundError(

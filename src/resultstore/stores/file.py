@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ __all__ = ["FileStore"]
 _IOV_MAX = 512
 _UNKNOWN_SIZE = 1 << 30  # read-to-end of unknown length: never inline on a shared loop
 _TMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.rsr\.[0-9a-f]{16}\.tmp")  # see FileStore._write
 
 
 def _root_from_url(url: str) -> Path:
@@ -182,6 +185,29 @@ class FileStore(Store):
                 yield from self._walk(entry.path, name + "/")
             elif entry.name.endswith(RESERVED_SUFFIX):
                 yield name[: -len(RESERVED_SUFFIX)]
+
+    def _abandoned(self, older_than: float, dry_run: bool) -> tuple[int, int]:
+        cutoff = time.time() - older_than
+        count = size = 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                if not _TEMP_NAME.fullmatch(name):
+                    continue
+                path = os.path.join(folder, name)
+                try:
+                    stat = os.stat(path)
+                    if stat.st_mtime >= cutoff:
+                        continue  # possibly a write still in progress
+                    if not dry_run:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    continue  # renamed into place or removed meanwhile
+                count, size = count + 1, size + stat.st_size
+        return count, size
+
+    async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Remove temporary files of writers killed before their rename."""
+        return await run_blocking(self._abandoned, older_than, dry_run, may_wait=True)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""

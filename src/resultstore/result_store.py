@@ -34,7 +34,7 @@ from resultstore.records import (
 )
 from resultstore.registry import redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy
-from resultstore.serializers import Serializer, get_serializer
+from resultstore.serializers import Buffer, Serializer, get_serializer
 from resultstore.settings import get_settings
 from resultstore.signing import Signer
 from resultstore.stores.base import BytesReader, Payload, Store
@@ -194,13 +194,17 @@ class ResultStore:
 
     # -- reading -------------------------------------------------------------
 
-    async def _read_once(self, key: str) -> ResultRecord[Any]:
-        with self._guard("read", key):
+    async def _verified(self, action: str, key: str) -> tuple[ResultMetadata, list[Buffer]]:
+        """Open, read and verify a record (framing, checksum, signature); nothing unpickled."""
+        with self._guard(action, key):
             reader = await self.store.open(key)
             try:
-                metadata, segments = await read_record(reader, key, self.storage_url, self._signer)
+                return await read_record(reader, key, self.storage_url, self._signer)
             finally:
                 await reader.aclose()
+
+    async def _read_once(self, key: str) -> ResultRecord[Any]:
+        metadata, segments = await self._verified("read", key)
         try:
             serializer = (
                 self.serializer
@@ -261,13 +265,7 @@ class ResultStore:
 
         Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record.
         """
-        key = validate_key(key)
-        with self._guard("verify", key):
-            reader = await self.store.open(key)
-            try:
-                metadata, _ = await read_record(reader, key, self.storage_url, self._signer)
-            finally:
-                await reader.aclose()
+        metadata, _ = await self._verified("verify", validate_key(key))
         return metadata
 
     def verify(self, key: str) -> ResultMetadata:

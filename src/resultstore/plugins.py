@@ -1,17 +1,19 @@
 """Entry-point discovery shared by the store registry and the serializer registry.
 
-Unlike ``importlib.metadata.entry_points()``, which keeps one entry point per
-name, this keeps every distribution's claim, so two plugins claiming one name
-are reported instead of one being picked silently.
+Every distribution's claim is kept, so two plugins claiming one name are
+reported instead of one being picked silently. The installed distributions are
+scanned once per process, through ``importlib.metadata.entry_points()``, which
+reads only each distribution's ``entry_points.txt`` (not its full metadata)
+and keeps the first copy of a distribution found twice on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from importlib.metadata import EntryPoint
+    from importlib.metadata import EntryPoint, EntryPoints
 
 __all__ = ["discover", "dist_name", "providers"]
 
@@ -19,24 +21,26 @@ __all__ = ["discover", "dist_name", "providers"]
 def dist_name(ep: EntryPoint) -> str:
     """The name of the distribution that declares ``ep``."""
     dist = getattr(ep, "dist", None)
-    return str(dist.metadata["Name"]) if dist is not None else "unknown distribution"
+    return str(dist.name) if dist is not None else "unknown distribution"
+
+
+class _Selectable(Protocol):  # EntryPoints, or SelectableGroups before Python 3.12
+    def select(self, *, group: str) -> EntryPoints: ...
+
+
+@functools.cache
+def _installed_entry_points() -> _Selectable:
+    from importlib.metadata import entry_points  # imported on first lookup
+
+    return entry_points()
 
 
 @functools.cache
 def discover(group: str) -> dict[str, list[EntryPoint]]:
     """Every entry point of ``group`` by name, one per declaring distribution."""
-    from importlib.metadata import distributions  # imported on first lookup
-
     found: dict[str, list[EntryPoint]] = {}
-    seen: set[str] = set()
-    for dist in distributions():
-        name = str(dist.metadata["Name"]).lower().replace("_", "-")
-        if name in seen:  # the same distribution twice on sys.path: the first wins
-            continue
-        seen.add(name)
-        for ep in dist.entry_points:
-            if ep.group == group:
-                found.setdefault(ep.name, []).append(ep)
+    for ep in _installed_entry_points().select(group=group):
+        found.setdefault(ep.name, []).append(ep)
     return found
 
 

@@ -76,7 +76,7 @@ def test_non_string_url_names_the_type() -> None:
 
 
 def _fake_distribution(site: Path, name: str, entry_points: str, module: str = "") -> None:
-    dist = site / f"{name}-1.0.dist-info"
+    dist = site / f"{name.replace('-', '_')}-1.0.dist-info"  # as installers name it
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(textwrap.dedent(entry_points))
@@ -129,6 +129,26 @@ def test_two_distributions_claiming_one_scheme_is_an_error_naming_both(tmp_path:
     last = done.stderr.strip().splitlines()[-1]
     assert "'dup' is claimed by" in last
     assert "plugin-one" in last and "plugin-two" in last
+
+
+def test_one_distribution_found_twice_on_the_path_is_not_a_conflict(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for site in (first, second):
+        _fake_distribution(
+            site,
+            "twin-plugin",
+            "[resultstore.stores]\ntwin = twin_plugin:FineStore\n",
+            PLUGIN_MODULE,
+        )
+    code = "from resultstore import resolve_store; print(type(resolve_store('twin://x')).__name__)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(first), str(second), *sys.path])}
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "FineStore"
 
 
 def test_a_plugin_of_another_interface_version_is_refused(tmp_path: Path) -> None:

@@ -242,6 +242,7 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                     best.setdefault(name, []).append(await run())
             best["seq"] = [(await ours_one_by_one(),)]
             await store.aclose()
+            await fs._s3.close()  # s3fs has no public async close
             return {name: tuple(map(min, zip(*runs, strict=False))) for name, runs in best.items()}
 
         t = asyncio.run(main())
@@ -289,38 +290,41 @@ _FIRST_WRITE = (
 _FIRST_STATE = "import states; states.Completed(data=1).result()"
 
 
-def _wall_ms(code: str, repeat: int, *args: str) -> float:
-    """Median wall time of a fresh interpreter running ``code``, in ms."""
-    walls = []
+def _walls_ms(programs: dict[str, list[str]], repeat: int) -> dict[str, float]:
+    """Median wall time of a fresh interpreter running each program, in ms.
+
+    The programs take turns, so drift in the machine's load hits them alike.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in programs}
     for _ in range(repeat):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code, *args], check=True)
-        walls.append(time.perf_counter() - started)
-    return statistics.median(walls) * 1e3
+        for name, argv in programs.items():
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", *argv], check=True)
+            walls[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) * 1e3 for name, times in walls.items()}
 
 
 def bench_start_up(folder: Path, repeat: int) -> list[Row]:
     code = "import resultstore, states"
-    import_ms = _wall_ms(code, repeat)
-    bare_ms = _wall_ms("pass", repeat)
+    ms = _walls_ms(
+        {
+            "bare": ["pass"],
+            "import": [code],
+            "first_write": [_FIRST_WRITE, str(folder)],
+            "first_state": [_FIRST_STATE],
+        },
+        repeat,
+    )
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
     )
     heavy = [m for m in ("s3fs", "botocore", "numpy") if f"| {m}\n" in done.stderr]
     return [
-        _row("python -c 'import resultstore, states'", import_ms, None, "ms", None, 150),
-        _row("  of which interpreter start-up", bare_ms, None, "ms", None),
+        _row("python -c 'import resultstore, states'", ms["import"], None, "ms", None, 150),
+        _row("  interpreter start-up alone", ms["bare"], None, "ms", None),
         # Names load on first use, so these show what a real first call pays.
-        _row(
-            "  process: first 1 KB write + read",
-            _wall_ms(_FIRST_WRITE, repeat, str(folder)),
-            None,
-            "ms",
-            None,
-        ),
-        _row(
-            "  process: first Completed(data=1)", _wall_ms(_FIRST_STATE, repeat), None, "ms", None
-        ),
+        _row("  process: first 1 KB write + read", ms["first_write"], None, "ms", None),
+        _row("  process: first Completed(data=1)", ms["first_state"], None, "ms", None),
         _row(
             f"  heavy modules imported: {heavy or 'none'}",
             float(len(heavy)),
@@ -404,7 +408,7 @@ def main() -> int:
         rows += bench_large_file(Path(tmp) / "large", args.size_mb, args.repeat)
         rows += bench_small_file(Path(tmp) / "small", args.small_ops, args.repeat)
         (Path(tmp) / "first").mkdir()
-        first_use = bench_start_up(Path(tmp) / "first", 5)
+        first_use = bench_start_up(Path(tmp) / "first", 11)
     if not args.skip_s3:
         rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat)
     rows += first_use

@@ -2,7 +2,8 @@
 
 The limit is what a program could do by hand: ``cloudpickle.dumps`` plus a file
 write (temporary file, fsync, rename, as our file store does) and
-``read`` plus ``cloudpickle.loads``; for S3, raw s3fs calls on the same server.
+``read`` plus ``cloudpickle.loads``; for S3, raw s3fs calls on the same server
+(and, for the optional ``s3+obstore://`` store, raw calls of its obstore client).
 Every figure is a ratio measured in one run, so machines compare.
 
     python benchmarks/run.py                       # everything, 200 MB large value
@@ -168,6 +169,7 @@ def _s3_target(url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row]:
+    import obstore
     import s3fs
 
     with _s3_target(url) as (base, options):
@@ -225,23 +227,75 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 await store.aread(f"seq/{i}")
             return time.perf_counter() - started
 
+        # The optional s3+obstore:// store, against raw calls of the same obstore client.
+        ob_store = ResultStore(
+            base.replace("s3://", "s3+obstore://", 1) + "/ours-obstore", storage_options=options
+        )
+        ob_raw = ob_store.store._client  # type: ignore[attr-defined]
+
+        async def ob_raw_large() -> tuple[float, float]:
+            started = time.perf_counter()
+            await obstore.put_async(ob_raw, "raw/large", cloudpickle.dumps(value))
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            got = await obstore.get_async(ob_raw, "raw/large")
+            cloudpickle.loads(await got.bytes_async())
+            return wrote, time.perf_counter() - started
+
+        async def ob_raw_small() -> tuple[float, float]:
+            async def get(i: int) -> Any:
+                return await (await obstore.get_async(ob_raw, f"raw/s/{i}")).bytes_async()
+
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(obstore.put_async(ob_raw, f"raw/s/{i}", small_payload) for i in range(small))
+            )
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(get(i) for i in range(small)))
+            return wrote, time.perf_counter() - started
+
+        async def ob_ours_large() -> tuple[float, float]:
+            started = time.perf_counter()
+            await ob_store.awrite(value, key="large")
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            (await ob_store.aread("large")).result  # noqa: B018
+            return wrote, time.perf_counter() - started
+
+        async def ob_ours_small() -> tuple[float, float]:
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(ob_store.awrite(small_value, key=f"s/{i}") for i in range(small))
+            )
+            wrote = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(ob_store.aread(f"s/{i}") for i in range(small)))
+            return wrote, time.perf_counter() - started
+
         async def main() -> dict[str, tuple[float, ...]]:
             fs = await raw_fs()
             # Warm up: the server allocates volumes on its first writes; neither side pays.
             await raw_large(fs)
             await ours_large()
+            await ob_ours_large()
             best: dict[str, list[tuple[float, ...]]] = {}
             runs = [
                 ("raw_large", lambda: raw_large(fs)),
                 ("ours_large", ours_large),
                 ("raw_small", lambda: raw_small(fs)),
                 ("ours_small", ours_small),
+                ("ob_raw_large", ob_raw_large),
+                ("ob_ours_large", ob_ours_large),
+                ("ob_raw_small", ob_raw_small),
+                ("ob_ours_small", ob_ours_small),
             ]
             for round_ in range(repeat):  # alternate who goes first: the server drifts
                 for name, run in runs if round_ % 2 == 0 else runs[::-1]:
                     best.setdefault(name, []).append(await run())
             best["seq"] = [(await ours_one_by_one(),)]
             await store.aclose()
+            await ob_store.aclose()
             await fs._s3.close()  # s3fs has no public async close
             return {name: tuple(map(min, zip(*runs, strict=False))) for name, runs in best.items()}
 
@@ -279,6 +333,35 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 None,
                 None,
                 1.5,
+            ),
+            # s3+obstore:// (optional): "raw" is the same obstore client called directly.
+            _row(
+                f"s3+obstore {size_mb} MB write",
+                mb / t["ob_ours_large"][0],
+                mb / t["ob_raw_large"][0],
+                "MB/s",
+                0.8,
+            ),
+            _row(
+                f"s3+obstore {size_mb} MB read",
+                mb / t["ob_ours_large"][1],
+                mb / t["ob_raw_large"][1],
+                "MB/s",
+                0.8,
+            ),
+            _row(
+                f"s3+obstore {small} small, concurrent",
+                2 * small / sum(t["ob_ours_small"]),
+                2 * small / sum(t["ob_raw_small"]),
+                "ops/s",
+                0.9,
+            ),
+            _row(
+                f"s3+obstore vs s3:// store, {small} small",
+                ours_concurrent / sum(t["ob_ours_small"]),
+                None,
+                "x faster",
+                None,
             ),
         ]
 

@@ -1,0 +1,270 @@
+"""``s3+obstore://BUCKET/PREFIX``: the S3 store on obstore's Rust client (optional).
+
+Same layout as ``s3://`` (key ``a/b`` lives at ``PREFIX/a/b`` in ``BUCKET``), so
+either store reads what the other wrote; only the client differs. obstore
+(Rust's ``object_store`` crate) does the HTTP work outside the GIL: in
+``benchmarks/run.py`` it moves many small results several times faster than
+s3fs. Install it with ``pip install "resultstore[obstore]"``.
+
+Options are obstore's S3 settings (``access_key_id``, ``endpoint``, ``region``,
+... and ``client_options`` / ``retry_config``); the s3fs names the ``s3://``
+store takes (``key``, ``secret``, ``token``, ``endpoint_url``, ``client_kwargs``)
+are accepted too, so switching is a change of URL. Unset settings come from
+the standard ``AWS_*`` environment. Credentials never appear in the URL, repr
+or errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from resultstore.errors import (
+    ConfigurationError,
+    ResultStoreError,
+    StorageError,
+    StorageUnavailableError,
+)
+from resultstore.stores.base import Payload, Reader, Store
+
+__all__ = ["ObstoreS3Store"]
+
+_SCHEME = "s3+obstore"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_MIN_PART = 5 * 1024 * 1024
+_CHUNK = 8 << 20  # bytes per streamed chunk: fewer Rust->Python hand-offs, bounded memory
+_S3FS_NAMES = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
+_UNAVAILABLE = re.compile(
+    r"error sending request|timed out|connection|status code: 5\d\d", re.IGNORECASE
+)
+
+
+def _is_missing(exc: BaseException) -> bool:
+    # A GET or HEAD of a missing object raises the builtin FileNotFoundError; obstore's own
+    # NotFoundError class is accepted too.
+    return isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFoundError"
+
+
+def _obstore_config(options: dict[str, Any]) -> dict[str, Any]:
+    """obstore S3 settings from ``options``, translating the s3fs spellings."""
+    config: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in _S3FS_NAMES:
+            config[_S3FS_NAMES[name]] = value
+        elif name == "endpoint_url":
+            config["endpoint"] = value
+        elif name == "client_kwargs":
+            for inner, value_ in dict(value or {}).items():
+                if inner == "endpoint_url":
+                    config["endpoint"] = value_
+                elif inner == "region_name":
+                    config["region"] = value_
+                else:
+                    raise ConfigurationError(
+                        f"storage option client_kwargs[{inner!r}] has no {_SCHEME} equivalent; "
+                        "use obstore's S3 settings"
+                    )
+        elif name == "config_kwargs":
+            style = (dict(value or {}).get("s3") or {}).get("addressing_style")
+            config["virtual_hosted_style_request"] = style == "virtual"
+        else:
+            config[name] = value
+    return config
+
+
+class _StreamReader(Reader):
+    """A GET's body as obstore streams it, each chunk copied once into the caller's buffers."""
+
+    def __init__(self, stream: Any, store: ObstoreS3Store, key: str) -> None:
+        self._stream = stream
+        self._store = store
+        self._key = key
+        self._chunk = memoryview(b"")
+
+    async def _fill(self) -> bool:
+        """Make the current chunk non-empty; False at the end of the body."""
+        while not self._chunk:
+            try:
+                self._chunk = memoryview(await self._stream.__anext__()).cast("B")
+            except StopAsyncIteration:
+                return False
+            except Exception as exc:
+                raise self._store._translate(exc, "read", self._key) from exc
+        return True
+
+    async def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        while n != 0 and await self._fill():
+            take = len(self._chunk) if n < 0 else min(n, len(self._chunk))
+            parts.append(bytes(self._chunk[:take]))
+            self._chunk = self._chunk[take:]
+            if n > 0:
+                n -= take
+        return b"".join(parts)  # one part comes back as is
+
+    async def readinto(self, buffer: memoryview) -> int:
+        total = 0
+        while total < len(buffer) and await self._fill():
+            take = min(len(buffer) - total, len(self._chunk))
+            buffer[total : total + take] = self._chunk[:take]
+            self._chunk = self._chunk[take:]
+            total += take
+        return total
+
+
+class ObstoreS3Store(Store):
+    """Records stored as S3 objects, moved by obstore."""
+
+    interface_version = 1
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        part_size: int = 16 * 1024 * 1024,
+        max_concurrency: int = 8,
+        client_options: dict[str, Any] | None = None,
+        retry_config: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        try:
+            from obstore.store import S3Store as _ObstoreS3
+        except ImportError:
+            raise ConfigurationError(
+                f"{url!r} needs obstore: pip install 'resultstore[obstore]'", url=url
+            ) from None
+        parts = urlsplit(url)
+        if parts.scheme != _SCHEME:
+            raise ConfigurationError(f"not an {_SCHEME}:// URL: {url!r}", url=url)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise ConfigurationError(
+                f"{_SCHEME} URLs take the form {_SCHEME}://bucket/prefix; pass credentials as "
+                "storage options or AWS_* environment variables, never in the URL"
+            )
+        if not _BUCKET.match(parts.netloc):
+            raise ConfigurationError(
+                f"invalid S3 bucket name {parts.netloc!r} in {url!r}: use 3-63 lowercase "
+                "letters, digits, dots or dashes",
+                url=url,
+            )
+        if part_size < _MIN_PART:
+            raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
+        self.bucket = parts.netloc
+        self.prefix = parts.path.strip("/")
+        base = f"{_SCHEME}://{self.bucket}"
+        super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
+        self.part_size = part_size
+        self.max_concurrency = max(1, max_concurrency)
+        # An http:// endpoint is the user's explicit choice (a local server, say), as with s3fs;
+        # the timeouts and retries match the s3:// store's, well under obstore's 3-minute default.
+        client = {"allow_http": True, "connect_timeout": "5s", "timeout": "60s"}
+        retry = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
+        settings: dict[str, Any] = {
+            "prefix": self.prefix or None,
+            "client_options": {**client, **(client_options or {})},
+            "retry_config": {**retry, **(retry_config or {})},
+            **_obstore_config(options),
+        }
+        try:
+            self._client = _ObstoreS3(self.bucket, **settings)
+        except Exception as exc:  # obstore validates settings eagerly
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(
+                f"invalid storage options for {self.url}: {detail}", url=self.url
+            ) from None
+
+    def __repr__(self) -> str:
+        return f"ObstoreS3Store({self.url!r})"
+
+    def _translate(self, exc: BaseException, action: str, key: str) -> ResultStoreError:
+        from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
+
+        text = str(exc)
+        where = f"{action} key {key!r} in {self.url}"
+        if "NoSuchBucket" in text:
+            return StorageError(
+                f"cannot {where}: bucket {self.bucket!r} does not exist; create it or fix the URL",
+                key=key,
+                url=self.url,
+            )
+        if _is_missing(exc):
+            return self.not_found(key)
+        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+            return StorageError(
+                f"cannot {where}: access denied; check the credentials "
+                "(storage options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
+                key=key,
+                url=self.url,
+            )
+        if _UNAVAILABLE.search(text):
+            return StorageUnavailableError(
+                f"cannot {where}: the S3 endpoint is unavailable; check the endpoint "
+                "(AWS_ENDPOINT_URL or storage options) and the network",
+                key=key,
+                url=self.url,
+            )
+        detail = text.splitlines()[0] if text else type(exc).__name__
+        return StorageError(f"cannot {where}: {detail}", key=key, url=self.url)
+
+    async def write(self, key: str, payload: Payload) -> None:
+        import obstore
+
+        multipart = payload.size > self.part_size
+        try:
+            await obstore.put_async(
+                self._client,
+                key,
+                payload.buffers if multipart else payload.join(),
+                use_multipart=multipart,
+                chunk_size=self.part_size,
+                max_concurrency=self.max_concurrency,
+            )
+        except Exception as exc:
+            raise self._translate(exc, "write", key) from exc
+
+    async def open(self, key: str) -> Reader:
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._client, key)
+        except Exception as exc:
+            raise self._translate(exc, "read", key) from exc
+        return _StreamReader(result.stream(min_chunk_size=_CHUNK), self, key)
+
+    async def exists(self, key: str) -> bool:
+        import obstore
+
+        try:
+            await obstore.head_async(self._client, key)
+        except Exception as exc:
+            if _is_missing(exc) and "NoSuchBucket" not in str(exc):
+                return False
+            raise self._translate(exc, "check", key) from exc
+        return True
+
+    async def delete(self, key: str) -> bool:
+        import obstore
+
+        if not await self.exists(key):
+            return False
+        try:
+            await obstore.delete_async(self._client, key)
+        except Exception as exc:
+            raise self._translate(exc, "delete", key) from exc
+        return True
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        import obstore
+
+        # obstore lists whole path segments; list the folder holding ``prefix``, then filter.
+        folder = prefix.rpartition("/")[0]
+        try:
+            async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
+                for meta in batch:
+                    if meta["path"].startswith(prefix):
+                        yield meta["path"]
+        except Exception as exc:
+            raise self._translate(exc, "list", prefix or "*") from exc

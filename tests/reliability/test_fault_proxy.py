@@ -1,4 +1,6 @@
-"""The S3 store through a proxy that resets, stalls and fails requests (tests/faultproxy.py).
+"""Both S3 stores through a proxy that resets, stalls and fails requests (tests/faultproxy.py).
+
+``s3://`` (s3fs/botocore) and ``s3+obstore://`` (obstore) run the same scenarios.
 
 Every operation must either succeed or fail, within a bounded time, with a one-line
 :class:`StorageError`; a read never returns anything but a value that may really be
@@ -56,6 +58,12 @@ OPERATIONS = ("write", "read", "exists", "delete")
 WEIGHTS = (4, 3, 2, 1)
 
 
+@pytest.fixture(params=["s3", "s3+obstore"])
+def scheme(request: pytest.FixtureRequest) -> str:
+    """Each test runs against both S3 stores."""
+    return str(request.param)
+
+
 @pytest.fixture
 def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
     with FaultProxy("127.0.0.1", s3_server.s3_port, stall_seconds=STALL_SECONDS, seed=9) as p:
@@ -63,6 +71,7 @@ def proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
 
 
 def store_through(
+    scheme: str,
     proxy: FaultProxy,
     s3_server: SeaweedFS,
     bucket: str,
@@ -72,20 +81,27 @@ def store_through(
 ) -> ResultStore:
     """A ResultStore whose S3 client talks to the server through ``proxy``.
 
-    ``max_attempts`` is botocore's (1: no retries, so faults surface as errors).
+    ``max_attempts`` is the client's (1: no retries, so faults surface as errors).
     """
     storage_options = s3_server.storage_options()
     storage_options["client_kwargs"] = {
         **storage_options["client_kwargs"],
         "endpoint_url": proxy.url,
     }
-    storage_options["config_kwargs"] = {
-        **storage_options["config_kwargs"],
-        **CLIENT_CONFIG,
-        "retries": {"max_attempts": max_attempts, "mode": "standard"},
-    }
+    if scheme == "s3":
+        storage_options["config_kwargs"] = {
+            **storage_options["config_kwargs"],
+            **CLIENT_CONFIG,
+            "retries": {"max_attempts": max_attempts, "mode": "standard"},
+        }
+    else:  # the same bounds in obstore's terms
+        storage_options["client_options"] = {
+            "connect_timeout": f"{CLIENT_CONFIG['connect_timeout']}s",
+            "read_timeout": f"{READ_TIMEOUT}s",
+        }
+        storage_options["retry_config"] = {"max_retries": max_attempts - 1}
     return ResultStore(
-        f"s3://{bucket}/faults-{uuid.uuid4().hex[:10]}",
+        f"{scheme}://{bucket}/faults-{uuid.uuid4().hex[:10]}",
         storage_options={**storage_options, **options},
         retry=RetryPolicy(attempts=3, delay=0.05),
     )
@@ -234,11 +250,16 @@ def report(name: str, proxy: FaultProxy, ledger: Ledger, certain: int, started: 
     [(kind, 16 if kind == "stall" else 48) for kind in FAULT_KINDS],  # a stall costs 2 s
 )
 def test_each_fault_kind_ends_in_success_or_a_one_line_error(
-    kind: str, operations: int, proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+    kind: str,
+    operations: int,
+    scheme: str,
+    proxy: FaultProxy,
+    s3_server: SeaweedFS,
+    s3_bucket: str,
 ) -> None:
     # botocore does not retry here, so faults reach resultstore and must come out as
     # one-line StorageErrors, and failed writes leave their keys ambiguous.
-    store = store_through(proxy, s3_server, s3_bucket, max_attempts=1)
+    store = store_through(scheme, proxy, s3_server, s3_bucket, max_attempts=1)
     proxy.kinds, proxy.fault_rate = (kind,), 0.3
     started = time.monotonic()
 
@@ -258,10 +279,10 @@ def test_each_fault_kind_ends_in_success_or_a_one_line_error(
 
 
 def test_multipart_writes_under_faults_are_whole_or_absent(
-    proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+    scheme: str, proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
 ) -> None:
     # 6-11 MB values in 5 MB parts: resets and errors hit part uploads and completions.
-    store = store_through(proxy, s3_server, s3_bucket, part_size=5 * 1024 * 1024)
+    store = store_through(scheme, proxy, s3_server, s3_bucket, part_size=5 * 1024 * 1024)
     proxy.kinds = ("reset_before", "reset_mid", "http_500", "http_503")
     proxy.fault_rate = 0.2
     started = time.monotonic()
@@ -281,9 +302,9 @@ def test_multipart_writes_under_faults_are_whole_or_absent(
 
 
 def test_a_thousand_operations_at_ten_percent_faults_lose_no_acknowledged_write(
-    proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+    scheme: str, proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
 ) -> None:
-    store = store_through(proxy, s3_server, s3_bucket)
+    store = store_through(scheme, proxy, s3_server, s3_bucket)
     proxy.fault_rate = 0.1
     started = time.monotonic()
 
@@ -305,9 +326,9 @@ def test_a_thousand_operations_at_ten_percent_faults_lose_no_acknowledged_write(
 
 
 def test_the_proxy_is_transparent_with_faults_off(
-    proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+    scheme: str, proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
 ) -> None:
-    store = store_through(proxy, s3_server, s3_bucket)
+    store = store_through(scheme, proxy, s3_server, s3_bucket)
     with store:
         key = store.write(b"\x00" * 3_000_000, key="plain")
         assert store.read(key).result == b"\x00" * 3_000_000
@@ -317,11 +338,11 @@ def test_the_proxy_is_transparent_with_faults_off(
 
 
 def test_a_connection_reset_while_streaming_a_body_is_unavailable_and_retried(
-    proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+    scheme: str, proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
 ) -> None:
     # The response head arrives, then the connection dies halfway through the body:
     # aiohttp raises ClientPayloadError from the body stream, outside botocore's retries.
-    store = store_through(proxy, s3_server, s3_bucket, max_attempts=1)
+    store = store_through(scheme, proxy, s3_server, s3_bucket, max_attempts=1)
     value = bytes(range(256)) * 8192  # 2 MB: half the response is well past its head
     with store:
         store.write(value, key="big")
@@ -337,7 +358,7 @@ def test_a_connection_reset_while_streaming_a_body_is_unavailable_and_retried(
     for error in (once.value, retried.value):
         message = str(error)
         assert len(message.splitlines()) == 1
-        assert message.startswith("cannot read key 'big' in s3://")
+        assert message.startswith(f"cannot read key 'big' in {scheme}://")
         assert "unavailable" in message
     assert "gave up after 3 attempts" in str(retried.value)
     assert proxy.counts["reset_mid"] == 4

@@ -123,6 +123,7 @@ def test_wrong_credentials_are_reported_as_access_denied(
         ("s3+obstore://bucket/p", {"part_size": 1024}, "part_size must be at least"),
         ("s3+obstore://bucket/p", {"no_such_setting": 1}, "invalid storage options"),
         ("s3+obstore://bucket/p", {"client_kwargs": {"verify": False}}, "client_kwargs['verify']"),
+        ("s3+obstore://bucket/p", {"config_kwargs": {"retries": {}}}, "config_kwargs['retries']"),
     ],
 )
 def test_bad_configuration_is_one_line_naming_it(

@@ -48,6 +48,13 @@ def _is_missing(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFoundError"
 
 
+def _no_equivalent(option: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"storage option {option} has no {_SCHEME} equivalent; use obstore's S3 settings, "
+        "client_options or retry_config"
+    )
+
+
 def _obstore_config(options: dict[str, Any]) -> dict[str, Any]:
     """obstore S3 settings from ``options``, translating the s3fs spellings."""
     config: dict[str, Any] = {}
@@ -57,19 +64,17 @@ def _obstore_config(options: dict[str, Any]) -> dict[str, Any]:
         elif name == "endpoint_url":
             config["endpoint"] = value
         elif name == "client_kwargs":
-            for inner, value_ in dict(value or {}).items():
-                if inner == "endpoint_url":
-                    config["endpoint"] = value_
-                elif inner == "region_name":
-                    config["region"] = value_
-                else:
-                    raise ConfigurationError(
-                        f"storage option client_kwargs[{inner!r}] has no {_SCHEME} equivalent; "
-                        "use obstore's S3 settings"
-                    )
-        elif name == "config_kwargs":
-            style = (dict(value or {}).get("s3") or {}).get("addressing_style")
-            config["virtual_hosted_style_request"] = style == "virtual"
+            for inner, setting in dict(value or {}).items():
+                if inner not in ("endpoint_url", "region_name"):
+                    raise _no_equivalent(f"client_kwargs[{inner!r}]")
+                config["endpoint" if inner == "endpoint_url" else "region"] = setting
+        elif name == "config_kwargs":  # botocore's Config: only the addressing style maps
+            for inner, setting in dict(value or {}).items():
+                extra = set(setting or {}) - {"addressing_style"} if inner == "s3" else {inner}
+                if extra:
+                    raise _no_equivalent(f"config_kwargs[{sorted(extra)[0]!r}]")
+                style = (setting or {}).get("addressing_style")
+                config["virtual_hosted_style_request"] = style == "virtual"
         else:
             config[name] = value
     return config
@@ -158,9 +163,16 @@ class ObstoreS3Store(Store):
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
-        # An http:// endpoint is the user's explicit choice (a local server, say), as with s3fs;
-        # the timeouts and retries match the s3:// store's, well under obstore's 3-minute default.
-        client = {"allow_http": True, "connect_timeout": "5s", "timeout": "60s"}
+        # An http:// endpoint is the user's explicit choice (a local server, say), as with s3fs.
+        # Timeouts and retries match the s3:// store's: a stall fails after 60 s without data,
+        # not obstore's 30 s for a whole request (too short for a large record on a slow
+        # link), and retries give up within a minute, not obstore's 3.
+        client = {
+            "allow_http": True,
+            "connect_timeout": "5s",
+            "read_timeout": "60s",
+            "timeout": datetime.timedelta(days=1),
+        }
         retry = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,

@@ -135,6 +135,16 @@ def test_bad_configuration_is_one_line_naming_it(
     assert "\n" not in str(caught.value)
 
 
+def test_options_from_json_need_no_python_types() -> None:
+    # RESULTSTORE_STORAGE_OPTIONS is JSON: durations come as strings or seconds.
+    store = resolve_store(
+        "s3+obstore://bucket/p",
+        client_options={"connect_timeout": "2s"},
+        retry_config={"max_retries": 1, "retry_timeout": 5},
+    )
+    assert isinstance(store, ObstoreS3Store)
+
+
 def test_without_obstore_installed_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -174,10 +174,13 @@ class ObstoreS3Store(Store):
             "timeout": datetime.timedelta(days=1),
         }
         retry = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
+        retry.update(retry_config or {})
+        if isinstance(retry["retry_timeout"], (int, float)):  # seconds, as JSON options give it
+            retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
             "client_options": {**client, **(client_options or {})},
-            "retry_config": {**retry, **(retry_config or {})},
+            "retry_config": retry,
             **_obstore_config(options),
         }
         try:

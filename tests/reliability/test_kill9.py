@@ -5,7 +5,7 @@ and is killed with SIGKILL at random moments, many times. After each kill (and w
 it runs) this process reads the key: it must be absent (nothing acknowledged yet) or
 hold one whole version, at least as new as the last acknowledged one, never a torn
 record. On the file store, the temporary files a killed writer leaves behind are never
-listed as keys.
+listed as keys; on S3, gc aborts every multipart upload killed writers left unfinished.
 """
 
 from __future__ import annotations
@@ -135,8 +135,15 @@ class Progress:
         assert writer_running or version <= self.started, f"read {version}, never written"
 
 
+def _unfinished_uploads(request: pytest.FixtureRequest, url: str) -> int:
+    """Multipart uploads under ``url``'s prefix that were never completed nor aborted."""
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    client = request.getfixturevalue("s3_server").client()
+    return len(client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []))
+
+
 def test_sigkilled_writers_never_leave_a_torn_record(
-    backend: tuple[str, str], tmp_path: Path
+    backend: tuple[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     name, url = backend
     sizes, kills = SIZES[name], KILLS[name]
@@ -177,11 +184,17 @@ def test_sigkilled_writers_never_leave_a_torn_record(
             for temp in temps:  # they are up to 60 MB each
                 temp.unlink()
 
+    if name == "s3":  # killed uploads hold their parts until gc aborts them
+        leftovers = _unfinished_uploads(request, url)
+        assert store.clean_abandoned(0, dry_run=True)[0] == leftovers
+        assert store.clean_abandoned(0)[0] == leftovers
+        assert _unfinished_uploads(request, url) == 0
+        progress.check(store, sizes, writer_running=False)
     store.close()
     temporary = (
         f"; {leftovers} temporary files left by killed writers, none listed as keys"
         if name == "file"
-        else ""
+        else f"; {leftovers} unfinished multipart uploads left, all aborted by gc"
     )
     print(
         f"{name}: {kills} SIGKILLs survived ({progress.mid_write} mid-write), "

@@ -236,3 +236,37 @@ def test_another_process_fetches_an_s3_result_from_the_state_json_alone(
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'rows': 42}"
+
+
+def test_gc_aborts_multipart_uploads_abandoned_under_the_prefix(
+    s3_url: str, s3_server: SeaweedFS
+) -> None:
+    # What a writer killed mid-upload leaves: an upload begun, some parts sent, never completed.
+    bucket, prefix = s3_url.removeprefix("s3://").split("/", 1)
+    client = s3_server.client()
+
+    def begin(name: str, parts: int) -> None:
+        upload = client.create_multipart_upload(Bucket=bucket, Key=name)["UploadId"]
+        for number in range(1, parts + 1):
+            client.upload_part(
+                Bucket=bucket, Key=name, UploadId=upload, PartNumber=number, Body=b"x" * 1000
+            )
+
+    def unfinished(under: str) -> list[str]:
+        found = client.list_multipart_uploads(Bucket=bucket, Prefix=under).get("Uploads", [])
+        return sorted(upload["Key"] for upload in found)
+
+    begin(f"{prefix}/a/killed", 2)
+    begin(f"{prefix}/b/killed", 1)
+    begin(f"{prefix}-neighbour/killed", 1)  # another store's prefix: never touched
+    store = ResultStore(s3_url)
+    store.write({"kept": True}, key="a/record")
+
+    assert store.clean_abandoned(older_than=3600) == (0, 0)  # too recent: maybe in progress
+    assert store.clean_abandoned(older_than=0, dry_run=True) == (2, 3000)
+    assert len(unfinished(f"{prefix}/")) == 2
+    assert store.clean_abandoned(older_than=0) == (2, 3000)
+
+    assert unfinished(f"{prefix}/") == []
+    assert unfinished(f"{prefix}-neighbour/") == [f"{prefix}-neighbour/killed"]
+    assert store.read("a/record").result == {"kept": True}

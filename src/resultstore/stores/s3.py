@@ -5,6 +5,8 @@ is one PUT; a larger one is a multipart upload whose parts are cut from the
 record's buffers and sent a few at a time, so memory stays bounded by
 ``part_size * max_concurrency`` whatever the record's size. S3 makes both
 atomic for readers: a GET sees the old object or the new one, never a part.
+An upload left unfinished by a killed writer is aborted by ``clean_abandoned``
+(``resultstore gc``).
 
 Credentials and endpoint come from storage options (``key``, ``secret``,
 ``endpoint_url``, ``client_kwargs``, ... as for ``s3fs.S3FileSystem``) or the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import datetime
 import re
 import sys
 import weakref
@@ -46,7 +49,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _MIN_PART = 5 * 1024 * 1024
 _UNAVAILABLE_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 
 
 def _client_error_code(exc: BaseException) -> str | None:
@@ -331,6 +334,47 @@ class S3Store(Store):
             if not page.get("IsTruncated") or not token:
                 return
             request["ContinuationToken"] = token
+
+    async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Abort multipart uploads under the prefix begun over ``older_than`` s ago.
+
+        A writer killed mid-upload leaves its uploaded parts stored (and billed)
+        until the upload is aborted; readers never see them.
+        """
+        base = f"{self.prefix}/" if self.prefix else ""
+        cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - older_than
+        count = size = 0
+        request: dict[str, Any] = {"Prefix": base}
+        while True:
+            page = await self._call("list_multipart_uploads", "clean", base or "*", **request)
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"].timestamp() > cutoff:
+                    continue  # possibly a write still in progress
+                key, name, upload_id = upload["Key"][len(base) :], upload["Key"], upload["UploadId"]
+                try:
+                    stored = await self._uploaded_bytes(key, name, upload_id)
+                    if not dry_run:
+                        await self._call(
+                            "abort_multipart_upload", "clean", key, Key=name, UploadId=upload_id
+                        )
+                except ResultNotFoundError:
+                    continue  # completed or aborted meanwhile
+                count, size = count + 1, size + stored
+            if not page.get("IsTruncated"):
+                return count, size
+            request["KeyMarker"] = page["NextKeyMarker"]
+            request["UploadIdMarker"] = page["NextUploadIdMarker"]
+
+    async def _uploaded_bytes(self, key: str, name: str, upload_id: str) -> int:
+        """Bytes held by the parts of an unfinished multipart upload."""
+        total = 0
+        request: dict[str, Any] = {"Key": name, "UploadId": upload_id}
+        while True:
+            page = await self._call("list_parts", "clean", key, **request)
+            total += sum(int(part["Size"]) for part in page.get("Parts", []))
+            if not page.get("IsTruncated"):
+                return total
+            request["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     async def aclose(self) -> None:
         try:

@@ -129,10 +129,13 @@ def encode_record(
     expiration: datetime.datetime | None = None,
     created: datetime.datetime | None = None,
     signer: Signer | None = None,
+    key: str = "",
 ) -> list[Buffer]:
     """Frame serialized segments as a record: returns the buffers to write, in order.
 
-    The payload segments are returned as given, never copied.
+    The payload segments are returned as given, never copied. With a ``signer``,
+    the signature covers ``key``, the storage key the record is written under,
+    so a signed record moved to another key no longer verifies.
     """
     fields: dict[str, Any] = {
         "serializer": serializer,
@@ -143,7 +146,7 @@ def encode_record(
     }
     core = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     if signer is not None:
-        fields["signature"] = signer.sign(core, segments)
+        fields["signature"] = signer.sign(key, core, segments)
         header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     else:
         header = core
@@ -274,11 +277,11 @@ async def read_record(
     if offset < len(view) or (not at_end and await reader.read(1)):
         raise _damaged(key, url, "trailing bytes after the payload")
     if verifier is not None and not verifier.verify(
-        header.signed_bytes, segments, header.signature
+        key, header.signed_bytes, segments, header.signature
     ):
         raise SignatureError(
-            f"record {key!r} has a signature that does not verify with the configured keys; "
-            "refusing to deserialize it",
+            f"record {key!r} has a signature that does not verify with the configured keys "
+            "(forged, or signed for another key); refusing to deserialize it",
             key=key,
             url=url,
         )

@@ -166,6 +166,7 @@ class ResultStore:
             serializer=self.serializer.name,
             expiration=_check_expiration(expiration),
             signer=self._signer,
+            key=key,
         )
         with self._guard("write", key):
             await self.store.write(key, Payload(buffers))

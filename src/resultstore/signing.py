@@ -1,9 +1,10 @@
 """HMAC signing of records, so shared storage cannot feed us a hostile pickle.
 
 Unpickling runs code chosen by whoever wrote the bytes. When a signing key is
-configured, every record written carries an HMAC-SHA256 over its header and
-payload, and every read checks it *before* deserializing: a record written by
-anyone without the key is refused. Former keys may be listed for rotation.
+configured, every record written carries an HMAC-SHA256 over the storage key it
+is written under, its header and its payload, and every read checks it *before*
+deserializing: a record written by anyone without the signing key, or moved to
+another storage key, is refused. Former signing keys may be listed for rotation.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from resultstore.serializers import Buffer
 
 __all__ = ["Signer"]
 
-_ALGO = "hmac-sha256"
+_ALGO = "hmac-sha256-v2"  # v2: the storage key is signed too
 
 
 class Signer:
@@ -27,25 +28,28 @@ class Signer:
         if not all(self._keys):
             raise ValueError("signing keys may not be empty")
 
-    def _digest(self, key: bytes, header: bytes, segments: Sequence[Buffer]) -> str:
-        mac = hmac.new(key, digestmod=hashlib.sha256)
-        mac.update(len(header).to_bytes(8, "little"))
-        mac.update(header)
+    def _digest(self, secret: bytes, key: str, header: bytes, segments: Sequence[Buffer]) -> str:
+        mac = hmac.new(secret, digestmod=hashlib.sha256)
+        for part in (key.encode(), header):  # length-prefixed: no two inputs sign alike
+            mac.update(len(part).to_bytes(8, "little"))
+            mac.update(part)
         for segment in segments:
             mac.update(segment)
         return f"{_ALGO}:{mac.hexdigest()}"
 
-    def sign(self, header: bytes, segments: Sequence[Buffer]) -> str:
-        """The signature of a record's signed header bytes and payload."""
-        return self._digest(self._keys[0], header, segments)
+    def sign(self, key: str, header: bytes, segments: Sequence[Buffer]) -> str:
+        """The signature of a record stored under ``key``: its header bytes and payload."""
+        return self._digest(self._keys[0], key, header, segments)
 
-    def verify(self, header: bytes, segments: Sequence[Buffer], signature: str | None) -> bool:
-        """True when ``signature`` was made by the current or a former key."""
+    def verify(
+        self, key: str, header: bytes, segments: Sequence[Buffer], signature: str | None
+    ) -> bool:
+        """True when ``signature`` was made for ``key`` by the current or a former key."""
         if not signature:
             return False
         return any(
-            hmac.compare_digest(self._digest(key, header, segments), signature)
-            for key in self._keys
+            hmac.compare_digest(self._digest(secret, key, header, segments), signature)
+            for secret in self._keys
         )
 
     def __repr__(self) -> str:

@@ -33,13 +33,14 @@ UTC = datetime.timezone.utc
 
 
 def stored(segments: list[Buffer], **options: Any) -> bytes:
-    """The bytes a store would hold for ``segments``."""
+    """The bytes a store would hold for ``segments`` under ``KEY``."""
     options.setdefault("serializer", "pickle")
+    options.setdefault("key", KEY)
     return b"".join(bytes(b) for b in encode_record(segments, **options))
 
 
-def read(data: bytes, verifier: Signer | None = None) -> tuple[Any, list[bytes]]:
-    metadata, segments = run_sync(read_record(BytesReader(data), KEY, URL, verifier))
+def read(data: bytes, verifier: Signer | None = None, key: str = KEY) -> tuple[Any, list[bytes]]:
+    metadata, segments = run_sync(read_record(BytesReader(data), key, URL, verifier))
     return metadata, [bytes(s) for s in segments]
 
 
@@ -332,6 +333,16 @@ def test_unsigned_or_foreign_records_are_refused(
         read(data, verifier=verifier)
     assert caught.value.key == KEY
     assert isinstance(caught.value, IntegrityError)
+
+
+def test_a_signed_record_moved_to_another_key_is_refused() -> None:
+    # Someone with write access copies a signed record of yours under a key you will read.
+    data = stored([b"payload"], signer=Signer("k"))
+    assert read(data, verifier=Signer("k"))[1] == [b"payload"]
+
+    with pytest.raises(SignatureError, match="signed for another key") as caught:
+        read(data, verifier=Signer("k"), key="runs/43/result")
+    assert caught.value.key == "runs/43/result"
 
 
 def test_a_tampered_signed_payload_is_refused() -> None:

@@ -585,6 +585,18 @@ def test_a_forged_pickle_is_refused_before_it_can_run(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+def test_a_signed_record_copied_to_another_key_is_refused(tmp_path: Path) -> None:
+    # Write access to the storage is enough to copy files; it must not move a value.
+    store = ResultStore(f"file://{tmp_path}", signing_key="k1")
+    store.write({"role": "guest"}, key="users/guest")
+    store.write({"role": "admin"}, key="users/admin")
+    (tmp_path / "users" / "guest.rsr").write_bytes((tmp_path / "users" / "admin.rsr").read_bytes())
+
+    with pytest.raises(SignatureError, match=r"'users/guest'.*signed for another key"):
+        store.read("users/guest")
+    assert store.read("users/admin").result == {"role": "admin"}
+
+
 def test_a_tampered_signed_record_is_refused(tmp_path: Path) -> None:
     store = ResultStore(f"file://{tmp_path}", signing_key="k1")
     key = store.write(list(range(100)))

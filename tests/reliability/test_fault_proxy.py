@@ -362,3 +362,29 @@ def test_a_connection_reset_while_streaming_a_body_is_unavailable_and_retried(
         assert "unavailable" in message
     assert "gave up after 3 attempts" in str(retried.value)
     assert proxy.counts["reset_mid"] == 4
+
+
+def test_a_delete_cut_off_by_the_network_is_retried_by_the_obstore_store(
+    proxy: FaultProxy, s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    # obstore sends a delete as S3's multi-object delete, a POST, which it does not retry
+    # when the network cuts it off; deleting is idempotent, so the store retries it
+    # (max_retries from its retry_config).
+    store = store_through("s3+obstore", proxy, s3_server, s3_bucket, max_attempts=3)
+    with store:
+        store.write("doomed", key="k")
+        proxy.kinds, proxy.methods, proxy.fault_rate = (
+            ("reset_before",),
+            frozenset({"DELETE", "POST"}),
+            1.0,
+        )
+
+        with pytest.raises(StorageUnavailableError) as caught:
+            store.delete("k")
+
+        assert proxy.counts["reset_before"] == 3  # one attempt and two retries
+        assert str(caught.value).startswith("cannot delete key 'k' in s3+obstore://")
+        assert "\n" not in str(caught.value)
+        proxy.fault_rate = 0.0
+        assert store.delete("k") is True
+        assert not store.exists("k")

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
+
 from resultstore.errors import (
     ConfigurationError,
     ResultStoreError,
@@ -173,10 +175,11 @@ class ObstoreS3Store(Store):
             "read_timeout": "60s",
             "timeout": datetime.timedelta(days=1),
         }
-        retry = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
+        retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
         retry.update(retry_config or {})
         if isinstance(retry["retry_timeout"], (int, float)):  # seconds, as JSON options give it
             retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
+        self._delete_attempts = 1 + max(0, int(retry["max_retries"]))
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
             "client_options": {**client, **(client_options or {})},
@@ -265,11 +268,21 @@ class ObstoreS3Store(Store):
 
         if not await self.exists(key):
             return False
-        try:
-            await obstore.delete_async(self._client, key)
-        except Exception as exc:
-            raise self._translate(exc, "delete", key) from exc
-        return True
+        # obstore sends this as S3's multi-object delete, a POST, which it does not retry when
+        # the network cuts it off; deleting is idempotent, so it is retried here, as botocore
+        # retries deletes for s3://.
+        for attempt in range(self._delete_attempts):
+            try:
+                await obstore.delete_async(self._client, key)
+                return True
+            except Exception as exc:
+                error = self._translate(exc, "delete", key)
+                if attempt + 1 == self._delete_attempts or not isinstance(
+                    error, StorageUnavailableError
+                ):
+                    raise error from exc
+            await anyio.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         import obstore

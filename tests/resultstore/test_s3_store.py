@@ -208,6 +208,46 @@ def test_a_sync_user_exits_without_unclosed_session_warnings(
     assert done.stderr == ""
 
 
+DROPS_ITS_STORES = textwrap.dedent(
+    """
+    import asyncio, gc, sys, time
+    from resultstore import ResultStore
+
+    def sync_use():
+        store = ResultStore(sys.argv[1])
+        store.write("sync", key="a")
+
+    async def async_use():
+        store = ResultStore(sys.argv[1])
+        await store.awrite("async", key="b")
+        del store
+        gc.collect()  # dropped while its loop runs
+        await asyncio.sleep(0.2)
+
+    sync_use()
+    gc.collect()  # dropped while its loop is idle
+    asyncio.run(async_use())
+    print(ResultStore(sys.argv[1]).keys())
+    """
+)
+
+
+def test_a_store_dropped_without_close_releases_its_connections(
+    s3_url: str, s3_env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DROPS_ITS_STORES, s3_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **s3_env},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['a', 'b']"
+    assert done.stderr == ""
+
+
 STATE_READER = textwrap.dedent(
     """
     import sys

@@ -194,6 +194,9 @@ class S3Store(Store):
             weakref.WeakKeyDictionary()
         )
         _open_stores.add(self)
+        # A store dropped without aclose() still closes its connections (at exit, the
+        # atexit hook below does it, before the loops go).
+        weakref.finalize(self, _close_clients, self._clients).atexit = False
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
@@ -385,21 +388,34 @@ class S3Store(Store):
         if fs is not None and getattr(fs, "_s3", None) is not None:
             await fs._s3.close()
 
-    def _close_idle_clients(self) -> None:
-        """Close the clients of loops that are not running (at exit, for sync users)."""
-        for loop, fs in list(self._clients.items()):
-            if loop.is_closed() or loop.is_running() or getattr(fs, "_s3", None) is None:
-                continue
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(fs._s3.close())
-            self._clients.pop(loop, None)
-
 
 _open_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_on_loop(s3: Any) -> None:
+    """Run on its own loop: close an s3 client there, keeping the task alive till done."""
+    task = asyncio.get_running_loop().create_task(s3.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
+    """Close each s3fs client on its loop: now if the loop is idle, soon if it runs."""
+    for loop, fs in list(clients.items()):
+        clients.pop(loop, None)
+        s3 = getattr(fs, "_s3", None)
+        if s3 is None or loop.is_closed():
+            continue
+        if loop.is_running():
+            loop.call_soon_threadsafe(_close_on_loop, s3)
+        else:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(s3.close())
 
 
 @atexit.register
 def _close_clients_at_exit() -> None:
     """Sync callers never await aclose(); close their connections before the loops go."""
     for store in list(_open_stores):
-        store._close_idle_clients()
+        _close_clients(store._clients)

@@ -94,6 +94,8 @@ class _StreamReader(Reader):
     async def _fill(self) -> bool:
         """Make the current chunk non-empty; False at the end of the body."""
         while not self._chunk:
+            if self._stream is None:  # closed
+                return False
             try:
                 self._chunk = memoryview(await self._stream.__anext__()).cast("B")
             except StopAsyncIteration:
@@ -120,6 +122,10 @@ class _StreamReader(Reader):
             self._chunk = self._chunk[take:]
             total += take
         return total
+
+    async def aclose(self) -> None:
+        # Dropping the stream ends the GET at once (read_metadata stops after the header).
+        self._stream, self._chunk = None, memoryview(b"")
 
 
 class ObstoreS3Store(Store):

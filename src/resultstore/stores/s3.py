@@ -408,7 +408,8 @@ def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
         if s3 is None or loop.is_closed():
             continue
         if loop.is_running():
-            loop.call_soon_threadsafe(_close_on_loop, s3)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_close_on_loop, s3)
         else:
             with contextlib.suppress(Exception):
                 loop.run_until_complete(s3.close())

@@ -359,6 +359,20 @@ class ResultStore:
         """Sync twin of :meth:`aclean_abandoned`."""
         return run_sync(self.aclean_abandoned(older_than, dry_run=dry_run))
 
+    def use_for_references(self) -> ResultStore:
+        """Read persisted results that point into this store through it; returns ``self``.
+
+        A State's JSON names only a URL and key, so another process fetches the
+        value through a store configured from the environment (``RESULTSTORE_*``,
+        ``AWS_*``). Call this on a store configured in code (storage options,
+        ``signing_key``, retry policy) to have references to its URL use that
+        configuration instead, in this process.
+        """
+        from resultstore.results import serve_references
+
+        serve_references(self)
+        return self
+
     async def aclose(self) -> None:
         """Release the store's connections."""
         await self.store.aclose()

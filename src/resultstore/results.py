@@ -23,18 +23,35 @@ from states.results import REFERENCE_TAG
 if TYPE_CHECKING:
     from resultstore.result_store import ResultStore
 
-__all__ = ["PersistedResult"]
+__all__ = ["PersistedResult", "serve_references"]
 
 _MISSING: Any = object()
 _stores: dict[tuple[str, str], ResultStore] = {}
+_chosen: dict[str, ResultStore] = {}
 _stores_lock = threading.Lock()
 
 
+def serve_references(store: ResultStore) -> None:
+    """Have references to ``store``'s URL read from JSON go through ``store``.
+
+    See :meth:`ResultStore.use_for_references`.
+    """
+    with _stores_lock:
+        _chosen[store.storage_url] = store
+
+
 def _store_for(storage_url: str, serializer: str) -> ResultStore:
-    """One shared ResultStore per (URL, serializer) for references read from JSON."""
+    """The store a reference read from JSON reads through.
+
+    The one chosen for its URL in this process, if any, else one shared
+    ResultStore per (URL, serializer) configured from the environment.
+    """
     from resultstore.result_store import ResultStore
 
     with _stores_lock:
+        chosen = _chosen.get(storage_url)
+        if chosen is not None:
+            return chosen
         store = _stores.get((storage_url, serializer))
         if store is None:
             store = _stores[(storage_url, serializer)] = ResultStore(storage_url, serializer)

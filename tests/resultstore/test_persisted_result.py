@@ -21,9 +21,12 @@ from resultstore import (
     ResultNotFoundError,
     ResultStore,
     RetryPolicy,
+    SignatureError,
 )
+from resultstore import results as results_module
 from resultstore.stores.base import Reader
 from resultstore.stores.memory import MemoryStore
+from states import Completed, State, get_state_result
 from states.results import REFERENCE_TAG, ResultReference, load_result_reference
 
 REFERENCE_KEYS = {REFERENCE_TAG, "storage_url", "key", "serializer", "expiration"}
@@ -242,3 +245,29 @@ def test_another_process_fetches_the_value_from_the_reference_alone(tmp_path: Pa
         "writable": True,
     }
     assert not (tmp_path / "elsewhere").exists()  # the default storage was never touched
+
+
+def test_a_store_configured_in_code_serves_the_references_to_its_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results_module, "_chosen", {})  # this process's choices, for this test
+    monkeypatch.setattr(results_module, "_stores", {})
+    url = f"file://{tmp_path}/shared"
+    signed = ResultStore(url, signing_key="key-given-in-code")
+    result = signed.create_result({"model": "v2"})
+    result.write()
+    planted = ResultStore(url).create_result("written by someone without the key")
+    planted.write()
+
+    def fetch(reference: PersistedResult) -> Any:
+        """What another process does: rebuild the State from its JSON, then read it."""
+        received = State.model_validate_json(Completed(data=reference).model_dump_json())
+        return get_state_result(received)
+
+    # From JSON alone, the store comes from the environment, which has no signing key.
+    assert fetch(planted) == "written by someone without the key"
+
+    assert signed.use_for_references() is signed
+    assert fetch(result) == {"model": "v2"}
+    with pytest.raises(SignatureError, match="not signed but a signing key is configured"):
+        fetch(planted)

@@ -224,9 +224,16 @@ DROPS_ITS_STORES = textwrap.dedent(
         gc.collect()  # dropped while its loop runs
         await asyncio.sleep(0.2)
 
+    async def drop_inside_another_loop(holder):
+        holder.clear()
+        gc.collect()  # its loop is idle, but another loop runs in this thread
+
     sync_use()
     gc.collect()  # dropped while its loop is idle
     asyncio.run(async_use())
+    holder = [ResultStore(sys.argv[1])]
+    holder[0].write("kept", key="c")
+    asyncio.run(drop_inside_another_loop(holder))
     print(ResultStore(sys.argv[1]).keys())
     """
 )
@@ -244,7 +251,7 @@ def test_a_store_dropped_without_close_releases_its_connections(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['a', 'b']"
+    assert done.stdout.strip() == "['a', 'b', 'c']"
     assert done.stderr == ""
 
 

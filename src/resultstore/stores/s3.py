@@ -39,6 +39,7 @@ from resultstore.errors import (
 )
 from resultstore.serializers import Buffer
 from resultstore.stores.base import Payload, Reader, Store
+from states.concurrency import in_async_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -391,6 +392,7 @@ class S3Store(Store):
 
 _open_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
 _closing: set[asyncio.Task[None]] = set()
+_close_at_exit: list[tuple[asyncio.AbstractEventLoop, Any]] = []
 
 
 def _close_on_loop(s3: Any) -> None:
@@ -400,8 +402,19 @@ def _close_on_loop(s3: Any) -> None:
     task.add_done_callback(_closing.discard)
 
 
+def _close_now(loop: asyncio.AbstractEventLoop, s3: Any) -> None:
+    """Close an s3 client on its idle loop, from a thread where no loop runs."""
+    if not loop.is_closed() and not loop.is_running():
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(s3.close())
+
+
 def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
-    """Close each s3fs client on its loop: now if the loop is idle, soon if it runs."""
+    """Close each s3fs client on its loop: now if the loop is idle, soon if it runs.
+
+    An idle loop cannot run while another loop runs in this thread (a store dropped
+    inside async code); its client is then kept and closed at exit.
+    """
     for loop, fs in list(clients.items()):
         clients.pop(loop, None)
         s3 = getattr(fs, "_s3", None)
@@ -410,9 +423,10 @@ def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
         if loop.is_running():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(_close_on_loop, s3)
+        elif in_async_context():
+            _close_at_exit.append((loop, s3))
         else:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(s3.close())
+            _close_now(loop, s3)
 
 
 @atexit.register
@@ -420,3 +434,5 @@ def _close_clients_at_exit() -> None:
     """Sync callers never await aclose(); close their connections before the loops go."""
     for store in list(_open_stores):
         _close_clients(store._clients)
+    while _close_at_exit:
+        _close_now(*_close_at_exit.pop())

@@ -20,9 +20,6 @@ import datetime
 import re
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
-
-import anyio
 
 from resultstore.errors import (
     ConfigurationError,
@@ -30,13 +27,13 @@ from resultstore.errors import (
     StorageError,
     StorageUnavailableError,
 )
+from resultstore.retry import RetryPolicy
 from resultstore.stores.base import Payload, Reader, Store
+from resultstore.stores.s3 import s3_location
 
 __all__ = ["ObstoreS3Store"]
 
 _SCHEME = "s3+obstore"
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_MIN_PART = 5 * 1024 * 1024
 _CHUNK = 8 << 20  # bytes per streamed chunk: fewer Rust->Python hand-offs, bounded memory
 _S3FS_NAMES = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
 _UNAVAILABLE = re.compile(
@@ -149,24 +146,7 @@ class ObstoreS3Store(Store):
             raise ConfigurationError(
                 f"{url!r} needs obstore: pip install 'resultstore[obstore]'", url=url
             ) from None
-        parts = urlsplit(url)
-        if parts.scheme != _SCHEME:
-            raise ConfigurationError(f"not an {_SCHEME}:// URL: {url!r}", url=url)
-        if "@" in parts.netloc or parts.query or parts.fragment:
-            raise ConfigurationError(
-                f"{_SCHEME} URLs take the form {_SCHEME}://bucket/prefix; pass credentials as "
-                "storage options or AWS_* environment variables, never in the URL"
-            )
-        if not _BUCKET.match(parts.netloc):
-            raise ConfigurationError(
-                f"invalid S3 bucket name {parts.netloc!r} in {url!r}: use 3-63 lowercase "
-                "letters, digits, dots or dashes",
-                url=url,
-            )
-        if part_size < _MIN_PART:
-            raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
-        self.bucket = parts.netloc
-        self.prefix = parts.path.strip("/")
+        self.bucket, self.prefix = s3_location(url, _SCHEME, part_size)
         base = f"{_SCHEME}://{self.bucket}"
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
         self.part_size = part_size
@@ -185,7 +165,15 @@ class ObstoreS3Store(Store):
         retry.update(retry_config or {})
         if isinstance(retry["retry_timeout"], (int, float)):  # seconds, as JSON options give it
             retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
-        self._delete_attempts = 1 + max(0, int(retry["max_retries"]))
+        # obstore sends a delete as S3's multi-object delete, a POST, which it does not retry
+        # when the network cuts it off; deleting is idempotent, so the store retries it, as
+        # botocore retries deletes for s3://.
+        self._delete_retry = RetryPolicy(
+            attempts=1 + max(0, int(retry["max_retries"])),
+            delay=0.1,
+            backoff=2.0,
+            retry_on=(StorageUnavailableError,),
+        )
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
             "client_options": {**client, **(client_options or {})},
@@ -270,25 +258,18 @@ class ObstoreS3Store(Store):
         return True
 
     async def delete(self, key: str) -> bool:
-        import obstore
-
         if not await self.exists(key):
             return False
-        # obstore sends this as S3's multi-object delete, a POST, which it does not retry when
-        # the network cuts it off; deleting is idempotent, so it is retried here, as botocore
-        # retries deletes for s3://.
-        for attempt in range(self._delete_attempts):
-            try:
-                await obstore.delete_async(self._client, key)
-                return True
-            except Exception as exc:
-                error = self._translate(exc, "delete", key)
-                if attempt + 1 == self._delete_attempts or not isinstance(
-                    error, StorageUnavailableError
-                ):
-                    raise error from exc
-            await anyio.sleep(0.1 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        await self._delete_retry.call(lambda: self._delete_once(key))
+        return True
+
+    async def _delete_once(self, key: str) -> None:
+        import obstore
+
+        try:
+            await obstore.delete_async(self._client, key)
+        except Exception as exc:
+            raise self._translate(exc, "delete", key) from exc
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         import obstore

@@ -44,13 +44,34 @@ from states.concurrency import in_async_context
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "s3_location"]
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _MIN_PART = 5 * 1024 * 1024
 _UNAVAILABLE_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+
+
+def s3_location(url: str, scheme: str, part_size: int) -> tuple[str, str]:
+    """The (bucket, prefix) of an S3 store URL, checked; shared by the S3 stores."""
+    parts = urlsplit(url)
+    if parts.scheme != scheme:
+        raise ConfigurationError(f"not an {scheme}:// URL: {url!r}", url=url)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{scheme} URLs take the form {scheme}://bucket/prefix; pass credentials as "
+            "storage options or AWS_* environment variables, never in the URL"
+        )
+    if not _BUCKET.match(parts.netloc):
+        raise ConfigurationError(
+            f"invalid S3 bucket name {parts.netloc!r} in {url!r}: use 3-63 lowercase letters, "
+            "digits, dots or dashes",
+            url=url,
+        )
+    if part_size < _MIN_PART:
+        raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
+    return parts.netloc, parts.path.strip("/")
 
 
 def _client_error_code(exc: BaseException) -> str | None:
@@ -161,26 +182,9 @@ class S3Store(Store):
         max_concurrency: int = 4,
         **options: Any,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "s3":
-            raise ConfigurationError(f"not an s3:// URL: {url!r}", url=url)
-        if "@" in parts.netloc or parts.query or parts.fragment:
-            raise ConfigurationError(
-                "S3 URLs take the form s3://bucket/prefix; pass credentials as storage options "
-                "or AWS_* environment variables, never in the URL"
-            )
-        bucket = parts.netloc
-        if not _BUCKET.match(bucket):
-            raise ConfigurationError(
-                f"invalid S3 bucket name {bucket!r} in {url!r}: use 3-63 lowercase letters, "
-                "digits, dots or dashes",
-                url=url,
-            )
-        if part_size < _MIN_PART:
-            raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
-        self.bucket = bucket
-        self.prefix = parts.path.strip("/")
-        super().__init__(f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}")
+        self.bucket, self.prefix = s3_location(url, "s3", part_size)
+        base = f"s3://{self.bucket}"
+        super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
         config = dict(options.pop("config_kwargs", None) or {})

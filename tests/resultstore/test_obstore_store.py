@@ -1,26 +1,22 @@
-"""The ``s3+obstore://`` store against a real S3 server (SeaweedFS on loopback): no mocks."""
+"""The ``s3+obstore://`` store against a real S3 server (SeaweedFS on loopback): no mocks.
+
+The error and configuration checks it shares with ``s3://`` are in test_s3_store.py.
+"""
 
 from __future__ import annotations
 
-import socket
 import sys
-import time
-import uuid
 
 import pytest
 
 from resultstore import (
     ConfigurationError,
     ResultStore,
-    RetryPolicy,
-    StorageError,
-    StorageUnavailableError,
     resolve_store,
 )
 from resultstore.stores.base import Store
 from resultstore.stores.obstore import ObstoreS3Store
 from resultstore.testing import StoreConformance
-from seaweedfs import SeaweedFS
 
 
 @pytest.fixture
@@ -55,70 +51,9 @@ def test_either_s3_store_reads_what_the_other_wrote(s3_url: str, obstore_url: st
     assert via_s3fs.keys() == via_obstore.keys() == ["a", "b", "large"]
 
 
-def test_s3fs_style_storage_options_work_without_the_environment(
-    s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in s3_server.env():
-        monkeypatch.delenv(name, raising=False)
-    url = f"s3+obstore://{s3_bucket}/from-code-{uuid.uuid4().hex[:8]}"
-    store = ResultStore(url, storage_options=s3_server.storage_options())
-
-    key = store.write([1, 2, 3])
-
-    assert store.read(key).result == [1, 2, 3]
-    secret = s3_server.storage_options()["secret"]
-    assert secret not in repr(store) and secret not in repr(store.store)
-
-
-def test_missing_bucket_is_one_clear_line(s3_env: dict[str, str]) -> None:
-    store = ResultStore("s3+obstore://no-such-bucket-here/p")
-
-    with pytest.raises(StorageError) as caught:
-        store.write(1, key="k")
-
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "bucket 'no-such-bucket-here' does not exist" in message and "'k'" in message
-
-
-def test_unreachable_endpoint_is_unavailable_within_bounded_time(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    store = ResultStore(f"s3+obstore://{s3_bucket}/p", retry=RetryPolicy(attempts=2, delay=0.1))
-
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailableError) as caught:
-        store.read("some/key")
-
-    assert time.monotonic() - started < 30
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "'some/key'" in message and "unavailable" in message
-
-
-def test_wrong_credentials_are_reported_as_access_denied(
-    s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
-    store = ResultStore(f"s3+obstore://{s3_bucket}/denied")
-
-    with pytest.raises(StorageError, match="access denied") as caught:
-        store.write(1, key="k")
-
-    assert "\n" not in str(caught.value)
-    assert "definitely-wrong-secret" not in str(caught.value)
-
-
 @pytest.mark.parametrize(
     ("url", "options", "fragment"),
     [
-        ("s3+obstore://AKIA:secret@bucket/p", {}, "never in the URL"),
         ("s3+obstore://Bad_Bucket/p", {}, "invalid S3 bucket name 'Bad_Bucket'"),
         ("s3+obstore://bucket/p", {"part_size": 1024}, "part_size must be at least"),
         ("s3+obstore://bucket/p", {"no_such_setting": 1}, "invalid storage options"),

@@ -1,4 +1,7 @@
-"""The S3 store against a real S3 server (SeaweedFS on loopback): no mocks."""
+"""The S3 stores against a real S3 server (SeaweedFS on loopback): no mocks.
+
+Most checks are for ``s3://``; those marked ``BOTH_S3_STORES`` also run on ``s3+obstore://``.
+"""
 
 from __future__ import annotations
 
@@ -52,17 +55,38 @@ def test_records_live_under_the_prefix(s3_url: str, s3_server: SeaweedFS) -> Non
     assert store.keys() == ["daily/2026-11-28"]
 
 
+# The checks below hold for both S3 stores: s3:// (s3fs) and s3+obstore:// (obstore).
+BOTH_S3_STORES = pytest.mark.parametrize("scheme", ["s3", "s3+obstore"])
+
+
+def _child(
+    code: str, s3_url: str, s3_env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with ``s3_url`` as its argument and S3 credentials."""
+    return subprocess.run(
+        [sys.executable, "-c", code, s3_url],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **s3_env},
+        check=False,
+    )
+
+
+@BOTH_S3_STORES
 def test_storage_options_from_code_need_no_environment(
-    s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    scheme: str, s3_server: SeaweedFS, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in s3_server.env():
         monkeypatch.delenv(name, raising=False)
-    url = f"s3://{s3_bucket}/from-code-{uuid.uuid4().hex[:8]}"
-    store = ResultStore(url, storage_options=s3_server.storage_options())
+    url = f"{scheme}://{s3_bucket}/from-code-{uuid.uuid4().hex[:8]}"
+    store = ResultStore(url, storage_options=s3_server.storage_options())  # s3fs's names
 
     key = store.write([1, 2, 3])
 
     assert store.read(key).result == [1, 2, 3]
+    secret = s3_server.storage_options()["secret"]
+    assert secret not in repr(store) and secret not in repr(store.store)
 
 
 def test_storage_options_from_the_environment(
@@ -80,8 +104,9 @@ def test_storage_options_from_the_environment(
     assert store.read(key).result == "configured by env"
 
 
-def test_missing_bucket_is_one_clear_line(s3_env: dict[str, str]) -> None:
-    store = ResultStore("s3://no-such-bucket-here/p")
+@BOTH_S3_STORES
+def test_missing_bucket_is_one_clear_line(scheme: str, s3_env: dict[str, str]) -> None:
+    store = ResultStore(f"{scheme}://no-such-bucket-here/p")
 
     with pytest.raises(StorageError) as caught:
         store.write(1, key="k")
@@ -92,8 +117,9 @@ def test_missing_bucket_is_one_clear_line(s3_env: dict[str, str]) -> None:
     assert "'k'" in message
 
 
+@BOTH_S3_STORES
 def test_unreachable_endpoint_fails_within_bounded_time(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    scheme: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -101,7 +127,7 @@ def test_unreachable_endpoint_fails_within_bounded_time(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    store = ResultStore(f"s3://{s3_bucket}/p", retry=RetryPolicy(attempts=2, delay=0.1))
+    store = ResultStore(f"{scheme}://{s3_bucket}/p", retry=RetryPolicy(attempts=2, delay=0.1))
 
     started = time.monotonic()
     with pytest.raises(StorageUnavailableError) as caught:
@@ -113,15 +139,17 @@ def test_unreachable_endpoint_fails_within_bounded_time(
     assert "'some/key'" in message and "unavailable" in message
 
 
+@BOTH_S3_STORES
 def test_wrong_credentials_are_reported_as_access_denied(
-    s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    scheme: str, s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
-    store = ResultStore(f"s3://{s3_bucket}/denied")
+    store = ResultStore(f"{scheme}://{s3_bucket}/denied")
 
     with pytest.raises(StorageError, match="access denied") as caught:
         store.write(1, key="k")
 
+    assert "\n" not in str(caught.value)
     assert "definitely-wrong-secret" not in str(caught.value)
     assert "definitely-wrong-secret" not in repr(store)
 
@@ -140,9 +168,10 @@ def test_credentials_never_appear_in_reprs_or_state_json(
     assert options["key"] not in shown
 
 
-def test_credentials_in_the_url_are_refused() -> None:
+@BOTH_S3_STORES
+def test_credentials_in_the_url_are_refused(scheme: str) -> None:
     with pytest.raises(ConfigurationError, match="never in the URL"):
-        resolve_store("s3://AKIA:secret@bucket/prefix")
+        resolve_store(f"{scheme}://AKIA:secret@bucket/prefix")
 
 
 def test_two_hundred_concurrent_writes_all_land(s3_url: str) -> None:
@@ -175,14 +204,7 @@ def test_a_100_mb_result_written_here_is_read_by_another_process(
     value = os.urandom(1024 * 1024) * 105
     ResultStore(s3_url).write(value, key="big")
 
-    done = subprocess.run(
-        [sys.executable, "-c", LARGE_READER, s3_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **s3_env},
-        check=False,
-    )
+    done = _child(LARGE_READER, s3_url, s3_env, timeout=120)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(len(value)), hashlib.sha256(value).hexdigest()]
@@ -195,14 +217,7 @@ def test_a_sync_user_exits_without_unclosed_session_warnings(
         "import sys; from resultstore import ResultStore; s = ResultStore(sys.argv[1]); "
         "print(s.read(s.write([1, 2])).result)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, s3_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **s3_env},
-        check=False,
-    )
+    done = _child(code, s3_url, s3_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[1, 2]"
     assert done.stderr == ""
@@ -242,14 +257,7 @@ DROPS_ITS_STORES = textwrap.dedent(
 def test_a_store_dropped_without_close_releases_its_connections(
     s3_url: str, s3_env: dict[str, str]
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", DROPS_ITS_STORES, s3_url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **s3_env},
-        check=False,
-    )
+    done = _child(DROPS_ITS_STORES, s3_url, s3_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['a', 'b', 'c']"
     assert done.stderr == ""

@@ -203,7 +203,7 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
             await asyncio.gather(*(fs._cat_file(f"{bucket_prefix}/s/{i}") for i in range(small)))
             return wrote, time.perf_counter() - started
 
-        async def ours_large() -> tuple[float, float]:
+        async def ours_large(store: ResultStore = store) -> tuple[float, float]:
             started = time.perf_counter()
             await store.awrite(value, key="large")
             wrote = time.perf_counter() - started
@@ -211,7 +211,7 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
             (await store.aread("large")).result  # noqa: B018
             return wrote, time.perf_counter() - started
 
-        async def ours_small() -> tuple[float, float]:
+        async def ours_small(store: ResultStore = store) -> tuple[float, float]:
             started = time.perf_counter()
             await asyncio.gather(*(store.awrite(small_value, key=f"s/{i}") for i in range(small)))
             wrote = time.perf_counter() - started
@@ -255,30 +255,12 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
             await asyncio.gather(*(get(i) for i in range(small)))
             return wrote, time.perf_counter() - started
 
-        async def ob_ours_large() -> tuple[float, float]:
-            started = time.perf_counter()
-            await ob_store.awrite(value, key="large")
-            wrote = time.perf_counter() - started
-            started = time.perf_counter()
-            (await ob_store.aread("large")).result  # noqa: B018
-            return wrote, time.perf_counter() - started
-
-        async def ob_ours_small() -> tuple[float, float]:
-            started = time.perf_counter()
-            await asyncio.gather(
-                *(ob_store.awrite(small_value, key=f"s/{i}") for i in range(small))
-            )
-            wrote = time.perf_counter() - started
-            started = time.perf_counter()
-            await asyncio.gather(*(ob_store.aread(f"s/{i}") for i in range(small)))
-            return wrote, time.perf_counter() - started
-
         async def main() -> dict[str, tuple[float, ...]]:
             fs = await raw_fs()
             # Warm up: the server allocates volumes on its first writes; neither side pays.
             await raw_large(fs)
             await ours_large()
-            await ob_ours_large()
+            await ours_large(ob_store)
             best: dict[str, list[tuple[float, ...]]] = {}
             runs = [
                 ("raw_large", lambda: raw_large(fs)),
@@ -286,9 +268,9 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 ("raw_small", lambda: raw_small(fs)),
                 ("ours_small", ours_small),
                 ("ob_raw_large", ob_raw_large),
-                ("ob_ours_large", ob_ours_large),
+                ("ob_ours_large", lambda: ours_large(ob_store)),
                 ("ob_raw_small", ob_raw_small),
-                ("ob_ours_small", ob_ours_small),
+                ("ob_ours_small", lambda: ours_small(ob_store)),
             ]
             for round_ in range(repeat):  # alternate who goes first: the server drifts
                 for name, run in runs if round_ % 2 == 0 else runs[::-1]:

@@ -12,18 +12,29 @@ from __future__ import annotations
 
 import posixpath
 import secrets
+import socket
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 from fsspec.registry import known_implementations
 
-from resultstore.errors import ConfigurationError, ResultStoreError, StorageError
+from resultstore.errors import (
+    ConfigurationError,
+    ResultStoreError,
+    StorageError,
+    StorageUnavailableError,
+)
 from resultstore.keys import RESERVED_SUFFIX
 from resultstore.registry import redact_url
 from resultstore.stores.base import BytesReader, Payload, Reader, Store, run_blocking
 
 __all__ = ["FsspecStore", "fsspec_store_class"]
+
+# Failures of the connection itself, not of the request: worth a retry on a new connection.
+_CONNECTION_ERRORS = (ConnectionError, TimeoutError, EOFError, socket.gaierror)
 
 
 def fsspec_store_class(scheme: str) -> type[Store] | None:
@@ -41,8 +52,9 @@ class FsspecStore(Store):
     def __init__(self, url: str, **options: Any) -> None:
         protocol, path = url.split("://", 1)
         self.protocol = protocol
+        self._source = (url, options)
         try:
-            self.fs = fsspec.filesystem(protocol, **options)
+            self.fs, self.root = self._connect()
         except ImportError as exc:
             hint = known_implementations.get(protocol, {}).get("err") or str(exc)
             raise ConfigurationError(
@@ -50,22 +62,55 @@ class FsspecStore(Store):
                 f"installed: {hint}",
                 url=url,
             ) from None
-        self.root = self.fs._strip_protocol(url).rstrip("/")
+        self.root = self.root.rstrip("/")
+        # Async implementations are safe to call from several threads at once; a sync one
+        # may hold one connection (FTP, SFTP) that overlapping calls would corrupt, and
+        # that must be opened anew once it breaks.
+        self._lock = None if self.fs.async_impl else threading.Lock()
+        self._broken = False
         super().__init__(redact_url(f"{protocol}://{path.rstrip('/')}"))
+
+    def _connect(self) -> tuple[Any, str]:
+        # url_to_fs passes what the URL holds (host, port, login) to the filesystem; this
+        # store owns its instance, so replacing a broken one touches no one else's.
+        url, options = self._source
+        fs, root = url_to_fs(url, skip_instance_cache=True, **options)
+        return fs, str(root)
 
     def _path(self, key: str) -> str:
         # Like the file store: the reserved suffix keeps keys "a" and "a/b" apart.
         return f"{self.root}/{key}{RESERVED_SUFFIX}" if self.root else key + RESERVED_SUFFIX
 
+    def _call(self, method: str, *args: Any) -> Any:
+        if self._lock is None:
+            return getattr(self.fs, method)(*args)
+        with self._lock:
+            if self._broken:  # reconnect, so a retried call can succeed once the server is back
+                self.fs = self._connect()[0]
+                self._broken = False
+            try:
+                return getattr(self.fs, method)(*args)
+            except _CONNECTION_ERRORS:
+                self._broken = True
+                raise
+
     async def _run(self, action: str, key: str, method: str, *args: Any) -> Any:
         # fsspec's sync API works for every implementation (async ones run on fsspec's own
         # I/O thread); a generic backend may be remote, so never block a shared loop.
         try:
-            return await run_blocking(getattr(self.fs, method), *args, may_wait=True)
+            return await run_blocking(self._call, method, *args, may_wait=True)
         except FileNotFoundError:
             raise
         except ResultStoreError:
             raise
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"cannot {action} key {key!r} in {self.url}: the server is unreachable or hung "
+                f"up ({type(exc).__name__}: {exc or 'connection closed'}); check the host and "
+                "the network",
+                key=key,
+                url=self.url,
+            ) from exc
         except Exception as exc:
             raise StorageError(
                 f"cannot {action} key {key!r} in {self.url}: {type(exc).__name__}: {exc}",

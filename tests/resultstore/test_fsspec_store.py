@@ -1,0 +1,125 @@
+"""The generic fsspec store against a real remote protocol: FTP, served by pyftpdlib.
+
+FTP is a good witness for "any other fsspec protocol": its filesystem needs the
+host, port and login the URL carries, and it talks over one connection that
+overlapping calls from worker threads would corrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resultstore import ConfigurationError, ResultStore, StorageUnavailableError, resolve_store
+from resultstore.stores.base import Store
+from resultstore.stores.fsspec import FsspecStore
+from resultstore.testing import StoreConformance
+
+USER, PASSWORD = "alice", "s3cret-pass"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_banner(port: int, server: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"pyftpdlib exited with {server.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(3) == b"220":
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"pyftpdlib did not answer on port {port} within {timeout}s")
+
+
+@contextlib.contextmanager
+def _ftp_server(folder: Path, port: int = 0) -> Iterator[str]:
+    """An FTP server for ``folder`` on ``port`` (else a free one); yields its URL with login."""
+    port = port or _free_port()
+    command = [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(port), "-w"]
+    server = subprocess.Popen(
+        [*command, "-d", str(folder), "-u", USER, "-P", PASSWORD],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_banner(port, server)
+        yield f"ftp://{USER}:{PASSWORD}@127.0.0.1:{port}"
+    finally:
+        os.kill(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def ftp_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """(base URL with login, served folder) of an FTP server kept for this module."""
+    folder = tmp_path_factory.mktemp("ftp")
+    with _ftp_server(folder) as url:
+        yield url, folder
+
+
+class TestFtpThroughTheGenericStore(StoreConformance):
+    concurrency = 16  # one FTP connection serves every call in turn
+
+    @pytest.fixture
+    def store(self, ftp_root: tuple[str, Path]) -> Store:
+        store = resolve_store(f"{ftp_root[0]}/kit-{uuid.uuid4().hex[:8]}")
+        assert isinstance(store, FsspecStore)
+        return store
+
+
+def test_the_url_carries_host_port_and_login(ftp_root: tuple[str, Path]) -> None:
+    base, folder = ftp_root
+    results = ResultStore(f"{base}/runs")
+    results.write({"rows": 3}, key="daily/report")
+    assert (folder / "runs" / "daily" / "report.rsr").is_file()
+    assert results.read("daily/report").result == {"rows": 3}
+    results.close()
+
+
+def test_the_password_never_shows(ftp_root: tuple[str, Path]) -> None:
+    base, _ = ftp_root
+    results = ResultStore(f"{base}/shown")
+    assert PASSWORD not in repr(results) and PASSWORD not in str(results.store.url)
+    results.close()
+    wrong = base.replace(PASSWORD, "wrong-pass")
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_store(f"{wrong}/x")
+    message = str(caught.value)
+    assert "530" in message and "wrong-pass" not in message and "\n" not in message
+
+
+def test_a_server_that_went_away_is_unavailable_until_it_is_back(tmp_path: Path) -> None:
+    port = _free_port()
+    with _ftp_server(tmp_path, port) as url:
+        results = ResultStore(f"{url}/gone")
+        results.write(1, key="there")
+    with pytest.raises(StorageUnavailableError) as caught:  # retried by default reads
+        results.read("there", retry=False)
+    message = str(caught.value)
+    assert "'there'" in message and "unreachable" in message and "\n" not in message
+    assert PASSWORD not in message
+    with _ftp_server(tmp_path, port):  # back: the store opens a new connection
+        assert results.read("there", retry=False).result == 1
+    results.close()

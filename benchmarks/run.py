@@ -163,7 +163,9 @@ def _s3_target(url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from seaweedfs import SeaweedFS
 
-    with SeaweedFS() as server:
+    # 1 GiB volumes: with the test default (64 MiB), 100 MB writes keep the server growing
+    # volumes mid-measurement, and one run's throughput swung from 35 to 170 MB/s.
+    with SeaweedFS(volume_size_limit_mb=1024) as server:
         server.create_bucket("bench")
         yield "s3://bench/run", server.storage_options()
 

@@ -153,6 +153,17 @@ def _unfinished_uploads(request: pytest.FixtureRequest, url: str) -> int:
     return len(client.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", []))
 
 
+def _settled_uploads(request: pytest.FixtureRequest, url: str) -> int:
+    """:func:`_unfinished_uploads` once a dead writer's late requests stopped changing it."""
+    count, deadline = _unfinished_uploads(request, url), time.monotonic() + 15
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        count, before = _unfinished_uploads(request, url), count
+        if count == before:
+            break
+    return count
+
+
 def test_sigkilled_writers_never_leave_a_torn_record(
     backend: tuple[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -198,7 +209,7 @@ def test_sigkilled_writers_never_leave_a_torn_record(
                 temp.unlink()
 
     if name == "s3":  # killed uploads hold their parts until gc aborts them
-        leftovers = _unfinished_uploads(request, url)
+        leftovers = _settled_uploads(request, url)
         assert store.clean_abandoned(0, dry_run=True)[0] == leftovers
         assert store.clean_abandoned(0)[0] == leftovers
         assert _unfinished_uploads(request, url) == 0

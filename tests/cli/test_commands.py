@@ -6,7 +6,6 @@ import datetime
 import json
 import os
 import pty
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from cli_harness import Cli, assert_error, clean_env
 
+from ports import free_port
 from resultstore import ResultStore
 
 COMMANDS = ("put", "get", "ls", "inspect", "rm", "gc", "check", "copy", "stores", "demo")
@@ -397,9 +397,7 @@ def test_unreachable_s3_or_a_missing_bucket_is_exit_4(
         env=s3_env,
         says=["'no-such-bucket-here' does not exist"],
     )
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     file_cli.fails(
         "--storage",
         "s3://some-bucket/results",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import traceback
 import uuid
 from collections.abc import Iterable, Iterator
@@ -22,6 +21,7 @@ import anyio
 import pytest
 
 import states
+from ports import free_port
 from resultstore import (
     ResultStore,
     ResultStoreError,
@@ -150,9 +150,7 @@ def test_a_wrong_s3_secret_is_reported_without_echoing_it(
 def test_the_secret_from_the_aws_environment_stays_hidden_when_unreachable(
     s3_bucket: str, monkeypatch: pytest.MonkeyPatch, debug_logs: pytest.LogCaptureFixture
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens on it
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "some-key-id")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRONG_SECRET)
@@ -198,10 +196,7 @@ def test_a_url_password_stays_out_of_the_result_store_and_state_json(
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://user:{URL_PASSWORD}@127.0.0.1:{port}/results"
+    return f"http://user:{URL_PASSWORD}@127.0.0.1:{free_port()}/results"
 
 
 def test_a_url_password_of_a_generic_fsspec_store_stays_out_of_what_resultstore_shows() -> None:

@@ -20,19 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from resultstore import ConfigurationError, ResultStore, StorageUnavailableError, resolve_store
 from resultstore.stores.base import Store
 from resultstore.stores.fsspec import FsspecStore
 from resultstore.testing import StoreConformance
 
 USER, PASSWORD = "alice", "s3cret-pass"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_for_banner(port: int, server: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -52,7 +46,7 @@ def _wait_for_banner(port: int, server: subprocess.Popen[bytes], timeout: float 
 @contextlib.contextmanager
 def _ftp_server(folder: Path, port: int = 0) -> Iterator[str]:
     """An FTP server for ``folder`` on ``port`` (else a free one); yields its URL with login."""
-    port = port or _free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(port), "-w"]
     server = subprocess.Popen(
         [*command, "-d", str(folder), "-u", USER, "-P", PASSWORD],
@@ -111,7 +105,7 @@ def test_the_password_never_shows(ftp_root: tuple[str, Path]) -> None:
 
 
 def test_a_server_that_went_away_is_unavailable_until_it_is_back(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with _ftp_server(tmp_path, port) as url:
         results = ResultStore(f"{url}/gone")
         results.write(1, key="there")

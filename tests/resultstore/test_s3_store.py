@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import uuid
 import anyio
 import pytest
 
+from ports import free_port
 from resultstore import (
     ConfigurationError,
     ResultStore,
@@ -121,9 +121,7 @@ def test_missing_bucket_is_one_clear_line(scheme: str, s3_env: dict[str, str]) -
 def test_unreachable_endpoint_fails_within_bounded_time(
     scheme: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nobody listens on it
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")

@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime
 import json
 import struct
+import zoneinfo
 from typing import Any
 
 import numpy as np
 import pytest
 import xxhash
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resultstore import IntegrityError, SignatureError
@@ -79,7 +80,13 @@ aware_datetimes = st.datetimes(
 # -- round trips -----------------------------------------------------------------
 
 
+# 23:00 on 2012-04-28 happened twice in Punta Arenas (clocks went back at midnight).
+_TWICE = datetime.datetime(2012, 4, 28, 23, 0, tzinfo=zoneinfo.ZoneInfo("America/Punta_Arenas"))
+
+
 @given(segments=segment_lists, expiration=st.none() | aware_datetimes)
+@example(segments=[], expiration=_TWICE)
+@example(segments=[], expiration=_TWICE.replace(fold=1))
 @settings(max_examples=60, deadline=None)
 def test_segments_round_trip_byte_exact_with_metadata(
     segments: list[bytes], expiration: datetime.datetime | None
@@ -95,8 +102,12 @@ def test_segments_round_trip_byte_exact_with_metadata(
     assert metadata.size == sum(len(s) for s in segments)
     assert metadata.checksum.startswith("xxh3_128:")
     assert metadata.signed is False
-    assert metadata.expiration == expiration  # the same instant, kept as UTC
-    if expiration is not None:
+    if expiration is None:
+        assert metadata.expiration is None
+    else:  # the same instant, kept as UTC; compared as timestamps because PEP 495 makes
+        # == False across zones for a local time that occurs twice, even at the same instant
+        assert metadata.expiration is not None
+        assert metadata.expiration.timestamp() == expiration.timestamp()
         assert metadata.expiration.utcoffset() == datetime.timedelta(0)
     assert metadata.created.utcoffset() == datetime.timedelta(0)
     assert before - datetime.timedelta(seconds=1) <= metadata.created

@@ -13,6 +13,17 @@ from seaweedfs import SeaweedFS
 S3_BUCKET = "resultstore-tests"
 
 
+@pytest.fixture(autouse=True)
+def fresh_reference_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no store registered for references (use_for_references)."""
+    from collections import OrderedDict
+
+    from resultstore import references
+
+    monkeypatch.setattr(references, "_registered", {})
+    monkeypatch.setattr(references, "_cache", OrderedDict())
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedFS]:
     """One SeaweedFS server on free loopback ports, stopped by its pid after the session."""

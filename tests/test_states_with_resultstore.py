@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,7 +36,10 @@ FETCH_IN_CHILD = textwrap.dedent(
 )
 
 
-def _child_fetch(state_json: str, env: dict[str, str] | None = None) -> dict[str, object]:
+def _child_fetch(state_json: str, allowed: str) -> dict[str, object]:
+    """Fetch in a fresh interpreter whose only setting allows references into ``allowed``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    env["RESULTSTORE_REFERENCE_URLS"] = allowed
     done = subprocess.run(
         [sys.executable, "-c", FETCH_IN_CHILD],
         input=state_json,
@@ -72,7 +76,7 @@ def test_a_second_process_fetches_the_result_from_the_state_json(tmp_path: Path)
         lambda: return_value_to_state([1, 2, {"three": 3}], store, key="run/1", write_result=True)
     )
 
-    fetched = _child_fetch(state.model_dump_json())
+    fetched = _child_fetch(state.model_dump_json(), allowed=tmp_path.as_uri())
 
     assert fetched == {"value": [1, 2, {"three": 3}], "ref": "PersistedResult"}
 
@@ -86,7 +90,7 @@ def test_a_result_written_late_is_fetched_as_soon_as_it_lands(tmp_path: Path) ->
     writer.start()
     started = time.monotonic()
     try:
-        fetched = _child_fetch(state_json)
+        fetched = _child_fetch(state_json, allowed=tmp_path.as_uri())
     finally:
         writer.join()
 
@@ -94,7 +98,10 @@ def test_a_result_written_late_is_fetched_as_soon_as_it_lands(tmp_path: Path) ->
     assert time.monotonic() - started < 6
 
 
-def test_retry_result_failure_false_reads_once_and_names_the_key(tmp_path: Path) -> None:
+def test_retry_result_failure_false_reads_once_and_names_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", tmp_path.as_uri())
     reader = State.model_validate_json(
         Completed(
             data=PersistedResult(storage_url=tmp_path.as_uri(), key="never/written")
@@ -123,7 +130,7 @@ def test_retried_fetch_gives_up_naming_key_url_and_attempts(tmp_path: Path) -> N
 
 
 def test_failed_state_exception_is_persisted_and_raised_by_the_reader(tmp_path: Path) -> None:
-    store = ResultStore(f"file://{tmp_path}")
+    store = ResultStore(f"file://{tmp_path}").use_for_references()
 
     async def fail() -> State[object]:
         try:
@@ -142,7 +149,7 @@ def test_failed_state_exception_is_persisted_and_raised_by_the_reader(tmp_path: 
 
 
 def test_async_fetch_of_a_persisted_result(tmp_path: Path) -> None:
-    store = ResultStore(f"file://{tmp_path}")
+    store = ResultStore(f"file://{tmp_path}").use_for_references()
 
     async def main() -> object:
         state = await return_value_to_state(41, store, write_result=True)

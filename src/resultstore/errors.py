@@ -11,9 +11,11 @@ __all__ = [
     "IntegrityError",
     "InvalidKeyError",
     "PluginError",
+    "ReferenceNotAllowedError",
     "ResultNotFoundError",
     "ResultStoreError",
     "SerializationError",
+    "SerializerNotAllowedError",
     "SignatureError",
     "StorageError",
     "StorageUnavailableError",
@@ -63,6 +65,14 @@ class PluginError(ConfigurationError):
     """A store or serializer plugin is broken, duplicated or incompatible."""
 
 
+class ReferenceNotAllowedError(ConfigurationError):
+    """A result reference (from a State's JSON, say) points to storage this process does not allow.
+
+    Nothing was contacted. Allow the storage with ``RESULTSTORE_REFERENCE_URLS``,
+    or register a store for it with ``ResultStore.use_for_references()``.
+    """
+
+
 class SerializationError(ResultStoreError, TypeError):
     """A value could not be encoded, or a payload could not be decoded."""
 
@@ -77,6 +87,15 @@ class IntegrityError(ResultStoreError):
 
 class SignatureError(IntegrityError):
     """A record's signature is missing or does not verify; it was not deserialized."""
+
+
+class SerializerNotAllowedError(IntegrityError):
+    """A record's serializer may run code and this store is not configured to allow it.
+
+    The record was not decoded. Allow the serializer with ``allowed_serializers``
+    (``RESULTSTORE_ALLOWED_SERIALIZERS``) only if everyone who can write to the
+    storage is trusted, or sign records so only trusted writers' records verify.
+    """
 
 
 class StorageError(ResultStoreError):

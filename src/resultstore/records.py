@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
@@ -52,6 +52,8 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHIQ")
 _MAX_HEADER = 1 << 20
 _FIRST_READ = 64 * 1024
+_FREE_SEGMENTS = 64  # empty segments allowed beyond one per payload byte (empty buffers)
+_MAX_STEP = 16 * 1024 * 1024  # largest buffer grown ahead of bytes read, size unknown
 _CHECKSUM_ALGO = "xxh3_128"
 _CHECKSUM_PREFIX = _CHECKSUM_ALGO + ":"
 
@@ -104,6 +106,7 @@ class _Header:
     checksum: str
     signature: str | None
     signed_bytes: bytes = field(repr=False)
+    digest: str | None = None
 
 
 def utc(value: datetime.datetime) -> datetime.datetime:
@@ -134,8 +137,9 @@ def encode_record(
     """Frame serialized segments as a record: returns the buffers to write, in order.
 
     The payload segments are returned as given, never copied. With a ``signer``,
-    the signature covers ``key``, the storage key the record is written under,
-    so a signed record moved to another key no longer verifies.
+    the header also records the payload's SHA-256 and is signed together with
+    ``key``, the storage key the record is written under, so a signed record
+    moved to another key no longer verifies.
     """
     fields: dict[str, Any] = {
         "serializer": serializer,
@@ -144,18 +148,19 @@ def encode_record(
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": _payload_checksum(segments),
     }
-    core = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     if signer is not None:
-        fields["signature"] = signer.sign(key, core, segments)
-        header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
-    else:
-        header = core
+        from resultstore.signing import payload_digest
+
+        fields["sha256"] = payload_digest(segments)
+        core = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+        fields["signature"] = signer.sign(key, core)
+    header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header))
     return [prefix + header, *segments]
 
 
 def _damaged(key: str, url: str | None, why: str) -> IntegrityError:
-    where = f" in {url}" if url else ""
+    where = _in(url)
     return IntegrityError(
         f"record {key!r}{where} is damaged: {why}; rewrite or delete it", key=key, url=url
     )
@@ -182,48 +187,83 @@ def _text(value: object) -> str:
     return value
 
 
+def _length(value: object) -> int:
+    if type(value) is not int or value < 0:  # not bool, float or a numeric string
+        raise ValueError("a segment length is not a non-negative integer")
+    return value
+
+
+def _instant(value: object) -> datetime.datetime:
+    # utc() also rejects dates that cannot be normalised (year 1 minus an offset, ...),
+    # so no OverflowError waits for whoever compares them later.
+    return utc(datetime.datetime.fromisoformat(_text(value)))
+
+
 def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _Header:
     if xxhash.xxh3_64_intdigest(raw) != header_hash:
         raise _damaged(key, url, "header checksum mismatch")
     try:
         fields = pydantic_core.from_json(raw)  # several times faster than json.loads here
+        if not isinstance(fields, dict):
+            raise TypeError("the header is not a JSON object")
         signature = fields.pop("signature", None)
-        segments = [int(n) for n in fields["segments"]]
-        if any(n < 0 for n in segments):
-            raise ValueError("negative segment length")
+        lengths = fields["segments"]
+        if not isinstance(lengths, list):
+            raise TypeError("segments is not a list")
+        segments = [_length(n) for n in lengths]
+        size = sum(segments)
+        if len(segments) > size + _FREE_SEGMENTS:
+            raise ValueError("more segments than payload bytes")
         expiration = fields["expiration"]
         metadata = ResultMetadata(
             storage_key=key,
             storage_url=url,
             serializer=_text(fields["serializer"]),
-            size=sum(segments),
+            size=size,
             checksum=_text(fields["checksum"]),
-            created=datetime.datetime.fromisoformat(_text(fields["created"])),
-            expiration=None
-            if expiration is None
-            else datetime.datetime.fromisoformat(_text(expiration)),
+            created=_instant(fields["created"]),
+            expiration=None if expiration is None else _instant(expiration),
             signed=signature is not None,
         )
+        digest = fields.get("sha256")
+        if digest is not None:
+            _text(digest)
     except Exception as exc:
         raise _damaged(key, url, f"unreadable header ({type(exc).__name__})") from None
+    if signature is not None and not isinstance(signature, str):
+        raise SignatureError(
+            f"record {key!r}{_in(url)} has a signature of the wrong type "
+            f"({type(signature).__name__}); refusing to deserialize it",
+            key=key,
+            url=url,
+        )
     signed_bytes = (
         raw
         if signature is None
         else json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     )
-    return _Header(metadata, segments, metadata.checksum, signature, signed_bytes)
+    return _Header(metadata, segments, metadata.checksum, signature, signed_bytes, digest)
+
+
+def _in(url: str | None) -> str:
+    return f" in {url}" if url else ""
 
 
 async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Header, bytes, bool]:
     """Read and verify a record's header.
 
     Returns it with the payload bytes read so far, and whether the record's end
-    was reached (a short read means the end, by the Reader contract).
+    was reached (a short read means the end, by the Reader contract). When the
+    reader knows the record's size, the lengths the header claims are checked
+    against it here, before anyone allocates a buffer for them.
     """
     first = await reader.read(_FIRST_READ)
     at_end = len(first) < _FIRST_READ
     header_len, header_hash = _parse_prefix(first, key, url)
     end = _PREFIX.size + header_len
+    stored = reader.size
+    if stored is not None and end > stored:
+        raise _damaged(key, url, "truncated inside the header")
     if len(first) < end:
         more = await reader.read(end - len(first))
         at_end = len(more) < end - len(first)
@@ -231,7 +271,59 @@ async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Heade
         if len(first) < end:
             raise _damaged(key, url, "truncated inside the header")
     header = _parse_header(first[_PREFIX.size : end], header_hash, key, url)
+    if stored is not None and end + header.metadata.size != stored:
+        claimed, held = header.metadata.size, stored - end
+        why = "payload truncated" if held < claimed else "trailing bytes after the payload"
+        raise _damaged(
+            key, url, f"{why} (its header claims {claimed} bytes, the store holds {held})"
+        )
     return header, first[end:], at_end
+
+
+def _unsigned(key: str, url: str | None) -> SignatureError:
+    return SignatureError(
+        f"record {key!r}{_in(url)} is not signed but a signing key is configured; "
+        "refusing to deserialize it (rewrite it with signing enabled)",
+        key=key,
+        url=url,
+    )
+
+
+def _forged(key: str, url: str | None) -> SignatureError:
+    return SignatureError(
+        f"record {key!r}{_in(url)} has a signature that does not verify with the configured "
+        "keys (forged, or signed for another key); refusing to deserialize it",
+        key=key,
+        url=url,
+    )
+
+
+async def _read_segment(
+    reader: Reader, length: int, have: memoryview, known_size: bool, key: str, url: str | None
+) -> tuple[Buffer, bool]:
+    """Read one segment of ``length`` bytes whose first bytes are ``have``.
+
+    Returns the segment and whether it is complete. With the record's size
+    known (and checked against the header), one buffer of the full length is
+    filled in place. Otherwise the buffer grows only as bytes really arrive,
+    doubling from 64 KiB, so a header claiming terabytes costs nothing.
+    """
+    if known_size:
+        buffer = bytearray(length)
+        buffer[: len(have)] = have
+        got = await reader.readinto(memoryview(buffer)[len(have) :])
+        return buffer, len(have) + got == length
+    chunks: list[Buffer] = [bytes(have)]
+    filled, step = len(have), _FIRST_READ
+    while filled < length:
+        chunk = bytearray(min(step, length - filled))
+        got = await reader.readinto(memoryview(chunk))
+        if got < len(chunk):
+            return b"", False
+        chunks.append(chunk)
+        filled += got
+        step = min(step * 2, _MAX_STEP)
+    return (chunks[-1] if len(chunks) == 1 else bytearray().join(chunks)), True
 
 
 async def read_record(
@@ -239,21 +331,30 @@ async def read_record(
     key: str,
     url: str | None,
     verifier: Signer | None = None,
+    accept: Callable[[ResultMetadata], None] | None = None,
 ) -> tuple[ResultMetadata, list[Buffer]]:
     """Read a whole record, verify it, and return its metadata and payload segments.
 
-    Large segments are read straight into fresh ``bytearray`` buffers (one copy
-    from storage, and writable values once unpickled). With a ``verifier``, an
-    unsigned or forged record raises :class:`SignatureError`.
+    Nothing the header says is acted on before it is checked: with a
+    ``verifier``, an unsigned or forged record raises :class:`SignatureError`
+    before its payload is read; ``accept(metadata)`` may refuse the record
+    (an unallowed serializer, say) at the same point; the lengths the header
+    claims are checked against the store's size of the record, or read
+    incrementally. Large segments are read straight into fresh ``bytearray``
+    buffers (one copy from storage, and writable values once unpickled).
     """
     header, rest, at_end = await read_header(reader, key, url)
-    if verifier is not None and header.signature is None:
-        raise SignatureError(
-            f"record {key!r} is not signed but a signing key is configured; "
-            "refusing to deserialize it (rewrite it with signing enabled)",
-            key=key,
-            url=url,
-        )
+    signature = header.signature
+    if verifier is not None:
+        if signature is None:
+            raise _unsigned(key, url)
+        if not verifier.is_v2(signature) and (
+            header.digest is None or not verifier.verify_header(key, header.signed_bytes, signature)
+        ):
+            raise _forged(key, url)
+    if accept is not None:
+        accept(header.metadata)
+    known_size = reader.size is not None
     segments: list[Buffer] = []
     view = memoryview(rest)
     offset = 0
@@ -267,24 +368,24 @@ async def read_record(
             )
             offset += length
             continue
-        buffer = bytearray(length)
-        buffer[:have] = view[offset : offset + have]
+        segment, whole = await _read_segment(
+            reader, length, view[offset : offset + have], known_size, key, url
+        )
         offset += have
-        got = await reader.readinto(memoryview(buffer)[have:]) if have < length else 0
-        if have + got < length:
+        if not whole:
             raise _damaged(key, url, f"payload truncated ({header.metadata.size} bytes expected)")
-        segments.append(buffer)
+        segments.append(segment)
     if offset < len(view) or (not at_end and await reader.read(1)):
         raise _damaged(key, url, "trailing bytes after the payload")
-    if verifier is not None and not verifier.verify(
-        key, header.signed_bytes, segments, header.signature
-    ):
-        raise SignatureError(
-            f"record {key!r} has a signature that does not verify with the configured keys "
-            "(forged, or signed for another key); refusing to deserialize it",
-            key=key,
-            url=url,
-        )
+    if verifier is not None and signature is not None:
+        if verifier.is_v2(signature):
+            if not verifier.verify_v2(key, header.signed_bytes, segments, signature):
+                raise _forged(key, url)
+        else:
+            from resultstore.signing import payload_digest
+
+            if payload_digest(segments) != header.digest:
+                raise _forged(key, url)
     if _payload_checksum(segments) != header.checksum:
         raise _damaged(key, url, "payload checksum mismatch")
     return header.metadata, segments

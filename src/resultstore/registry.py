@@ -19,7 +19,7 @@ from resultstore.errors import (
     UnknownSchemeError,
 )
 from resultstore.plugins import discover, dist_name
-from resultstore.stores.base import INTERFACE_VERSION, Store
+from resultstore.stores.base import INTERFACE_VERSION, Store, check_options
 
 __all__ = ["STORE_GROUP", "available_stores", "redact_url", "resolve_store", "scheme_of"]
 
@@ -110,12 +110,21 @@ def resolve_store(url: str, **storage_options: Any) -> Store:
     except TypeError as exc:
         if "unexpected keyword argument" not in str(exc):
             raise _open_failed(scheme, url, exc) from exc
+        check_options(redact_url(url), storage_options, _option_names(cls))
         raise ConfigurationError(
             f"bad storage options for {scheme!r} store {redact_url(url)!r}: {exc}",
             url=redact_url(url),
         ) from None
     except Exception as exc:
         raise _open_failed(scheme, url, exc) from exc
+
+
+def _option_names(cls: type[Store]) -> list[str]:
+    """The keyword options a store class's ``__init__`` names."""
+    import inspect
+
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, url
+    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _open_failed(scheme: str, url: str, exc: Exception) -> PluginError:

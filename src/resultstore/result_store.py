@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultstore.errors import (
@@ -19,6 +19,7 @@ from resultstore.errors import (
     IntegrityError,
     ResultStoreError,
     SerializationError,
+    SerializerNotAllowedError,
     StorageError,
     StorageUnavailableError,
     UnknownSerializerError,
@@ -35,8 +36,8 @@ from resultstore.records import (
 from resultstore.registry import redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy
 from resultstore.serializers import Buffer, Serializer, get_serializer
-from resultstore.settings import get_settings
-from resultstore.signing import Signer
+from resultstore.settings import Settings, get_settings
+from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
 from resultstore.stores.base import BytesReader, Payload, Store
 from states.concurrency import run_sync
 
@@ -68,6 +69,66 @@ def _check_expiration(expiration: object) -> datetime.datetime | None:
         raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
 
 
+def _signer(settings: Settings, signing_key: object, old_signing_keys: object) -> Signer | None:
+    """The signer for a key given in code, else for ``RESULTSTORE_SIGNING_KEY``; keys checked."""
+    if signing_key is None and settings.signing_key is not None:
+        key = check_signing_key(settings.signing_key.get_secret_value(), "RESULTSTORE_SIGNING_KEY")
+        old = check_old_signing_keys(
+            [k.get_secret_value() for k in settings.signing_keys_old],
+            "RESULTSTORE_SIGNING_KEYS_OLD",
+        )
+        return Signer(key, old)
+    old = check_old_signing_keys(old_signing_keys)
+    if signing_key is None:
+        if old:
+            raise ConfigurationError(
+                "old_signing_keys were given without a signing_key; pass the current key too"
+            )
+        return None
+    return Signer(check_signing_key(signing_key), old)
+
+
+def _allowed_serializers(
+    serializer: Serializer, names: Iterable[str] | None, what: str | None
+) -> frozenset[str]:
+    """The serializers a store decodes besides code-free ones; each name checked."""
+    setting = what or "RESULTSTORE_ALLOWED_SERIALIZERS"
+    if isinstance(names, str) or (names is not None and not isinstance(names, Iterable)):
+        raise ConfigurationError(
+            f"{setting} must be a list of serializer names, not {type(names).__name__}"
+        )
+    extra = list(names or ())
+    for name in extra:
+        if not isinstance(name, str):
+            raise ConfigurationError(
+                f"{setting} must list serializer names, not {type(name).__name__}"
+            )
+        try:
+            get_serializer(name)
+        except UnknownSerializerError as exc:
+            raise UnknownSerializerError(f"{setting}: {exc}") from None
+    return frozenset({serializer.name, *serializer.also_reads, *extra})
+
+
+def _reopen(storage_url: str, serializer: str) -> ResultStore:
+    """Unpickle a ResultStore: the store this process allows for its URL."""
+    from resultstore.references import store_for_reference
+
+    return store_for_reference(storage_url)
+
+
+def _check_timeout(timeout: object) -> float:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 < timeout < float("inf")
+    ):
+        raise ConfigurationError(
+            f"timeout must be a finite number of seconds above 0, not {timeout!r}"
+        )
+    return float(timeout)
+
+
 class ResultStore:
     """Persist values under keys in a store chosen by URL, and read them back.
 
@@ -78,6 +139,18 @@ class ResultStore:
     (``RESULTSTORE_READ_ATTEMPTS`` / ``RESULTSTORE_READ_RETRY_DELAY``).
     With a ``signing_key`` (or ``RESULTSTORE_SIGNING_KEY``) every record is
     signed and unsigned or forged records are refused before deserializing.
+
+    A record names the serializer that wrote it, but that name is data from
+    storage, not an instruction: a record is decoded only by the configured
+    ``serializer`` (and those it declares it also reads, as ``pickle`` does
+    ``pickle+zstd``), serializers that cannot run code (``json``), and those
+    listed in ``allowed_serializers`` (``RESULTSTORE_ALLOWED_SERIALIZERS``).
+    Any other is refused with :class:`SerializerNotAllowedError` before its
+    payload is read.
+
+    Pickling a ResultStore carries only its URL and serializer name, never a
+    key or credential: it is unpickled as the store this process allows for
+    that URL (see :meth:`use_for_references`).
     """
 
     def __init__(
@@ -91,9 +164,12 @@ class ResultStore:
         storage_options: Mapping[str, Any] | None = None,
         retry: RetryPolicy | None = None,
         signing_key: str | bytes | None = None,
-        old_signing_keys: tuple[str | bytes, ...] = (),
+        old_signing_keys: Sequence[str | bytes] = (),
+        timeout: float | None = None,
+        allowed_serializers: Iterable[str] | None = None,
     ) -> None:
         settings = get_settings()
+        self._given_options = dict(storage_options or {})  # kept for derive(); never shown
         if isinstance(result_storage, Store):
             self.store = result_storage
         elif result_storage is None or isinstance(result_storage, str):
@@ -124,18 +200,14 @@ class ResultStore:
         self.cache_result_in_memory = cache_result_in_memory
         self.persist_result = persist_result
         self.retry = retry if retry is not None else RetryPolicy.from_settings(settings)
-        if signing_key is None and settings.signing_key is not None:
-            signing_key = settings.signing_key.get_secret_value()
-            old_signing_keys = tuple(k.get_secret_value() for k in settings.signing_keys_old)
-            if not signing_key:
-                raise ConfigurationError(
-                    "RESULTSTORE_SIGNING_KEY is set but empty; unset it or give a key"
-                )
-        if signing_key is not None and not signing_key:
-            raise ConfigurationError("signing_key is empty; pass None to disable signing")
-        if not all(old_signing_keys):
-            raise ConfigurationError("old signing keys may not be empty")
-        self._signer = Signer(signing_key, old_signing_keys) if signing_key else None
+        self.timeout = _check_timeout(settings.timeout if timeout is None else timeout)
+        """Seconds one operation, retries included, may take (``RESULTSTORE_TIMEOUT``)."""
+        self._signer = _signer(settings, signing_key, old_signing_keys)
+        self._allowed = _allowed_serializers(
+            self.serializer,
+            settings.allowed_serializers if allowed_serializers is None else allowed_serializers,
+            "allowed_serializers" if allowed_serializers is not None else None,
+        )
         self._storage_url = redact_url(self.store.url)
 
     @property
@@ -146,6 +218,39 @@ class ResultStore:
     def __repr__(self) -> str:
         signed = ", signed" if self._signer else ""
         return f"ResultStore({self.storage_url!r}, serializer={self.serializer.name!r}{signed})"
+
+    @property
+    def signed(self) -> bool:
+        """True when this store signs what it writes and verifies what it reads."""
+        return self._signer is not None
+
+    def __reduce__(self) -> tuple[Callable[[str, str], ResultStore], tuple[str, str]]:
+        # Only the URL and serializer name travel: never a signing key or a credential.
+        # The receiving process reads through the store it allows for that URL.
+        return _reopen, (self.storage_url, self.serializer.name)
+
+    def derive(self, storage_url: str) -> ResultStore:
+        """A store for ``storage_url`` configured as this one is.
+
+        Same serializer, allowed serializers, signing keys, retry policy, timeout
+        and storage options: what references to URLs below a store registered
+        with :meth:`use_for_references` are read through.
+        """
+        derived = ResultStore(
+            storage_url,
+            self.serializer,
+            storage_options=self._given_options,
+            retry=self.retry,
+            timeout=self.timeout,
+        )
+        derived._signer, derived._allowed = self._signer, self._allowed
+        return derived
+
+    def __copy__(self) -> ResultStore:
+        return self  # a handle on shared storage: copies would share everything anyway
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ResultStore:
+        return self
 
     def _guard(self, action: str, key: str) -> _Guard:
         """A context that turns non-resultstore exceptions from a store into one-line errors."""
@@ -195,17 +300,52 @@ class ResultStore:
 
     # -- reading -------------------------------------------------------------
 
-    async def _verified(self, action: str, key: str) -> tuple[ResultMetadata, list[Buffer]]:
-        """Open, read and verify a record (framing, checksum, signature); nothing unpickled."""
+    async def _verified(
+        self, action: str, key: str, *, decode: bool = False
+    ) -> tuple[ResultMetadata, list[Buffer]]:
+        """Open, read and verify a record (framing, checksum, signature); nothing unpickled.
+
+        With ``decode``, a record whose serializer this store may not decode is
+        refused before its payload is read.
+        """
         with self._guard(action, key):
             reader = await self.store.open(key)
             try:
-                return await read_record(reader, key, self.storage_url, self._signer)
+                return await read_record(
+                    reader,
+                    key,
+                    self.storage_url,
+                    self._signer,
+                    self._check_serializer if decode else None,
+                )
             finally:
                 await reader.aclose()
 
+    def _check_serializer(self, metadata: ResultMetadata) -> None:
+        """Refuse to decode a record whose serializer is neither allowed nor code-free."""
+        name = metadata.serializer
+        if name in self._allowed:
+            return
+        if get_serializer(name).code_free:  # an unknown name is reported by _read_once
+            return
+        allowed = ", ".join(sorted(self._allowed))
+        raise SerializerNotAllowedError(
+            f"record {metadata.storage_key!r} in {self.storage_url} was written with the "
+            f"{name!r} serializer, which can run code and is not allowed here (allowed: "
+            f"{allowed} and code-free serializers); if you trust everyone who can write to "
+            f"this storage, allow it with allowed_serializers=[{name!r}] or "
+            f"RESULTSTORE_ALLOWED_SERIALIZERS={name}",
+            key=metadata.storage_key,
+            url=self.storage_url,
+        )
+
     async def _read_once(self, key: str) -> ResultRecord[Any]:
-        metadata, segments = await self._verified("read", key)
+        try:
+            metadata, segments = await self._verified("read", key, decode=True)
+        except UnknownSerializerError as exc:
+            raise UnknownSerializerError(
+                f"record {key!r} in {self.storage_url}: {exc}", key=key, url=self.storage_url
+            ) from None
         try:
             serializer = (
                 self.serializer

@@ -11,7 +11,6 @@ value with no set-up beyond credentials for the storage.
 from __future__ import annotations
 
 import datetime
-import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["PersistedResult", "serve_references"]
 
 _MISSING: Any = object()
-_stores: dict[tuple[str, str], ResultStore] = {}
-_chosen: dict[str, ResultStore] = {}
-_stores_lock = threading.Lock()
 
 
 def serve_references(store: ResultStore) -> None:
@@ -36,26 +32,9 @@ def serve_references(store: ResultStore) -> None:
 
     See :meth:`ResultStore.use_for_references`.
     """
-    with _stores_lock:
-        _chosen[store.storage_url] = store
+    from resultstore.references import register
 
-
-def _store_for(storage_url: str, serializer: str) -> ResultStore:
-    """The store a reference read from JSON reads through.
-
-    The one chosen for its URL in this process, if any, else one shared
-    ResultStore per (URL, serializer) configured from the environment.
-    """
-    from resultstore.result_store import ResultStore
-
-    with _stores_lock:
-        chosen = _chosen.get(storage_url)
-        if chosen is not None:
-            return chosen
-        store = _stores.get((storage_url, serializer))
-        if store is None:
-            store = _stores[(storage_url, serializer)] = ResultStore(storage_url, serializer)
-        return store
+    register(store)
 
 
 class PersistedResult:
@@ -89,7 +68,9 @@ class PersistedResult:
 
     def _result_store(self) -> ResultStore:
         if self._store is None:
-            self._store = _store_for(self.storage_url, self.serializer)
+            from resultstore.references import store_for_reference
+
+            self._store = store_for_reference(self.storage_url)
         return self._store
 
     async def aget(self, *, retry: bool = True) -> Any:
@@ -161,6 +142,19 @@ class PersistedResult:
             expiration=when,
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The store is not pickled (it holds keys and credentials): the receiving
+        # process resolves the reference as it would one read from a State's JSON.
+        held = self._value is not _MISSING
+        return _restore, (
+            self.storage_url,
+            self.key,
+            self.serializer,
+            self.expiration,
+            held,
+            self._value if held else None,
+        )
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PersistedResult):
             return NotImplemented
@@ -171,3 +165,17 @@ class PersistedResult:
 
     def __repr__(self) -> str:
         return f"PersistedResult(key={self.key!r}, storage_url={self.storage_url!r})"
+
+
+def _restore(
+    storage_url: str,
+    key: str,
+    serializer: str,
+    expiration: datetime.datetime | None,
+    held: bool,
+    value: Any,
+) -> PersistedResult:
+    """Unpickle a PersistedResult (see ``PersistedResult.__reduce__``)."""
+    return PersistedResult(
+        storage_url, key, serializer, expiration, value=value if held else _MISSING
+    )

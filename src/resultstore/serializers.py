@@ -46,9 +46,20 @@ class Serializer(ABC):
 
     ``dumps`` must raise :class:`SerializationError` naming the value's type
     when it cannot encode it, before anything is written.
+
+    ``code_free`` tells readers whether decoding can run code chosen by the
+    bytes' writer (pickle can, JSON cannot). A reader decodes records of a
+    serializer that is not code-free only when it is configured to (see
+    ``ResultStore(allowed_serializers=...)``), so a plugin serializer is taken to
+    run code unless it sets ``code_free = True``. ``also_reads`` names
+    serializers whose records a store configured with this one may decode as
+    well, because they decode through the same machinery and so carry no more
+    risk (``pickle`` and ``pickle+zstd``).
     """
 
     name: ClassVar[str]
+    code_free: ClassVar[bool] = False
+    also_reads: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def dumps(self, obj: Any) -> list[Buffer]:
@@ -81,6 +92,7 @@ class PickleSerializer(Serializer):
     """cloudpickle with protocol 5 out-of-band buffers: large arrays are never copied."""
 
     name = "pickle"
+    also_reads = frozenset({"pickle+zstd"})
 
     def dumps(self, obj: Any) -> list[Buffer]:
         import cloudpickle  # imported on first write: keeps `import resultstore` light
@@ -103,6 +115,7 @@ class CompressedPickleSerializer(Serializer):
     """cloudpickle, compressed with zstandard: smaller records for compressible values."""
 
     name = "pickle+zstd"
+    also_reads = frozenset({"pickle"})
 
     def __init__(self, level: int = 3) -> None:
         self.level = level
@@ -122,9 +135,45 @@ class CompressedPickleSerializer(Serializer):
 
         try:
             data = b"".join(segments) if len(segments) != 1 else segments[0]
-            return pickle.loads(zstandard.ZstdDecompressor().decompress(data))
+            declared = zstandard.frame_content_size(data)
+            if declared < 0:
+                raise ValueError("the zstd frame does not declare its decompressed size")
+            # Unpickle from the decompressing stream: memory follows what the pickle
+            # really asks for, and never passes the size the (checksummed) frame declares,
+            # so a small frame that inflates to gigabytes of junk fails at its first bytes.
+            stream = _BoundedStream(zstandard.ZstdDecompressor().stream_reader(data), declared)
+            return pickle.Unpickler(stream).load()
         except Exception as exc:
             raise self._cannot_decode(exc) from None
+
+
+class _BoundedStream:
+    """A read-only stream that refuses to yield more than ``limit`` bytes in all."""
+
+    __slots__ = ("_left", "_stream")
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def _take(self, n: int) -> int:
+        if n < 0 or n > self._left:
+            raise ValueError("the payload inflates past the size it declares")
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._stream.read(self._take(n))
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        got: int = self._stream.readinto(view[: self._take(len(view))])
+        self._left -= got
+        return got
+
+    def readline(self) -> bytes:
+        raise ValueError("text-protocol pickles are not produced by this serializer")
 
 
 class JSONSerializer(Serializer):
@@ -132,6 +181,7 @@ class JSONSerializer(Serializer):
     come back as plain JSON types, readable from any language."""
 
     name = "json"
+    code_free = True
 
     def dumps(self, obj: Any) -> list[Buffer]:
         try:

@@ -23,6 +23,8 @@ __all__ = ["DEFAULT_STORAGE_URL", "ENV_PREFIX", "Settings", "get_settings"]
 DEFAULT_STORAGE_URL = "file://~/.resultstore/storage"
 ENV_PREFIX = "RESULTSTORE_"
 _JSON_FIELDS = {"storage_options", "signing_keys_old"}
+# Lists that may be given as a JSON list or as comma-separated text.
+_LIST_FIELDS = {"allowed_serializers", "reference_urls"}
 
 
 class Settings(BaseModel):
@@ -41,9 +43,38 @@ class Settings(BaseModel):
         description="Extra options for the store, as a JSON object (e.g. endpoint settings).",
     )
     serializer: str = Field(default="pickle", description="Default serializer name.")
+    allowed_serializers: list[str] | None = Field(
+        default=None,
+        description=(
+            "Serializers a reader may decode, besides code-free ones (JSON list or "
+            "comma-separated); unset: the configured serializer and code-free serializers."
+        ),
+    )
+    reference_urls: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Storage URL prefixes that references read from a State's JSON may point into, "
+            "besides RESULTSTORE_STORAGE_URL and stores registered with use_for_references()."
+        ),
+    )
     read_attempts: int = Field(default=10, ge=1, description="Attempts for a retried read.")
     read_retry_delay: float = Field(
-        default=0.25, ge=0, description="Seconds between attempts of a retried read."
+        default=0.25,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds between attempts of a retried read.",
+    )
+    timeout: float = Field(
+        default=120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds one operation (retries included) may take before it fails.",
+    )
+    stall_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a transfer may go without progress before it fails.",
     )
     fsync: bool = Field(
         default=True, description="Flush local files to disk before a write returns."
@@ -77,7 +108,9 @@ def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(_variable(field))
         if raw is None:
             continue
-        if field in _JSON_FIELDS:
+        if field in _LIST_FIELDS and not raw.lstrip().startswith("["):
+            values[field] = [item.strip() for item in raw.split(",") if item.strip()]
+        elif field in _JSON_FIELDS or field in _LIST_FIELDS:
             try:
                 values[field] = json.loads(raw)
             except ValueError as exc:

@@ -156,14 +156,14 @@ def test_copy_file_to_s3_and_back_is_byte_exact(
     store = ResultStore(file_cli.url)
     store.write(big, key="runs/big")
     ResultStore(file_cli.url, serializer="json").write({"n": 1}, key="runs/small")
-    ResultStore(file_cli.url, signing_key="k").write([1, 2, 3], key="runs/signed")
+    ResultStore(file_cli.url, signing_key="k-0123456789abcdef").write([1, 2, 3], key="runs/signed")
     store.write(0, key="other/x")
     cli = Cli(env={**file_cli.env, **s3_env}, cwd=tmp_path, url=s3_url)
 
     out = cli.run("copy", file_cli.url, s3_url, "--prefix", "runs/").stdout
     assert out.startswith("copied 3 record(s)") and f"to {s3_url}" in out
     assert "3 ok, 0 failed" in cli.run("--storage", s3_url, "check").stdout
-    signed = {"RESULTSTORE_SIGNING_KEY": "k"}  # the signature survived the copy
+    signed = {"RESULTSTORE_SIGNING_KEY": "k-0123456789abcdef"}  # the signature survived the copy
     assert cli.run("--storage", s3_url, "get", "runs/signed", env=signed).stdout.startswith("[")
 
     back = tmp_path / "back"
@@ -299,7 +299,7 @@ def test_copy_skips_damaged_records_and_fails_with_integrity(file_cli: Cli, tmp_
 
 def test_a_signing_key_refuses_unsigned_records(file_cli: Cli) -> None:
     ResultStore(file_cli.url).write(1, key="plain")
-    signed = {"RESULTSTORE_SIGNING_KEY": "s3cret"}
+    signed = {"RESULTSTORE_SIGNING_KEY": "s3cret-0123456789abcdef"}
 
     file_cli.fails("get", "plain", code=5, env=signed, says=["'plain'", "not signed"])
     refused = file_cli.fails("check", code=5, env=signed, says=["'plain'"])

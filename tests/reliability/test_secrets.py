@@ -234,7 +234,7 @@ def test_signing_keys_stay_out_of_reprs_logs_errors_and_state_json(
     assert store.read(key).metadata.signed
 
     ResultStore(url).write("unsigned", key="unsigned")
-    ResultStore(url, signing_key="someone-else").write("forged", key="forged")
+    ResultStore(url, signing_key="someone-else-0123456789abcdef").write("forged", key="forged")
     refused = [failure_of(lambda: store.read("unsigned")), failure_of(lambda: store.read("forged"))]
     assert all(isinstance(e, SignatureError) for e in refused)
     for error in refused:

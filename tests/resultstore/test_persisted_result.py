@@ -23,7 +23,6 @@ from resultstore import (
     RetryPolicy,
     SignatureError,
 )
-from resultstore import results as results_module
 from resultstore.stores.base import Reader
 from resultstore.stores.memory import MemoryStore
 from states import Completed, State, get_state_result
@@ -100,7 +99,7 @@ def test_persist_result_false_writes_nothing(memory_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_async_write_and_get(memory_url: str) -> None:
-    store = ResultStore(memory_url, cache_result_in_memory=False)
+    store = ResultStore(memory_url, cache_result_in_memory=False).use_for_references()
     result = store.create_result({"async": True})
     await result.awrite()
     assert await result.aget() == {"async": True}
@@ -137,7 +136,7 @@ def test_references_carry_no_credentials(memory_url: str) -> None:
 
 
 def test_from_reference_round_trip(memory_url: str) -> None:
-    store = ResultStore(memory_url)
+    store = ResultStore(memory_url).use_for_references()
     expiration = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
     original = store.create_result({"x": 1}, key="a/b", expiration=expiration)
     original.write()
@@ -172,6 +171,7 @@ def test_equality_is_by_location(memory_url: str) -> None:
 
 def test_a_reference_to_a_missing_value(memory_url: str) -> None:
     store = ResultStore(memory_url, retry=RetryPolicy(attempts=3, delay=0.01))
+    store.use_for_references()
     result = store.create_result("never written")
     loaded = PersistedResult.from_reference(result.to_reference())
     with pytest.raises(ResultNotFoundError, match=f"'{result.key}' in {memory_url}"):
@@ -226,6 +226,7 @@ def test_another_process_fetches_the_value_from_the_reference_alone(tmp_path: Pa
 
     # The child knows nothing but the reference: no storage setting, a different HOME.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}
+    env["RESULTSTORE_REFERENCE_URLS"] = store.storage_url  # the one setting a consumer needs
     env["HOME"] = str(tmp_path / "elsewhere")
     child = subprocess.run(
         [sys.executable, "-c", CHILD],
@@ -250,9 +251,8 @@ def test_another_process_fetches_the_value_from_the_reference_alone(tmp_path: Pa
 def test_a_store_configured_in_code_serves_the_references_to_its_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(results_module, "_chosen", {})  # this process's choices, for this test
-    monkeypatch.setattr(results_module, "_stores", {})
     url = f"file://{tmp_path}/shared"
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", url)  # allowed, read as configured here
     signed = ResultStore(url, signing_key="key-given-in-code")
     result = signed.create_result({"model": "v2"})
     result.write()

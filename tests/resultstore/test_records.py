@@ -321,11 +321,13 @@ def test_headers_that_lie_are_damaged(header: bytes, reason: str) -> None:
 
 
 def test_signed_records_verify_with_current_and_former_keys() -> None:
-    data = stored([b"payload"], signer=Signer("old"))
-    metadata, segments = read(data, verifier=Signer("old"))
+    data = stored([b"payload"], signer=Signer("old-0123456789abcdef"))
+    metadata, segments = read(data, verifier=Signer("old-0123456789abcdef"))
     assert segments == [b"payload"]
     assert metadata.signed is True
-    assert read(data, verifier=Signer("new", old_keys=["old"]))[1] == [b"payload"]
+    assert read(data, verifier=Signer("new-0123456789abcdef", old_keys=["old-0123456789abcdef"]))[
+        1
+    ] == [b"payload"]
     # Without a verifier the signature is not checked, but the checksums still are.
     assert read(data)[1] == [b"payload"]
 
@@ -333,8 +335,16 @@ def test_signed_records_verify_with_current_and_former_keys() -> None:
 @pytest.mark.parametrize(
     ("data", "verifier", "reason"),
     [
-        (stored([b"payload"]), Signer("k"), "is not signed but a signing key is configured"),
-        (stored([b"payload"], signer=Signer("other")), Signer("k"), "does not verify"),
+        (
+            stored([b"payload"]),
+            Signer("k-0123456789abcdef"),
+            "is not signed but a signing key is configured",
+        ),
+        (
+            stored([b"payload"], signer=Signer("other-0123456789abcdef")),
+            Signer("k-0123456789abcdef"),
+            "does not verify",
+        ),
     ],
 )
 def test_unsigned_or_foreign_records_are_refused(
@@ -348,16 +358,18 @@ def test_unsigned_or_foreign_records_are_refused(
 
 def test_a_signed_record_moved_to_another_key_is_refused() -> None:
     # Someone with write access copies a signed record of yours under a key you will read.
-    data = stored([b"payload"], signer=Signer("k"))
-    assert read(data, verifier=Signer("k"))[1] == [b"payload"]
+    data = stored([b"payload"], signer=Signer("k-0123456789abcdef"))
+    assert read(data, verifier=Signer("k-0123456789abcdef"))[1] == [b"payload"]
 
     with pytest.raises(SignatureError, match="signed for another key") as caught:
-        read(data, verifier=Signer("k"), key="runs/43/result")
+        read(data, verifier=Signer("k-0123456789abcdef"), key="runs/43/result")
     assert caught.value.key == "runs/43/result"
 
 
 def test_a_tampered_signed_payload_is_refused() -> None:
-    data = bytearray(stored([b"payload"], signer=Signer("k")))
+    data = bytearray(stored([b"payload"], signer=Signer("k-0123456789abcdef")))
     data[-1] ^= 0x20
-    with pytest.raises(SignatureError, match=f"record {KEY!r} has a signature that does not"):
-        read(bytes(data), verifier=Signer("k"))
+    with pytest.raises(
+        SignatureError, match=f"record {KEY!r} in {URL} has a signature that does not"
+    ):
+        read(bytes(data), verifier=Signer("k-0123456789abcdef"))

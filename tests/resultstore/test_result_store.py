@@ -167,7 +167,9 @@ def test_memory_stores_of_one_name_share_records(memory_url: str) -> None:
 
 
 def test_repr_names_the_storage_and_serializer(tmp_path: Path) -> None:
-    store = ResultStore(f"file://{tmp_path}", serializer="json", signing_key="s3cr3t")
+    store = ResultStore(
+        f"file://{tmp_path}", serializer="json", signing_key="s3cr3t-0123456789abcdef"
+    )
     assert repr(store) == f"ResultStore({tmp_path.as_uri()!r}, serializer='json', signed)"
     assert "s3cr3t" not in repr(store) + repr(store._signer)
 
@@ -506,7 +508,7 @@ def test_concurrent_writers_in_processes_leave_one_whole_value(tmp_path: Path) -
 
 
 def test_a_signing_store_reads_its_own_records(store_url: str) -> None:
-    store = ResultStore(store_url, signing_key="k1")
+    store = ResultStore(store_url, signing_key="k1-0123456789abcdef")
     key = store.write({"trusted": True})
     record = store.read(key)
     assert record.result == {"trusted": True}
@@ -518,35 +520,37 @@ def test_a_signing_store_reads_its_own_records(store_url: str) -> None:
 
 def test_a_signing_store_refuses_unsigned_records(store_url: str) -> None:
     ResultStore(store_url).write("unsigned", key="k")
-    signed = ResultStore(store_url, signing_key="k1")
+    signed = ResultStore(store_url, signing_key="k1-0123456789abcdef")
     started = time.monotonic()
     with pytest.raises(SignatureError) as caught:
         signed.read("k")
     assert time.monotonic() - started < 0.2  # refused at once, not retried
     assert str(caught.value) == (
-        "record 'k' is not signed but a signing key is configured; "
+        f"record 'k' in {signed.storage_url} is not signed but a signing key is configured; "
         "refusing to deserialize it (rewrite it with signing enabled)"
     )
     assert caught.value.key == "k"
 
 
 def test_rotated_keys_are_accepted_through_old_signing_keys(store_url: str) -> None:
-    key = ResultStore(store_url, signing_key="k1").write("signed with k1")
-    rotated = ResultStore(store_url, signing_key="k2", old_signing_keys=("k1",))
+    key = ResultStore(store_url, signing_key="k1-0123456789abcdef").write("signed with k1")
+    rotated = ResultStore(
+        store_url, signing_key="k2-0123456789abcdef", old_signing_keys=("k1-0123456789abcdef",)
+    )
     assert rotated.read(key).result == "signed with k1"
     new_key = rotated.write("signed with k2")
-    with pytest.raises(SignatureError, match=f"record '{key}' has a signature that does not"):
-        ResultStore(store_url, signing_key="k2").read(key)
+    with pytest.raises(SignatureError, match=f"record '{key}' in .* has a signature that does not"):
+        ResultStore(store_url, signing_key="k2-0123456789abcdef").read(key)
     with pytest.raises(SignatureError, match="does not verify"):
-        ResultStore(store_url, signing_key="k1").read(new_key)
+        ResultStore(store_url, signing_key="k1-0123456789abcdef").read(new_key)
 
 
 def test_signing_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch, store_url: str) -> None:
-    key = ResultStore(store_url, signing_key="k1").write("value")
-    monkeypatch.setenv("RESULTSTORE_SIGNING_KEY", "k2")
+    key = ResultStore(store_url, signing_key="k1-0123456789abcdef").write("value")
+    monkeypatch.setenv("RESULTSTORE_SIGNING_KEY", "k2-0123456789abcdef")
     with pytest.raises(SignatureError):
         ResultStore(store_url).read(key)
-    monkeypatch.setenv("RESULTSTORE_SIGNING_KEYS_OLD", '["k1"]')
+    monkeypatch.setenv("RESULTSTORE_SIGNING_KEYS_OLD", '["k1-0123456789abcdef"]')
     store = ResultStore(store_url)
     assert store.read(key).result == "value"
     assert store.read(store.write("new")).metadata.signed is True
@@ -564,18 +568,20 @@ class CreatesAFile:
 
 def test_a_forged_pickle_is_refused_before_it_can_run(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/shared"
-    victim = ResultStore(url, signing_key="k1")
+    victim = ResultStore(url, signing_key="k1-0123456789abcdef")
     victim.write("legitimate", key="job/result")
     marker = tmp_path / "pwned"
 
     # Someone with write access to the storage, but not the key, replaces the record.
     ResultStore(url).write(CreatesAFile(marker), key="job/result")
-    with pytest.raises(SignatureError, match="'job/result' is not signed"):
+    with pytest.raises(SignatureError, match="'job/result' in .* is not signed"):
         victim.read("job/result")
     assert not marker.exists()
 
     # Signing it with a guessed key does not help.
-    ResultStore(url, signing_key="guess").write(CreatesAFile(marker), key="job/result")
+    ResultStore(url, signing_key="guess-0123456789abcdef").write(
+        CreatesAFile(marker), key="job/result"
+    )
     with pytest.raises(SignatureError, match="does not verify"):
         victim.read("job/result")
     assert not marker.exists()
@@ -587,7 +593,7 @@ def test_a_forged_pickle_is_refused_before_it_can_run(tmp_path: Path) -> None:
 
 def test_a_signed_record_copied_to_another_key_is_refused(tmp_path: Path) -> None:
     # Write access to the storage is enough to copy files; it must not move a value.
-    store = ResultStore(f"file://{tmp_path}", signing_key="k1")
+    store = ResultStore(f"file://{tmp_path}", signing_key="k1-0123456789abcdef")
     store.write({"role": "guest"}, key="users/guest")
     store.write({"role": "admin"}, key="users/admin")
     (tmp_path / "users" / "guest.rsr").write_bytes((tmp_path / "users" / "admin.rsr").read_bytes())
@@ -598,7 +604,7 @@ def test_a_signed_record_copied_to_another_key_is_refused(tmp_path: Path) -> Non
 
 
 def test_a_tampered_signed_record_is_refused(tmp_path: Path) -> None:
-    store = ResultStore(f"file://{tmp_path}", signing_key="k1")
+    store = ResultStore(f"file://{tmp_path}", signing_key="k1-0123456789abcdef")
     key = store.write(list(range(100)))
     _flip_byte(tmp_path / f"{key}.rsr", -5)
     with pytest.raises(SignatureError, match="does not verify"):
@@ -657,8 +663,8 @@ def test_verify_reports_damage(tmp_path: Path) -> None:
 
 
 def test_copy_to_moves_the_record_byte_for_byte(tmp_path: Path) -> None:
-    source = ResultStore(f"file://{tmp_path}/source", signing_key="shared")
-    target = ResultStore(f"file://{tmp_path}/target", signing_key="shared")
+    source = ResultStore(f"file://{tmp_path}/source", signing_key="shared-0123456789abcdef")
+    target = ResultStore(f"file://{tmp_path}/target", signing_key="shared-0123456789abcdef")
     source.write({"big": b"x" * 9_000_000}, key="runs/1")
 
     copied = source.copy_to("runs/1", target)

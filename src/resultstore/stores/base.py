@@ -21,10 +21,10 @@ Keys reach a store already validated (see :mod:`resultstore.keys`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from resultstore.errors import ResultNotFoundError
+from resultstore.errors import ConfigurationError, ResultNotFoundError
 from resultstore.serializers import Buffer
 from states.concurrency import on_private_loop
 
@@ -34,6 +34,7 @@ __all__ = [
     "Payload",
     "Reader",
     "Store",
+    "check_options",
     "run_blocking",
 ]
 
@@ -60,6 +61,25 @@ async def run_blocking(
     import anyio.to_thread  # imported on first use: keeps `import resultstore` light
 
     return await anyio.to_thread.run_sync(fn, *args)
+
+
+def check_options(url: str, options: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """Refuse storage options a store does not take, naming the ones it does.
+
+    A misspelled option (``fsnyc=False``) silently ignored would leave the store
+    doing what the user asked it not to; every store calls this (or lets its
+    ``__init__`` signature refuse them) when it is made.
+    """
+    known = set(valid)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        choices = ", ".join(sorted(known)) or "none"
+        raise ConfigurationError(
+            f"unknown storage option{'s' if len(unknown) > 1 else ''} {names} for {url}; "
+            f"valid options: {choices}",
+            url=url,
+        )
 
 
 class Payload:
@@ -95,7 +115,15 @@ class Reader(ABC):
     (``n < 0`` reads to the end); ``readinto(buffer)`` fills ``buffer`` the
     same way and returns the count. Override ``readinto`` to read without an
     intermediate copy.
+
+    Set ``size`` to the record's length in bytes when the backend knows it
+    without extra cost (a file's ``fstat``, an HTTP ``Content-Length``): the
+    lengths a record's header claims are then checked against it before any
+    buffer is allocated. ``None`` (unknown) makes readers grow buffers only as
+    bytes arrive, which costs an extra copy of large values.
     """
+
+    size: int | None = None
 
     @abstractmethod
     async def read(self, n: int = -1) -> bytes:
@@ -126,6 +154,7 @@ class BytesReader(Reader):
     def __init__(self, data: Buffer | Sequence[Buffer]) -> None:
         parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
         self._views = [memoryview(part).cast("B") for part in parts]
+        self.size = sum(len(view) for view in self._views)
         self._index = 0
         self._pos = 0
 

@@ -1,0 +1,166 @@
+"""Which store a result reference from outside this process may be read through.
+
+A reference (``{storage_url, key, serializer, expiration}``) usually arrives
+inside a State's JSON, from another process or machine: it is untrusted input.
+Left to itself it could send a consumer to any URL, another bucket, an
+``http://`` server, an FTP host, a folder of the attacker's choosing, and have
+it read there through a freshly built store that checks no signature. So a
+reference resolves only to storage this process allows:
+
+1. stores registered with :meth:`ResultStore.use_for_references`: read
+   through that very store (its signing key, serializers, retry policy and
+   credentials), or, for a URL below it, a store derived from it with the same
+   configuration;
+2. the configured default storage (``RESULTSTORE_STORAGE_URL``) and below;
+3. the URL prefixes listed in ``RESULTSTORE_REFERENCE_URLS`` and below.
+
+Cases 2 and 3 read through a store configured from the environment, exactly
+as ``ResultStore(url)`` would be. Anything else raises
+:class:`ReferenceNotAllowedError` before any network request or file access.
+The serializer a reference names is never used to configure the reader: what
+may be decoded is the reading store's decision.
+
+URLs are compared by location (scheme, host or bucket, and whole path
+segments, decoded), never as raw text: ``file:///allowed/../etc``, a
+percent-encoded ``%2e%2e``, ``s3://bucket-evil`` against ``s3://bucket`` and
+user info are all refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from resultstore.errors import ConfigurationError, ReferenceNotAllowedError
+from resultstore.registry import redact_url, scheme_of
+from resultstore.settings import get_settings
+
+if TYPE_CHECKING:
+    from resultstore.result_store import ResultStore
+
+__all__ = ["MAX_CACHED_STORES", "register", "store_for_reference"]
+
+MAX_CACHED_STORES = 32
+"""How many stores built for references are kept per process (least recently used go)."""
+
+_registered: dict[_Location, ResultStore] = {}
+_cache: OrderedDict[tuple[str, tuple[str, ...] | None], ResultStore] = OrderedDict()
+_default: dict[str, _Location] = {}
+_lock = threading.Lock()
+
+
+class _Location(NamedTuple):
+    scheme: str
+    host: str
+    path: tuple[str, ...]
+
+    def contains(self, other: _Location) -> bool:
+        """True when ``other`` is this location or below it, by whole segments."""
+        return (
+            self.scheme == other.scheme
+            and self.host == other.host
+            and other.path[: len(self.path)] == self.path
+        )
+
+
+def _refused(url: str, why: str) -> ReferenceNotAllowedError:
+    shown = redact_url(url) if isinstance(url, str) else repr(url)
+    return ReferenceNotAllowedError(
+        f"result reference to {shown!r} refused: {why}; to read it, add its storage URL to "
+        "RESULTSTORE_REFERENCE_URLS or register a store for it with "
+        "ResultStore(...).use_for_references()",
+        url=shown,
+    )
+
+
+def _location(url: str, *, trusted: bool) -> _Location:
+    """The location ``url`` names, checked; ``trusted`` URLs (settings) may be plain paths."""
+    scheme = scheme_of(url)
+    if "://" not in url:
+        if not trusted:
+            raise _refused(url, "it is not a URL")
+        url = f"file://{os.path.abspath(os.path.expanduser(url))}"
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise _refused(url, "storage URLs carry no query or fragment")
+    if "@" in parts.netloc:
+        raise _refused(url, "storage URLs in references carry no user info")
+    host = parts.netloc.lower()
+    raw = unquote(parts.path)
+    if scheme == "file":
+        raw = unquote(parts.netloc + parts.path)
+        if trusted:
+            raw = os.path.realpath(os.path.expanduser(raw))
+        host = ""
+    segments = tuple(segment for segment in raw.split("/") if segment)
+    if any(segment in (".", "..") or "\\" in segment for segment in segments):
+        raise _refused(url, "its path has '.' or '..' segments")
+    return _Location(scheme, host, segments)
+
+
+def register(store: ResultStore) -> None:
+    """Have references to ``store``'s URL, and below it, read through ``store``."""
+    location = _location(store.storage_url, trusted=True)
+    with _lock:
+        _registered[location] = store
+        _cache.clear()  # stores derived from an earlier registration are stale
+
+
+def _default_location() -> _Location | None:
+    """Where RESULTSTORE_STORAGE_URL points, as its store resolves it (cached per URL)."""
+    url = get_settings().storage_url
+    found = _default.get(url)
+    if found is None:
+        try:
+            found = _location(url, trusted=True)
+        except ConfigurationError:
+            return None  # a broken setting fails where the default store is made
+        _default.clear()
+        _default[url] = found
+    return found
+
+
+def _remember(cache_key: tuple[str, tuple[str, ...] | None], store: ResultStore) -> ResultStore:
+    _cache[cache_key] = store
+    while len(_cache) > MAX_CACHED_STORES:
+        _cache.popitem(last=False)
+    return store
+
+
+def store_for_reference(storage_url: str) -> ResultStore:
+    """The store a reference to ``storage_url`` is read through, or ReferenceNotAllowedError."""
+    from resultstore.result_store import ResultStore
+
+    if not isinstance(storage_url, str) or not storage_url:
+        raise _refused(str(storage_url), "the storage URL is not a non-empty string")
+    location = _location(storage_url, trusted=False)
+    with _lock:
+        exact = _registered.get(location)
+        if exact is not None:
+            return exact
+        owners = [loc for loc in _registered if loc.contains(location)]
+        owner = max(owners, key=lambda loc: len(loc.path)) if owners else None
+        cache_key = (storage_url, owner.path if owner else None)
+        cached = _cache.get(cache_key)
+        if cached is not None:
+            _cache.move_to_end(cache_key)
+            return cached
+        if owner is not None:
+            return _remember(cache_key, _registered[owner].derive(storage_url))
+    settings = get_settings()
+    allowed = [_location(prefix, trusted=True) for prefix in settings.reference_urls]
+    default = _default_location()
+    if default is not None:
+        allowed.append(default)
+    if not any(prefix.contains(location) for prefix in allowed):
+        raise _refused(storage_url, "this process does not allow that storage")
+    store = ResultStore(storage_url)
+    if location.scheme == "file" and not any(
+        prefix.contains(_location(store.storage_url, trusted=True)) for prefix in allowed
+    ):  # a symlink below an allowed folder that leads out of it
+        raise _refused(storage_url, "it resolves to a folder outside the allowed ones")
+    with _lock:
+        return _remember(cache_key, store)

@@ -621,10 +621,22 @@ def inspect(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="Key of the record to describe.")],
 ) -> None:
-    """Print a record's metadata as JSON, without loading its value."""
+    """Print a record's metadata as JSON, without loading its value.
+
+    With a signing key configured the record is verified first (its signature,
+    and so its payload), and "signature" says "verified"; without one a signature
+    is reported as "not verified", never just as present.
+    """
     with _open_store(ctx) as store:
-        metadata = store.read_metadata(key)
-    print(json.dumps(_metadata_dict(metadata), indent=2))
+        metadata = store.verify(key) if store.signed else store.read_metadata(key)
+    shown = _metadata_dict(metadata)
+    if store.signed:
+        shown["signature"] = "verified"
+    elif metadata.signed:
+        shown["signature"] = "not verified (no signing key configured: set RESULTSTORE_SIGNING_KEY)"
+    else:
+        shown["signature"] = "none"
+    print(json.dumps(shown, indent=2))
 
 
 @app.command()
@@ -696,8 +708,19 @@ def gc(
 def check(
     ctx: typer.Context,
     prefix: Annotated[str, typer.Argument(help="Only keys starting with this.")] = "",
+    require_signed: Annotated[
+        bool,
+        typer.Option(
+            "--require-signed",
+            help="Fail every record that is unsigned or whose signature cannot be verified.",
+        ),
+    ] = False,
 ) -> None:
-    """Read and verify every record (checksums, signatures); exit 5 if any fails."""
+    """Read and verify every record (checksums, signatures); exit 5 if any fails.
+
+    Signatures are verified only with a signing key (RESULTSTORE_SIGNING_KEY);
+    without one, check says so, and --require-signed fails every record.
+    """
     failed: dict[str, IntegrityError] = {}
     checked = 0
 
@@ -706,6 +729,15 @@ def check(
         try:
             size = (await store.aread_metadata(key)).size
             await _one_large_at_a_time(size, large, lambda: store.averify(key))
+            if require_signed and not store.signed:
+                signed = (await store.aread_metadata(key)).signed
+                why = "its signature cannot be verified" if signed else "it is not signed"
+                raise SignatureError(
+                    f"record {key!r} in {store.storage_url}: {why} (no signing key configured; "
+                    "set RESULTSTORE_SIGNING_KEY)",
+                    key=key,
+                    url=store.storage_url,
+                )
         except ResultNotFoundError:
             return  # deleted meanwhile
         except IntegrityError as exc:  # includes SignatureError
@@ -727,6 +759,11 @@ def check(
         print(f"{'REFUSED' if isinstance(exc, SignatureError) else 'DAMAGED'}  {key}: {exc}")
     ok = checked - len(failed)
     print(f"checked {checked} record(s) in {store.storage_url}: {ok} ok, {len(failed)} failed")
+    if not store.signed:
+        print(
+            "signatures were not verified: no signing key is configured "
+            "(set RESULTSTORE_SIGNING_KEY to verify them)"
+        )
     if failed:
         names = ", ".join(repr(key) for key in sorted(failed))
         raise CliError(

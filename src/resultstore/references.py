@@ -58,12 +58,15 @@ class _Location(NamedTuple):
     path: tuple[str, ...]
 
     def contains(self, other: _Location) -> bool:
-        """True when ``other`` is this location or below it, by whole segments."""
-        return (
-            self.scheme == other.scheme
-            and self.host == other.host
-            and other.path[: len(self.path)] == self.path
-        )
+        """True when ``other`` is this location or below it, by whole segments.
+
+        ``s3://`` or ``memory://`` alone (no host, no path) covers the whole scheme.
+        """
+        if self.scheme != other.scheme:
+            return False
+        if not self.host and not self.path:
+            return True
+        return self.host == other.host and other.path[: len(self.path)] == self.path
 
 
 def _refused(url: str, why: str) -> ReferenceNotAllowedError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from typing import Any
-from urllib.parse import urlsplit
 
 from resultstore.errors import (
     ConfigurationError,
@@ -21,7 +20,14 @@ from resultstore.errors import (
 from resultstore.plugins import discover, dist_name
 from resultstore.stores.base import INTERFACE_VERSION, Store, check_options
 
-__all__ = ["STORE_GROUP", "available_stores", "redact_url", "resolve_store", "scheme_of"]
+__all__ = [
+    "STORE_GROUP",
+    "available_stores",
+    "has_userinfo",
+    "redact_url",
+    "resolve_store",
+    "scheme_of",
+]
 
 STORE_GROUP = "resultstore.stores"
 
@@ -134,9 +140,41 @@ def _open_failed(scheme: str, url: str, exc: Exception) -> PluginError:
     )
 
 
+def _userinfo_end(url: str) -> int:
+    """Where the ``user:password@`` part of ``url`` ends (index after the ``@``), or -1.
+
+    RFC 3986 ends the authority at the first ``/``, ``?`` or ``#``, but passwords
+    often hold those characters unescaped (AWS secret keys contain ``/``), and
+    then a plain parser takes the secret for a path. So a ``user:...@`` that
+    precedes the first ``@``-free host is taken as user info whatever it holds.
+    """
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return -1
+    start = len(url) - len(rest)
+    first_at = rest.index("@")
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    if first_at < authority_end:  # the plain case: user info inside the authority
+        return start + rest.rindex("@", 0, authority_end) + 1
+    head = rest[:first_at]
+    user, colon, after = head.partition(":")
+    if not colon or "/" in user or after.split("/", 1)[0].isdigit():
+        return -1  # no password before the "@" ("host:8080/a@b" is a port and a path)
+    host_end = min(
+        (i for i in (rest.find(c, first_at) for c in "/?#") if i >= 0), default=len(rest)
+    )
+    return start + rest.rindex("@", 0, host_end) + 1
+
+
 def redact_url(url: str) -> str:
     """``url`` without any ``user:password@`` part: safe for messages, reprs and JSON."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    end = _userinfo_end(url)
+    if end < 0:
         return url
-    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+    scheme_end = url.index("://") + 3
+    return url[:scheme_end] + url[end:]
+
+
+def has_userinfo(url: str) -> bool:
+    """True when ``url`` carries a ``user[:password]@`` part (see :func:`redact_url`)."""
+    return _userinfo_end(url) >= 0

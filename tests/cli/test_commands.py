@@ -96,7 +96,8 @@ def test_put_get_inspect_ls_and_rm(cli: Cli, tmp_path: Path) -> None:
     assert (tmp_path / "blob.out").read_bytes() == blob
 
     inspected = json.loads(cli.run("inspect", "a/blob").stdout)
-    assert list(inspected) == METADATA_FIELDS
+    assert list(inspected) == [*METADATA_FIELDS, "signature"]
+    assert inspected["signature"] == "none"
     assert inspected["storage_key"] == "a/blob"
     assert inspected["storage_url"] == cli.url
     assert inspected["serializer"] == "pickle+zstd"
@@ -109,7 +110,7 @@ def test_put_get_inspect_ls_and_rm(cli: Cli, tmp_path: Path) -> None:
     assert [row.split()[0] for row in table[1:]] == ["a/blob", "a/doc"]
     listed = _listed(cli, "a/")
     assert sorted(listed) == ["a/blob", "a/doc"]
-    assert listed["a/blob"] == inspected
+    assert listed["a/blob"] == {k: v for k, v in inspected.items() if k != "signature"}
 
     removed = cli.fails("rm", "a/doc", "a/nope", code=2, says=["'a/nope'", cli.url])
     assert removed.stdout == "deleted a/doc\n"  # the other key is still deleted

@@ -574,7 +574,7 @@ def test_a_forged_pickle_is_refused_before_it_can_run(tmp_path: Path) -> None:
 
     # Someone with write access to the storage, but not the key, replaces the record.
     ResultStore(url).write(CreatesAFile(marker), key="job/result")
-    with pytest.raises(SignatureError, match="'job/result' in .* is not signed"):
+    with pytest.raises(SignatureError, match=r"'job/result' in .* is not signed"):
         victim.read("job/result")
     assert not marker.exists()
 

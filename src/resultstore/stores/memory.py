@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 from resultstore.stores.base import BytesReader, Payload, Reader, Store
@@ -25,10 +24,11 @@ class MemoryStore(Store):
 
     interface_version = 1
 
-    def __init__(self, url: str = "memory://", **options: Any) -> None:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rsplit("@", 1)[-1]  # never keep credentials in the URL
-        name = (netloc + parts.path).strip("/") or "default"
+    def __init__(self, url: str = "memory://") -> None:
+        from resultstore.registry import redact_url
+
+        parts = urlsplit(redact_url(url))  # never keep credentials in the URL
+        name = (parts.netloc + parts.path).strip("/") or "default"
         super().__init__(f"memory://{name}")
         self.name = name
         with _spaces_lock:

@@ -23,7 +23,8 @@ may be decoded is the reading store's decision.
 URLs are compared by location (scheme, host or bucket, and whole path
 segments, decoded), never as raw text: ``file:///allowed/../etc``, a
 percent-encoded ``%2e%2e``, ``s3://bucket-evil`` against ``s3://bucket`` and
-user info are all refused.
+user info are all refused; a query (``redis://host/0?prefix=team:``) must match
+exactly.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class _Location(NamedTuple):
     scheme: str
     host: str
     path: tuple[str, ...]
+    query: str = ""  # part of some plugins' locations (redis://host/0?prefix=...)
 
     def contains(self, other: _Location) -> bool:
         """True when ``other`` is this location or below it, by whole segments.
@@ -64,9 +66,13 @@ class _Location(NamedTuple):
         """
         if self.scheme != other.scheme:
             return False
-        if not self.host and not self.path:
+        if not self.host and not self.path and not self.query:
             return True
-        return self.host == other.host and other.path[: len(self.path)] == self.path
+        return (
+            self.host == other.host
+            and self.query == other.query
+            and other.path[: len(self.path)] == self.path
+        )
 
 
 def _refused(url: str, why: str) -> ReferenceNotAllowedError:
@@ -87,8 +93,8 @@ def _location(url: str, *, trusted: bool) -> _Location:
             raise _refused(url, "it is not a URL")
         url = f"file://{os.path.abspath(os.path.expanduser(url))}"
     parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        raise _refused(url, "storage URLs carry no query or fragment")
+    if parts.fragment:
+        raise _refused(url, "storage URLs carry no fragment")
     if "@" in parts.netloc:
         raise _refused(url, "storage URLs in references carry no user info")
     host = parts.netloc.lower()
@@ -101,7 +107,7 @@ def _location(url: str, *, trusted: bool) -> _Location:
     segments = tuple(segment for segment in raw.split("/") if segment)
     if any(segment in (".", "..") or "\\" in segment for segment in segments):
         raise _refused(url, "its path has '.' or '..' segments")
-    return _Location(scheme, host, segments)
+    return _Location(scheme, host, segments, parts.query)
 
 
 def register(store: ResultStore) -> None:

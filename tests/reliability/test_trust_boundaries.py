@@ -296,7 +296,7 @@ def test_references_to_storage_nobody_allowed_are_refused_before_any_access(
         f"{allowed.as_uri()}/%2e%2e/elsewhere",
         f"{allowed.as_uri()}-evil",
         f"file://user:pw@{allowed}",
-        f"{allowed.as_uri()}?x=1",
+        f"{allowed.as_uri()}#x",
     ]
     for url in hostile:
         state = received(url)
@@ -376,6 +376,14 @@ def test_the_cache_of_reference_stores_is_bounded(
     for n in range(limit * 3):
         assert get_state_result(received(f"memory://bounded-{n}")) == n
     assert len(references_module._cache) == limit
+
+
+def test_a_query_is_part_of_the_location(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", "memory://q?prefix=team")
+    with pytest.raises(ReferenceNotAllowedError):
+        get_state_result(received("memory://q?prefix=other"))
+    with pytest.raises(ReferenceNotAllowedError):
+        get_state_result(received("memory://q"))
 
 
 def test_memory_scheme_prefixes_match_whole_names(monkeypatch: pytest.MonkeyPatch) -> None:

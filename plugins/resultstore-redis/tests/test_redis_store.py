@@ -197,6 +197,7 @@ def test_credentials_from_the_url_options_or_environment(
         text = json.dumps(reference.to_reference())
         assert PASSWORD not in text
     again = PersistedResult.from_reference(json.loads(text))
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", again.storage_url)  # the reader allows it
     assert again.get() == {"v": 1}  # RESULTSTORE_REDIS_PASSWORD is set
 
 

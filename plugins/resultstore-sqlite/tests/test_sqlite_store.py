@@ -139,7 +139,9 @@ def test_the_core_does_not_know_this_plugin() -> None:
         assert "sqlite" not in source.read_text(encoding="utf-8").lower(), source
 
 
-def test_resolve_store_and_result_store_find_the_plugin_by_url(db_url: str) -> None:
+def test_resolve_store_and_result_store_find_the_plugin_by_url(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert isinstance(resolve_store(db_url), SQLiteStore)
     with ResultStore(db_url) as results:
         assert isinstance(results.store, SQLiteStore)
@@ -147,7 +149,9 @@ def test_resolve_store_and_result_store_find_the_plugin_by_url(db_url: str) -> N
         assert results.read(key).result == {"rows": 1200}
         assert results.storage_url == db_url
 
-        # A persisted result travels as JSON with the URL only, and reopens the store by it.
+        # A persisted result travels as JSON with the URL only, and reopens the store by it
+        # in a process that allows references to it.
+        monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", db_url)
         reference = results.create_result([1, 2, 3], key="ref")
         reference.write()
         again = PersistedResult.from_reference(json.loads(json.dumps(reference.to_reference())))

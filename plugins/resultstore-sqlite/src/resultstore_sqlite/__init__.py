@@ -79,6 +79,8 @@ class _Blob(Protocol):
 
     def read(self, length: int = -1, /) -> bytes: ...
 
+    def __len__(self) -> int: ...
+
     def close(self) -> None: ...
 
 
@@ -223,6 +225,7 @@ class _BlobReader(Reader):
         self._key = key
         self._conn: sqlite3.Connection | None = conn
         self._blob = blob
+        self.size = len(blob)  # header lengths are checked against it before allocating
 
     def _guarded(self, fn: Callable[[], T]) -> T:
         if self._conn is None:

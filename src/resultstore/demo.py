@@ -188,9 +188,14 @@ _FETCH_IN_CHILD = textwrap.dedent(
 )
 
 
-def _child_env(storage_options: Mapping[str, Any]) -> dict[str, str]:
-    """The second process's environment: ours, plus what it needs to reach the store."""
+def _child_env(storage_url: str, storage_options: Mapping[str, Any]) -> dict[str, str]:
+    """The second process's environment: ours, plus what it needs to reach the store.
+
+    A State's JSON is untrusted input, so the consumer reads references only from
+    storage it allows: ``RESULTSTORE_REFERENCE_URLS`` names the demo's store.
+    """
     env = dict(os.environ)
+    env["RESULTSTORE_REFERENCE_URLS"] = storage_url
     if storage_options:
         env["RESULTSTORE_STORAGE_OPTIONS"] = json.dumps(dict(storage_options))
     settings = get_settings()
@@ -284,7 +289,7 @@ def run_demo(
         say(f"   storage  {store.storage_url}")
         say(f"   run id   {run_id}")
         store.keys(prefix)  # fails early, with a clear error, if the storage is unreachable
-        env = _child_env({**get_settings().storage_options, **options})
+        env = _child_env(store.storage_url, {**get_settings().storage_options, **options})
 
         say()
         say(f"1. Four tasks run; each outcome becomes a State, its value stored as {prefix}<task>")

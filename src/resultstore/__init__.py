@@ -17,11 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from resultstore.errors import (
+        AccessDeniedError,
         ConfigurationError,
+        ConflictError,
+        ContainerMissingError,
         IntegrityError,
         InvalidKeyError,
         PluginError,
+        Reason,
         ReferenceNotAllowedError,
+        ResultExistsError,
         ResultNotFoundError,
         ResultStoreError,
         SerializationError,
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
         StorageUnavailableError,
         UnknownSchemeError,
         UnknownSerializerError,
+        UnsupportedOperationError,
+        VersionConflictError,
     )
     from resultstore.keys import validate_key
     from resultstore.records import ResultMetadata, ResultRecord
@@ -43,15 +50,20 @@ if TYPE_CHECKING:
     from resultstore.stores.base import BytesReader, Payload, Reader, Store
 
 __all__ = [
+    "AccessDeniedError",
     "BytesReader",
     "ConfigurationError",
+    "ConflictError",
+    "ContainerMissingError",
     "IntegrityError",
     "InvalidKeyError",
     "Payload",
     "PersistedResult",
     "PluginError",
     "Reader",
+    "Reason",
     "ReferenceNotAllowedError",
+    "ResultExistsError",
     "ResultMetadata",
     "ResultNotFoundError",
     "ResultRecord",
@@ -68,6 +80,8 @@ __all__ = [
     "Store",
     "UnknownSchemeError",
     "UnknownSerializerError",
+    "UnsupportedOperationError",
+    "VersionConflictError",
     "available_serializers",
     "available_stores",
     "get_serializer",
@@ -82,11 +96,16 @@ __version__ = "0.1.0"
 # program pays only for the parts it uses (no pydantic model for a bare import).
 _EXPORTS: dict[str, tuple[str, ...]] = {
     "resultstore.errors": (
+        "AccessDeniedError",
         "ConfigurationError",
+        "ConflictError",
+        "ContainerMissingError",
         "IntegrityError",
         "InvalidKeyError",
         "PluginError",
+        "Reason",
         "ReferenceNotAllowedError",
+        "ResultExistsError",
         "ResultNotFoundError",
         "ResultStoreError",
         "SerializationError",
@@ -96,6 +115,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "StorageUnavailableError",
         "UnknownSchemeError",
         "UnknownSerializerError",
+        "UnsupportedOperationError",
+        "VersionConflictError",
     ),
     "resultstore.keys": ("validate_key",),
     "resultstore.records": ("ResultMetadata", "ResultRecord"),

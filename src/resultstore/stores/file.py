@@ -1,35 +1,86 @@
 """``file://PATH``: records as files under a local folder, the embedded default.
 
 Key ``a/b`` lives at ``PATH/a/b.rsr``; the reserved suffix keeps a key ``a``
-and a key ``a/b`` from colliding as file and folder. A write goes to a unique
-temporary file in the target folder, is flushed to disk (``fsync``), then
+and a key ``a/b`` from colliding as file and folder.
+
+**Writes** go to a unique temporary file in the target folder, which is then
 renamed over the target: readers see the old record or the new one, never a
-part, and concurrent writers of one key each leave a whole record.
+part, and concurrent writers of one key each leave a whole record. With
+``fsync`` (``RESULTSTORE_FSYNC``, the default) the temporary file is flushed
+before the rename and the folder after it, and so is the parent of every folder
+the write created: a write returns only once the record and every directory
+entry leading to it are on disk. Without ``fsync`` a write that returned
+survives a crash of the process (the kernel holds it) but maybe not a power
+loss. A delete with ``fsync`` flushes the folder too, then removes the folders
+it left empty, up to the root.
+
+**Nothing below the root is followed.** A symbolic link in place of a folder or
+a record is refused, never followed, by every operation (the root itself may
+be a link: it is resolved once, when the store is made); a record's path that
+holds anything but a regular file (a FIFO, socket, device or folder) is refused
+at once, without blocking, with an :class:`~resultstore.errors.IntegrityError`
+naming the key. On Linux 5.6+ the path of a key in folders is opened in one
+``openat2`` call that refuses every symlink; elsewhere (or when a link is
+found) folder by folder, each opened with ``O_NOFOLLOW`` relative to its parent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
+import platform
 import re
 import secrets
+import stat
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from resultstore.errors import ConfigurationError, StorageError
-from resultstore.keys import RESERVED_SUFFIX
+from resultstore.errors import (
+    ConfigurationError,
+    IntegrityError,
+    InvalidKeyError,
+    StorageError,
+)
+from resultstore.keys import RESERVED_SUFFIX, validate_key, validate_prefix
 from resultstore.serializers import Buffer
 from resultstore.stores.base import Payload, Reader, Store, run_blocking
 
 __all__ = ["FileStore"]
 
 _IOV_MAX = 512
-_UNKNOWN_SIZE = 1 << 30  # read-to-end of unknown length: never inline on a shared loop
 _TMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"\..+\.rsr\.[0-9a-f]{16}\.tmp")  # see FileStore._write
+_WRITE_ATTEMPTS = 100  # a folder removed under a writer (by a delete emptying it) is made again
+
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
+# O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; regular files ignore it.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Errors meaning "not there (any more)" while walking a tree: skipped by list and gc.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+# openat2(2), Linux 5.6+: the same syscall number on every architecture listed.
+_SYS_OPENAT2 = 437
+_OPENAT2_MACHINES = frozenset(
+    {"x86_64", "amd64", "aarch64", "arm64", "armv7l", "i686", "ppc64le", "s390x", "riscv64"}
+)
+_AT_FDCWD = -100
+_RESOLVE_NO_SYMLINKS = 0x04
 
 
 def _root_from_url(url: str) -> Path:
@@ -47,6 +98,54 @@ def _root_from_url(url: str) -> Path:
     return Path(os.path.expanduser(raw)).resolve()
 
 
+@functools.cache
+def _openat2() -> Callable[[str, int], int] | None:
+    """``open(path, flags)`` that refuses a symlink anywhere in ``path`` (``ELOOP``).
+
+    ``None`` where the kernel (before 5.6), a seccomp filter or the platform lacks
+    ``openat2``; callers then walk the path folder by folder. Loaded on first use (ctypes
+    costs a millisecond to import), which keys without folders never need.
+    """
+    if sys.platform != "linux" or platform.machine() not in _OPENAT2_MACHINES:
+        return None
+    import ctypes
+
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        ]
+
+    number, cwd = ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD)
+    size = ctypes.c_size_t(ctypes.sizeof(OpenHow))
+    structs = {
+        flags: OpenHow(flags, 0, _RESOLVE_NO_SYMLINKS) for flags in (_READ_FLAGS, _DIR_FLAGS)
+    }
+    hows = {flags: ctypes.byref(struct) for flags, struct in structs.items()}  # keeps structs
+    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+    get_errno = ctypes.get_errno
+
+    def openat2(path: str, flags: int) -> int:
+        fd: int = syscall(number, cwd, path.encode(encoding, errors), hows[flags], size)
+        if fd < 0:
+            code = get_errno()
+            raise OSError(code, os.strerror(code), path)
+        return fd
+
+    try:
+        os.close(openat2("/", _DIR_FLAGS))
+    except OSError:  # ENOSYS, or EPERM from a seccomp filter
+        return None
+    return openat2
+
+
 def _write_all(fd: int, buffers: list[Buffer]) -> None:
     views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
     while views:
@@ -61,11 +160,44 @@ def _write_all(fd: int, buffers: list[Buffer]) -> None:
                 written = 0
 
 
-class _FileReader(Reader):
-    """Reads a record through its file descriptor: no buffering layer, no extra copies."""
+def _kind(mode: int) -> str:
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
-    def __init__(self, fd: int) -> None:
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _is_valid_key(key: str) -> bool:
+    try:
+        validate_key(key)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+def _is_valid_folder(folder: str) -> bool:
+    try:
+        validate_prefix(folder)
+    except InvalidKeyError:
+        return False
+    return True
+
+
+class _FileReader(Reader):
+    """Reads a record through its file descriptor: no buffering layer, no extra copies.
+
+    ``size`` is the file's size when it was opened: a record file is never written to
+    after its rename, so reads stop there without asking the kernel for an end.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
         self._fd: int | None = fd
+        self.size = size
+        self._left = size
 
     def _descriptor(self) -> int:
         if self._fd is None:
@@ -73,33 +205,41 @@ class _FileReader(Reader):
         return self._fd
 
     def _read(self, n: int) -> bytes:
-        fd = self._descriptor()
+        fd = self._fd
+        if fd is None:
+            raise ValueError("read from a closed record reader")
+        wanted = self._left if n < 0 else min(n, self._left)
         chunks = []
-        wanted = n if n >= 0 else 1 << 20
         while wanted > 0:
             chunk = os.read(fd, wanted)
             if not chunk:
                 break
             chunks.append(chunk)
-            if n >= 0:
-                wanted -= len(chunk)
+            wanted -= len(chunk)
+            self._left -= len(chunk)
+        if not chunks:
+            return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _readinto(self, buffer: memoryview) -> int:
         fd = self._descriptor()
+        limit = min(len(buffer), self._left)
         total = 0
-        while total < len(buffer):
-            got = os.readv(fd, [buffer[total:]])
+        while total < limit:
+            got = os.readv(fd, [buffer[total:limit]])
             if not got:
                 break
             total += got
+        self._left -= total
         return total
 
     async def read(self, n: int = -1) -> bytes:
-        return await run_blocking(self._read, n, nbytes=n if n >= 0 else _UNKNOWN_SIZE)
+        return await run_blocking(
+            self._read, n, nbytes=min(n, self._left) if n >= 0 else self._left
+        )
 
     async def readinto(self, buffer: memoryview) -> int:
-        return await run_blocking(self._readinto, buffer, nbytes=len(buffer))
+        return await run_blocking(self._readinto, buffer, nbytes=min(len(buffer), self._left))
 
     async def aclose(self) -> None:
         if self._fd is not None:
@@ -108,109 +248,376 @@ class _FileReader(Reader):
 
 
 class FileStore(Store):
-    """Records stored as files below a root folder (created on first write)."""
+    """Records stored as files below a root folder (created on first write).
+
+    ``fsync`` (default ``True``): a write returns once the record and its directory
+    entries are on disk; ``False`` keeps writes across a process crash only.
+    """
 
     interface_version = 1
 
-    def __init__(self, url: str, *, fsync: bool = True, **options: Any) -> None:
+    def __init__(self, url: str, *, fsync: bool = True) -> None:
         self.root = _root_from_url(url)
-        self._prefix = f"{self.root}{os.sep}"
+        self._root = str(self.root)
+        self._prefix = self._root.rstrip(os.sep) + os.sep
         super().__init__(self.root.as_uri())
         self.fsync = fsync
 
     def _path(self, key: str) -> str:
         return f"{self._prefix}{key}{RESERVED_SUFFIX}"
 
-    def _error(self, action: str, key: str, exc: OSError) -> StorageError:
+    @staticmethod
+    def _split(key: str) -> tuple[list[str], str]:
+        """The folders of ``key``'s record and its file name."""
+        *folders, last = key.split("/")
+        return folders, last + RESERVED_SUFFIX
+
+    # -- errors ----------------------------------------------------------------
+
+    def _error(self, action: str, key: str, exc: OSError) -> StorageError | IntegrityError:
+        """The one-line error for a failed ``action``; links and odd files say what they are."""
+        if exc.errno == errno.ELOOP:
+            kind = IntegrityError if action == "read" else StorageError
+            return kind(
+                f"cannot {action} key {key!r} in {self.url}: {exc.filename} is a symbolic "
+                "link, which the file store does not follow below its root; remove it",
+                key=key,
+                url=self.url,
+            )
+        if exc.errno == errno.EISDIR:  # a folder named like the record: no rename or unlink
+            return StorageError(
+                f"cannot {action} key {key!r} in {self.url}: {self._path(key)} is a directory, "
+                "not a record; remove it",
+                key=key,
+                url=self.url,
+            )
+        if action == "read":  # e.g. ENXIO: a socket cannot be opened
+            with contextlib.suppress(OSError):
+                mode = os.stat(self._path(key), follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    return self._not_regular(key, mode)
         return StorageError(
             f"cannot {action} key {key!r} in {self.url}: {exc.strerror or exc}",
             key=key,
             url=self.url,
         )
 
-    def _write(self, key: str, buffers: list[Buffer]) -> None:
-        path = self._path(key)
-        folder, name = os.path.split(path)
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}")
+    def _not_regular(self, key: str, mode: int) -> IntegrityError:
+        return IntegrityError(
+            f"cannot read key {key!r} in {self.url}: {self._path(key)} is not a regular file "
+            f"({_kind(mode)}); remove it",
+            key=key,
+            url=self.url,
+        )
+
+    # -- folders, never through a symlink ------------------------------------------
+
+    def _make_root(self) -> None:
+        """Create the root and its missing parents; with fsync, flush each new entry."""
+        missing, path = [], self._root
+        while not os.path.lexists(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for path in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
+            if self.fsync:
+                _fsync_folder(os.path.dirname(path))
+
+    def _open_root(self, create: bool) -> int:
         try:
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileNotFoundError:
-                os.makedirs(folder, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                _write_all(fd, buffers)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
+            return os.open(self._root, _ROOT_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                raise
+        self._make_root()
+        return os.open(self._root, _ROOT_FLAGS)
+
+    def _walk(self, folders: Sequence[str], create: bool) -> int:
+        """The folder ``ROOT/folders...``, each opened with O_NOFOLLOW relative to its parent.
+
+        A symlink on the way raises ``ELOOP`` with its path. With ``create``, missing
+        folders are made, and with fsync each parent is flushed once it gained one, so
+        the new entries are durable (even when a concurrent writer made the folder).
+        """
+        fd = self._open_root(create)
+        try:
+            for depth, part in enumerate(folders):
+                try:
+                    try:
+                        child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                    except FileNotFoundError:
+                        if not create:
+                            raise
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(part, dir_fd=fd)
+                        if self.fsync:
+                            os.fsync(fd)
+                        child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    path = os.path.join(self._root, *folders[: depth + 1])
+                    # ENOTDIR is also what O_DIRECTORY | O_NOFOLLOW gives for a link.
+                    if exc.errno == errno.ENOTDIR and _is_link(part, fd):
+                        raise OSError(errno.ELOOP, "is a symbolic link", path) from None
+                    exc.filename = path
+                    raise
                 os.close(fd)
-            os.replace(tmp, path)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _folder(self, folders: Sequence[str], create: bool = False) -> int:
+        """An fd of the folder ``ROOT/folders...``, reached without following a symlink."""
+        if folders:
+            opener = _openat2()
+            if opener is not None:
+                try:
+                    return opener(self._prefix + "/".join(folders), _DIR_FLAGS)
+                except OSError as exc:
+                    # Walk to make what is missing, or to name the link found (ELOOP or
+                    # ENOTDIR; a link above the root, set up since, is followed as before).
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR) and not (
+                        create and exc.errno == errno.ENOENT
+                    ):
+                        raise
+        return self._walk(folders, create)
+
+    def _open_nested(self, key: str, path: str) -> int:
+        """Open the record file of ``key``, which is in folders, at ``path``."""
+        opener = _openat2()
+        if opener is not None:
+            try:
+                return opener(path, _READ_FLAGS)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+        folders, name = self._split(key)
+        folder = self._walk(folders, create=False)
+        try:
+            return os.open(name, _READ_FLAGS, dir_fd=folder)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise self._error("write", key, exc) from None
+            exc.filename = path
+            raise
+        finally:
+            os.close(folder)
+
+    # -- the store interface ---------------------------------------------------------
+
+    def _write(self, key: str, buffers: list[Buffer]) -> None:
+        folders, name = self._split(key)
+        tmp = f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        vanished: OSError | None = None
+        for _ in range(_WRITE_ATTEMPTS):
+            try:
+                folder = self._folder(folders, create=True)
+            except FileNotFoundError as exc:
+                vanished = exc  # a delete removed a folder on the way as it was made: again
+                continue
+            except OSError as exc:
+                raise self._error("write", key, exc) from None
+            try:
+                try:
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o644, dir_fd=folder)
+                except FileNotFoundError as exc:
+                    vanished = exc  # the folder was emptied and removed by a delete since
+                    continue
+                try:
+                    try:
+                        _write_all(fd, buffers)
+                        if self.fsync:
+                            os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=folder)
+                    raise
+                if self.fsync:
+                    os.fsync(folder)
+                return
+            except OSError as exc:
+                raise self._error("write", key, exc) from None
+            finally:
+                os.close(folder)
+        assert vanished is not None
+        raise self._error("write", key, vanished)
 
     async def write(self, key: str, payload: Payload) -> None:
         await run_blocking(self._write, key, payload.buffers, nbytes=payload.size)
 
     async def open(self, key: str) -> Reader:
+        path = f"{self._prefix}{key}{RESERVED_SUFFIX}"
         try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
+            # Without folders the root (resolved) is all there is above: O_NOFOLLOW suffices.
+            fd = self._open_nested(key, path) if "/" in key else os.open(path, _READ_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
             raise self.not_found(key) from None
         except OSError as exc:
             raise self._error("read", key, exc) from None
-        return _FileReader(fd)
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise self._error("read", key, exc) from None
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise self._not_regular(key, info.st_mode)
+        return _FileReader(fd, info.st_size)
 
     async def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
-
-    async def delete(self, key: str) -> bool:
+        """True when something is stored under ``key`` (reading tells whether it is a record)."""
+        folders, name = self._split(key)
         try:
-            os.unlink(self._path(key))
+            if not folders:
+                os.stat(self._path(key), follow_symlinks=False)
+                return True
+            folder = self._folder(folders)
+            try:
+                os.stat(name, dir_fd=folder, follow_symlinks=False)
+            finally:
+                os.close(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._error("check", key, exc) from None
+        return True
+
+    def _delete(self, key: str) -> bool:
+        folders, name = self._split(key)
+        try:
+            folder = self._folder(folders)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise self._error("delete", key, exc) from None
+        try:
+            os.unlink(name, dir_fd=folder)  # a link or FIFO itself goes, never what it names
+            if self.fsync:
+                os.fsync(folder)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise self._error("delete", key, exc) from None
+        finally:
+            os.close(folder)
+        self._prune(folders)
         return True
 
-    def _walk(self, folder: str, rel: str) -> Iterator[str]:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            name = rel + entry.name
-            if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path, name + "/")
-            elif entry.name.endswith(RESERVED_SUFFIX):
-                yield name[: -len(RESERVED_SUFFIX)]
+    def _prune(self, folders: list[str]) -> None:
+        """Remove the folders a delete left empty, deepest first, up to (not including) the root.
+
+        A writer that opened one of them just before gets ``ENOENT`` creating its temporary
+        file there and makes the folder again; one that already has its temporary file in it
+        keeps it from being removed (``ENOTEMPTY``), which stops the pruning.
+        """
+        for depth in range(len(folders) - 1, -1, -1):
+            try:
+                parent = self._folder(folders[:depth])
+            except OSError:
+                return
+            try:
+                os.rmdir(folders[depth], dir_fd=parent)
+            except FileNotFoundError:
+                continue  # removed meanwhile by another delete: its parent may be empty now
+            except OSError:
+                return  # not empty, a link (ENOTDIR) or a mount point: stop here
+            finally:
+                os.close(parent)
+
+    async def delete(self, key: str) -> bool:
+        return await run_blocking(self._delete, key, may_wait=self.fsync)
+
+    def _tree(self, base: str, prefix: str) -> Iterator[tuple[str, list[tuple[str, bool]]]]:
+        """``(folder, [(name, is_folder), ...])`` for ``base`` and every folder below it.
+
+        Iterative (any depth), never through a symlink (links are listed, not entered),
+        and only into folders that may hold keys starting with ``prefix``: valid key
+        prefixes, not named like a record. Folders that vanish meanwhile are skipped.
+        """
+        pending = [base]
+        while pending:
+            rel = pending.pop()
+            try:
+                fd = self._folder(rel.split("/")[:-1])
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    continue
+                raise StorageError(
+                    f"cannot list {prefix!r} in {self.url}: {exc.filename or self._root}: "
+                    f"{exc.strerror or exc}",
+                    key=prefix,
+                    url=self.url,
+                ) from None
+            try:
+                with os.scandir(fd) as found:
+                    entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
+            finally:
+                os.close(fd)
+            yield rel, entries
+            for name, is_folder in entries:
+                child = f"{rel}{name}/"
+                if (
+                    is_folder
+                    and not name.endswith(RESERVED_SUFFIX)
+                    and (child.startswith(prefix) or prefix.startswith(child))
+                    and _is_valid_folder(child)
+                ):
+                    pending.append(child)
+
+    def _keys(self, prefix: str) -> Iterator[str]:
+        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        for rel, entries in self._tree(base, prefix):
+            for name, _ in entries:
+                if name.endswith(RESERVED_SUFFIX):
+                    # A FIFO, link or folder named like a record is listed too: reading it
+                    # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
+                    key = rel + name[: -len(RESERVED_SUFFIX)]
+                    if key.startswith(prefix) and _is_valid_key(key):
+                        yield key
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        for key in self._keys(prefix):
+            yield key
 
     def _abandoned(self, older_than: float, dry_run: bool) -> tuple[int, int]:
         cutoff = time.time() - older_than
         count = size = 0
-        for folder, _, names in os.walk(self.root):
-            for name in names:
-                if not _TEMP_NAME.fullmatch(name):
-                    continue
-                path = os.path.join(folder, name)
-                try:
-                    stat = os.stat(path)
-                    if stat.st_mtime >= cutoff:
-                        continue  # possibly a write still in progress
-                    if not dry_run:
-                        os.unlink(path)
-                except FileNotFoundError:
-                    continue  # renamed into place or removed meanwhile
-                count, size = count + 1, size + stat.st_size
+        for rel, entries in self._tree("", ""):
+            stale = [
+                name for name, is_folder in entries if not is_folder and _TEMP_NAME.fullmatch(name)
+            ]
+            if not stale:
+                continue
+            try:
+                folder = self._folder(rel.split("/")[:-1])
+            except OSError:
+                continue  # removed (or replaced by a link) since it was listed
+            try:
+                for name in stale:
+                    try:
+                        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                        if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
+                            continue  # not ours, or possibly a write still in progress
+                        if not dry_run:
+                            os.unlink(name, dir_fd=folder)
+                    except FileNotFoundError:
+                        continue  # renamed into place or removed meanwhile
+                    count, size = count + 1, size + info.st_size
+            finally:
+                os.close(folder)
         return count, size
 
     async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Remove temporary files of writers killed before their rename."""
         return await run_blocking(self._abandoned, older_than, dry_run, may_wait=True)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-        for key in self._walk(os.path.join(self.root, base), base):
-            if key.startswith(prefix):
-                yield key
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, _ROOT_FLAGS)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -235,6 +235,21 @@ class State(BaseModel, Generic[R]):
         changes.setdefault("state_details", self.state_details.model_copy())
         return self.model_copy(update=changes)
 
+    def fresh_copy(self, **kwargs: Any) -> Self:
+        """A copy stamped now, with its own ``state_details``: the same state, entered anew.
+
+        ``kwargs`` go to ``model_copy`` (``update=``, ``deep=``); an ``update`` is
+        applied after the fresh timestamp, so it may set one of its own.
+        """
+        update = {"timestamp": _utcnow(), "state_details": self.state_details.model_copy()}
+        update.update(kwargs.pop("update", None) or {})
+        return self.model_copy(update=update, **kwargs)
+
+    def __hash__(self) -> int:
+        """States of the same runs, timestamp and type hash alike (sets, dict keys)."""
+        details = self.state_details
+        return hash((details.flow_run_id, details.task_run_id, self.timestamp, self.type))
+
     def __repr__(self) -> str:
         return (
             f"{self.name}(message={self.message!r}, type={self.type.value}, result={self.data!r})"

@@ -263,3 +263,35 @@ def test_an_unknown_reference_type_is_reported() -> None:
 def test_a_mapping_without_the_tag_stays_a_mapping() -> None:
     state = State.model_validate({"type": "COMPLETED", "data": {"key": "k"}})
     assert state.data == {"key": "k"}
+
+
+# -- hashing and fresh copies (Prefect 3's State model) ------------------------------------
+
+
+def test_states_hash_by_run_ids_timestamp_and_type() -> None:
+    import uuid
+
+    when = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    run = uuid.uuid4()
+    first = Completed(timestamp=when, data=1)
+    first.state_details.flow_run_id = run
+    same = Completed(timestamp=when, data=2, message="other message")
+    same.state_details.flow_run_id = run
+    assert hash(first) == hash(same)
+    assert len({first, first.copy()}) == 1
+    other_type = Failed(timestamp=when)
+    other_type.state_details.flow_run_id = run
+    assert hash(other_type) != hash(first)
+    assert {first: "done"}[first] == "done"
+
+
+def test_fresh_copy_is_the_same_state_entered_anew() -> None:
+    old = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    state = Completed(timestamp=old, message="done", data=[1])
+    fresh = state.fresh_copy()
+    assert fresh.type is state.type and fresh.message == "done" and fresh.data == [1]
+    assert fresh.timestamp > old
+    assert fresh.state_details is not state.state_details
+    fresh.state_details.cache_key = "changed"
+    assert state.state_details.cache_key is None
+    assert state.fresh_copy(update={"message": "again"}).message == "again"

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultstore.errors import (
@@ -49,6 +57,7 @@ __all__ = ["ResultStore"]
 T = TypeVar("T")
 
 _RAW_CHUNK = 8 * 1024 * 1024
+_LIST_BATCH = 1000  # keys a listing step yields under one timeout (an S3 page)
 
 
 def _uuid_key() -> str:
@@ -273,8 +282,14 @@ class ResultStore:
             signer=self._signer,
             key=key,
         )
-        with self._guard("write", key):
-            await self.store.write(key, Payload(buffers))
+        payload = Payload(buffers)
+        guard = self._guard("write", key)
+
+        async def once() -> None:
+            with guard:
+                await self.store.write(key, payload)
+
+        await guard.run(self, once)  # a whole record rewritten: safe to retry
         return key
 
     def write(
@@ -366,8 +381,9 @@ class ResultStore:
         unless ``retry=False``; damaged records fail at once.
         """
         key = validate_key(key)
-        policy = self.retry if retry else NO_RETRY
-        return await policy.call(lambda: self._read_once(key))
+        return await self._guard("read", key).run(
+            self, lambda: self._read_once(key), policy=None if retry else NO_RETRY, missing=True
+        )
 
     def read(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
         """Sync twin of :meth:`aread`."""
@@ -376,13 +392,18 @@ class ResultStore:
     async def aread_metadata(self, key: str) -> ResultMetadata:
         """The metadata of the record under ``key``, without loading its payload."""
         key = validate_key(key)
-        with self._guard("inspect", key):
-            reader = await self.store.open(key)
-            try:
-                header, _, _ = await read_header(reader, key, self.storage_url)
-            finally:
-                await reader.aclose()
-        return header.metadata
+        guard = self._guard("inspect", key)
+
+        async def once() -> ResultMetadata:
+            with guard:
+                reader = await self.store.open(key)
+                try:
+                    header, _, _ = await read_header(reader, key, self.storage_url)
+                finally:
+                    await reader.aclose()
+            return header.metadata
+
+        return await guard.run(self, once)
 
     def read_metadata(self, key: str) -> ResultMetadata:
         """Sync twin of :meth:`aread_metadata`."""
@@ -406,7 +427,10 @@ class ResultStore:
 
         Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record.
         """
-        metadata, _ = await self._verified("verify", validate_key(key))
+        key = validate_key(key)
+        metadata, _ = await self._guard("verify", key).run(
+            self, lambda: self._verified("verify", key)
+        )
         return metadata
 
     def verify(self, key: str) -> ResultMetadata:
@@ -421,9 +445,14 @@ class ResultStore:
         back and compared. Returns the copy's metadata.
         """
         key = validate_key(key)
-        source, chunks = await self._read_raw(key)
-        with destination._guard("write", key):
-            await destination.store.write(key, Payload(chunks))
+        source, chunks = await self._guard("read", key).run(self, lambda: self._read_raw(key))
+        guard = destination._guard("write", key)
+
+        async def put() -> None:
+            with guard:
+                await destination.store.write(key, Payload(chunks))
+
+        await guard.run(destination, put)
         copied = await destination.aread_metadata(key)
         compared = ("serializer", "size", "checksum", "created", "expiration", "signed")
         if any(getattr(copied, name) != getattr(source, name) for name in compared):
@@ -444,29 +473,83 @@ class ResultStore:
     async def aexists(self, key: str) -> bool:
         """True when a record exists under ``key``."""
         key = validate_key(key)
-        with self._guard("check", key):
-            return await self.store.exists(key)
+        guard = self._guard("check", key)
+
+        async def once() -> bool:
+            with guard:
+                return await self.store.exists(key)
+
+        return await guard.run(self, once)
 
     def exists(self, key: str) -> bool:
         """Sync twin of :meth:`aexists`."""
         return run_sync(self.aexists(key))
 
     async def adelete(self, key: str) -> bool:
-        """Delete the record under ``key``; True if one was deleted."""
+        """Delete the record under ``key``; True if one was there.
+
+        Presence is checked first: once a retried delete has seen the record, an
+        attempt cut off after the server applied it cannot turn the answer into False.
+        """
         key = validate_key(key)
-        with self._guard("delete", key):
-            return await self.store.delete(key)
+        guard = self._guard("delete", key)
+        seen = False
+
+        async def once() -> bool:
+            nonlocal seen
+            with guard:
+                if not seen and not await self.store.exists(key):
+                    return False
+                seen = True
+                await self.store.delete(key)
+            return True
+
+        return await guard.run(self, once)
 
     def delete(self, key: str) -> bool:
         """Sync twin of :meth:`adelete`."""
         return run_sync(self.adelete(key))
 
     async def akeys(self, prefix: str = "") -> AsyncIterator[str]:
-        """Yield the keys under ``prefix``, in no particular order."""
+        """Yield the keys under ``prefix``, in no particular order.
+
+        Each batch of keys is bounded by :attr:`timeout`, not the whole listing. A
+        listing cut off by unreachable storage is retried from the start, skipping
+        the keys already yielded (so it holds those in memory).
+        """
         prefix = validate_prefix(prefix)
-        with self._guard("list", prefix or "*"):
-            async for key in self.store.list(prefix):
-                yield key
+        guard = self._guard("list", prefix or "*")
+        seen: set[str] = set()
+        listing: list[AsyncIterator[str]] = []  # the pass under way, if any
+
+        async def batch() -> list[str]:
+            keys: list[str] = []
+            try:
+                with guard:
+                    if not listing:
+                        listing.append(aiter(self.store.list(prefix)))
+                    while len(keys) < _LIST_BATCH:
+                        try:
+                            key = await anext(listing[0])
+                        except StopAsyncIteration:
+                            break
+                        if key not in seen:
+                            seen.add(key)
+                            keys.append(key)
+            except BaseException:
+                seen.difference_update(keys)  # not yielded: the next pass yields them
+                if listing:
+                    await _aclose(listing.pop())
+                raise
+            return keys
+
+        try:
+            while keys := await guard.run(self, batch):
+                for key in keys:
+                    yield key
+        finally:
+            if listing:
+                await _aclose(listing.pop())
 
     def keys(self, prefix: str = "") -> list[str]:
         """Sync twin of :meth:`akeys`, as a sorted list."""
@@ -490,8 +573,13 @@ class ResultStore:
         Only what has been untouched for ``older_than`` seconds goes, so writes in
         progress are safe. Returns (items, bytes) removed, or that would be.
         """
-        with self._guard("clean", "*"):
-            return await self.store.clean_abandoned(older_than, dry_run=dry_run)
+        guard = self._guard("clean", "*")
+
+        async def once() -> tuple[int, int]:
+            with guard:
+                return await self.store.clean_abandoned(older_than, dry_run=dry_run)
+
+        return await guard.run(self, once)
 
     def clean_abandoned(
         self, older_than: float = 3600.0, *, dry_run: bool = False
@@ -535,12 +623,48 @@ class ResultStore:
 
 
 class _Guard:
-    """Sync context manager (cheap even around awaits) used by :meth:`ResultStore._guard`."""
+    """One operation's guard, made by :meth:`ResultStore._guard`.
+
+    As a sync context manager (cheap even around awaits) it turns non-resultstore
+    exceptions from a store into one-line errors; :meth:`run` retries and bounds
+    the operation in time.
+    """
 
     __slots__ = ("action", "key", "url")
 
     def __init__(self, url: str, action: str, key: str) -> None:
         self.url, self.action, self.key = url, action, key
+
+    def run(
+        self,
+        results: ResultStore,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        policy: RetryPolicy | None = None,
+        missing: bool = False,
+    ) -> Awaitable[T]:
+        """``fn()`` retried by ``results.retry`` and bounded by ``results.timeout``, to await.
+
+        Unreachable storage is retried for every operation (each is idempotent); a
+        missing record only with ``missing`` (reads). ``policy`` replaces the store's.
+        """
+        retry = results.retry if policy is None else policy
+        timeout = results.timeout
+        return retry.call(
+            fn,
+            only=BaseException if missing else StorageUnavailableError,
+            timeout=timeout,
+            expired=lambda: self.expired(timeout),
+        )
+
+    def expired(self, timeout: float) -> StorageUnavailableError:
+        """The error of an operation that took longer than ``timeout`` seconds."""
+        return StorageUnavailableError(
+            f"cannot {self.action} key {self.key!r} in {self.url}: no answer within "
+            f"{timeout:g} s (RESULTSTORE_TIMEOUT); check the endpoint and the network",
+            key=self.key,
+            url=self.url,
+        )
 
     def __enter__(self) -> None:
         return None
@@ -563,3 +687,10 @@ class _Guard:
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
+
+
+async def _aclose(items: AsyncIterator[str]) -> None:
+    """Close a store's listing (an async generator) at once, not whenever it is collected."""
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()

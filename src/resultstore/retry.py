@@ -1,19 +1,27 @@
-"""The retry policy for reads: a small, explicit object, not a decorator maze.
+"""The one retry loop and the one timeout of `resultstore`: small, explicit objects.
 
 Only failures that can succeed later are retried: a record not written yet
 (:class:`ResultNotFoundError`) and storage that is briefly unreachable
 (:class:`StorageUnavailableError`). Damaged records and decoding errors fail at
 once. After the last attempt the last error is raised, its message saying how
-many attempts were made.
+many attempts were made over how long.
+
+The storage clients' own retry loops (botocore's, s3fs's, obstore's) are turned
+off by the built-in stores: :class:`RetryPolicy` is the only loop, and
+:func:`within` bounds each operation, retries included, by one timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from resultstore.errors import (
     ConfigurationError,
@@ -23,33 +31,82 @@ from resultstore.errors import (
 )
 from resultstore.settings import Settings
 
-__all__ = ["NO_RETRY", "RetryPolicy"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = ["NO_RETRY", "RetryPolicy", "within"]
 
 T = TypeVar("T")
 logger = logging.getLogger("resultstore.retry")
 
+Jitter = Literal["none", "equal", "full"]
+_JITTERS = ("none", "equal", "full")
+
+
+def _seconds(name: str, value: object, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigurationError(
+            f"retry {name} must be a finite number of seconds >= 0"
+            f"{' or None' if optional else ''}, got {name}={value!r}"
+        )
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry a coroutine function ``attempts`` times, ``delay`` seconds apart.
+    """Retry a coroutine function up to ``attempts`` times, ``delay`` seconds apart.
 
-    ``backoff`` multiplies the delay after each attempt (1.0 keeps it fixed),
-    capped at ``max_delay``.
+    ``backoff`` multiplies the delay after each attempt (1.0 keeps it fixed), up
+    to ``max_delay``. ``jitter`` randomizes each sleep: ``"equal"`` between half
+    the delay and all of it, ``"full"`` between 0 and the delay, so many clients
+    failing together do not retry in step. ``deadline`` bounds the whole loop: no
+    sleep ends past it, the last error is raised instead (``None``: only the
+    attempts and the store's timeout bound it).
     """
 
     attempts: int = 10
     delay: float = 0.25
     backoff: float = 1.0
     max_delay: float = 5.0
+    jitter: Jitter = "none"
+    deadline: float | None = None
     retry_on: tuple[type[BaseException], ...] = (ResultNotFoundError, StorageUnavailableError)
 
     def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigurationError(f"retry attempts must be at least 1, got {self.attempts}")
-        if self.delay < 0 or self.backoff < 1 or self.max_delay < 0:
+        attempts = self.attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int):
             raise ConfigurationError(
-                "retry delay and max_delay must be >= 0 and backoff >= 1, got "
-                f"delay={self.delay}, backoff={self.backoff}, max_delay={self.max_delay}"
+                f"retry attempts must be a whole number, got attempts={attempts!r}"
+            )
+        if attempts < 1:
+            raise ConfigurationError(f"retry attempts must be at least 1, got {attempts}")
+        _seconds("delay", self.delay)
+        _seconds("max_delay", self.max_delay)
+        _seconds("deadline", self.deadline, optional=True)
+        backoff = self.backoff
+        if (
+            isinstance(backoff, bool)
+            or not isinstance(backoff, (int, float))
+            or not 1 <= backoff < math.inf
+        ):
+            raise ConfigurationError(
+                f"retry backoff must be a finite number >= 1, got backoff={backoff!r}"
+            )
+        if self.jitter not in _JITTERS:
+            raise ConfigurationError(
+                f"retry jitter must be one of {', '.join(_JITTERS)}, got jitter={self.jitter!r}"
+            )
+        if not isinstance(self.retry_on, tuple) or not all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in self.retry_on
+        ):
+            raise ConfigurationError(
+                f"retry_on must be a tuple of exception classes, got {self.retry_on!r}"
             )
 
     @classmethod
@@ -57,28 +114,182 @@ class RetryPolicy:
         """The read policy configured by ``RESULTSTORE_READ_ATTEMPTS`` / ``_READ_RETRY_DELAY``."""
         return cls(attempts=settings.read_attempts, delay=settings.read_retry_delay)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Await ``fn()`` until it succeeds, fails for good, or attempts run out."""
-        delay = self.delay
+    def sleep_after(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed attempts (1 for the first), jitter applied."""
+        base = min(self.delay * self.backoff ** (failures - 1), max(self.delay, self.max_delay))
+        if self.jitter == "full":
+            return random.uniform(0, base)
+        if self.jitter == "equal":
+            return base / 2 + random.uniform(0, base / 2)
+        return base
+
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        only: type[BaseException] | tuple[type[BaseException], ...] = BaseException,
+        timeout: float | None = None,
+        expired: Callable[[], BaseException] | None = None,
+    ) -> T:
+        """Await ``fn()`` until it succeeds, fails for good, or attempts or time run out.
+
+        Failures are retried when they are one of ``retry_on`` and also of ``only``
+        (a store's writes, say, retry unreachable storage but not a missing record).
+        With ``timeout`` (seconds) the whole call, retries included, raises
+        ``expired()`` (default :class:`TimeoutError`) once that time has passed, and
+        no retry sleeps past it.
+        """
+        alarm = None
+        deadline = self.deadline
+        if timeout is not None:
+            alarm = _Alarm.arm(timeout)
+            if alarm is None:  # not on asyncio: anyio's own timeout does it
+                return await _fail_after(
+                    timeout, lambda: self.call(fn, only=only), expired or TimeoutError
+                )
+            deadline = timeout if deadline is None else min(timeout, deadline)
         started = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await fn()
-            except self.retry_on as exc:
-                if attempt == self.attempts:
-                    if self.attempts == 1 or not isinstance(exc, ResultStoreError):
+        attempt = 1
+        try:
+            while True:
+                try:
+                    return await fn()
+                except self.retry_on as exc:
+                    if not isinstance(exc, only):
                         raise
                     elapsed = time.monotonic() - started
-                    raise exc._with_suffix(
-                        f" (gave up after {attempt} attempts over {elapsed:.1f}s)"
-                    ) from exc.__cause__
-                logger.debug("attempt %d/%d failed: %s; retrying", attempt, self.attempts, exc)
-            import anyio  # only a retry needs it
+                    pause = self.sleep_after(attempt) if attempt < self.attempts else 0.0
+                    if attempt == self.attempts or (
+                        deadline is not None and elapsed + pause > deadline
+                    ):
+                        if attempt == 1 or not isinstance(exc, ResultStoreError):
+                            raise
+                        raise exc._with_suffix(
+                            f" (gave up after {attempt} attempts over {elapsed:.1f}s)"
+                        ) from exc.__cause__
+                    logger.debug("attempt %d/%d failed: %s; retrying", attempt, self.attempts, exc)
+                import anyio  # only a retry needs it
 
-            await anyio.sleep(delay)
-            delay = min(delay * self.backoff, self.max_delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+                await anyio.sleep(pause)
+                attempt += 1
+        except BaseException as exc:
+            if alarm is not None and alarm.fired and _is_cancellation(exc):
+                alarm.fired = False  # our cancellation, taken back here
+                if _uncancel(alarm.task) == 0:
+                    raise (expired or TimeoutError)() from None
+            raise
+        finally:
+            if alarm is not None:
+                alarm.disarm()
 
 
 NO_RETRY = RetryPolicy(attempts=1, delay=0)
 """Try once: what ``retry_result_failure=False`` asks for."""
+
+
+async def within(
+    seconds: float, fn: Callable[[], Awaitable[T]], expired: Callable[[], BaseException]
+) -> T:
+    """Await ``fn()``, or raise ``expired()`` once ``seconds`` have passed (no retries)."""
+    return await NO_RETRY.call(fn, timeout=seconds, expired=expired)
+
+
+async def _fail_after(
+    seconds: float, fn: Callable[[], Awaitable[T]], expired: Callable[[], BaseException]
+) -> T:
+    import anyio
+
+    try:
+        with anyio.fail_after(seconds):
+            return await fn()
+    except TimeoutError:
+        raise expired() from None
+
+
+class _Alarm:
+    """One operation's deadline on an asyncio loop: its :class:`_Watchdog` cancels the task."""
+
+    __slots__ = ("deadline", "fired", "task", "watchdog")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float, watchdog: _Watchdog) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.watchdog = watchdog
+        self.fired = False
+
+    @staticmethod
+    def arm(seconds: float) -> _Alarm | None:
+        """An alarm for the running task in ``seconds``; None when not on asyncio."""
+        aio = sys.modules.get("asyncio")  # imported by any running asyncio loop
+        if aio is None:
+            return None
+        loop: asyncio.AbstractEventLoop | None = aio._get_running_loop()
+        task = None if loop is None else aio.current_task(loop)
+        if loop is None or task is None:
+            return None
+        watchdog: _Watchdog | None = getattr(_watchdogs, "current", None)
+        if watchdog is None or watchdog.loop is not loop:
+            watchdog = _watchdogs.current = _Watchdog(loop)
+        alarm = _Alarm(task, loop.time() + seconds, watchdog)
+        watchdog.alarms.add(alarm)
+        if alarm.deadline < watchdog.wake_at:
+            watchdog.wake(alarm.deadline)
+        return alarm
+
+    def disarm(self) -> None:
+        self.watchdog.alarms.discard(self)
+        if self.fired:
+            self.fired = False
+            # The operation swallowed or replaced our cancellation: take it back, so a
+            # later await of the caller is not cancelled for a timeout already over.
+            _uncancel(self.task)
+
+
+class _Watchdog:
+    """The alarms of one event loop, served by a single loop timer.
+
+    Arming a loop timer per operation costs more than a fast read itself, so the
+    one timer is left armed at the earliest deadline it has seen: an operation
+    that ends before its deadline only leaves the set. When the timer fires,
+    operations past their deadline are cancelled and it is re-armed at the
+    earliest deadline left, if any.
+    """
+
+    __slots__ = ("alarms", "loop", "timer", "wake_at")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.alarms: set[_Alarm] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.wake_at = math.inf
+
+    def wake(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.wake_at = at
+        self.timer = self.loop.call_at(at, self.fire)
+
+    def fire(self) -> None:
+        self.timer, self.wake_at = None, math.inf
+        now = self.loop.time()
+        for alarm in [a for a in self.alarms if a.deadline <= now]:
+            self.alarms.discard(alarm)
+            alarm.fired = True
+            alarm.task.cancel()
+        if self.alarms:
+            self.wake(min(a.deadline for a in self.alarms))
+
+
+_watchdogs = threading.local()  # .current: the watchdog of the loop last used in this thread
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError)
+
+
+def _uncancel(task: asyncio.Task[Any]) -> int:
+    """``task.uncancel()`` (Python 3.11+): the cancellations still pending; 0 before 3.11."""
+    uncancel = getattr(task, "uncancel", None)
+    return 0 if uncancel is None else int(uncancel())

@@ -1,11 +1,15 @@
-"""Retried reads: a record not written yet, or storage briefly unreachable, is tried
-again; anything that cannot get better by waiting fails at once."""
+"""Retries: a record not written yet (reads), or storage briefly unreachable (every
+operation), is tried again, within the retry policy's attempts and deadline and the
+store's timeout; anything that cannot get better by waiting fails at once."""
 
 from __future__ import annotations
 
+import collections
 import re
 import threading
 import time
+from collections import Counter as Counter_
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,9 @@ from resultstore import (
     SerializationError,
     StorageError,
     StorageUnavailableError,
+    result_store,
 )
-from resultstore.stores.base import Reader
+from resultstore.stores.base import Payload, Reader
 from resultstore.stores.memory import MemoryStore
 from states.concurrency import run_sync
 
@@ -135,18 +140,78 @@ def test_delays_grow_by_backoff_up_to_max_delay(monkeypatch: pytest.MonkeyPatch)
     assert slept == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])  # no sleep after the last attempt
 
 
+def test_jitter_spreads_each_delay_below_its_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(anyio, "sleep", fake_sleep)
+    for jitter, low in (("equal", 0.5), ("full", 0.0)):
+        slept.clear()
+        policy = RetryPolicy(attempts=200, delay=0.1, backoff=2.0, max_delay=0.4, jitter=jitter)
+        with pytest.raises(ResultNotFoundError):
+            run_sync(policy.call(Counter(not_found())))
+        bases = [min(0.1 * 2**i, 0.4) for i in range(199)]
+        assert all(low * b <= s <= b for s, b in zip(slept, bases, strict=True))
+        assert len(set(slept)) > 150  # really random, not a fixed fraction
+
+
+def test_the_deadline_stops_retrying_before_a_sleep_would_pass_it() -> None:
+    counter = Counter(not_found())
+    policy = RetryPolicy(attempts=100, delay=0.1, deadline=0.35)
+    started = time.monotonic()
+    with pytest.raises(ResultNotFoundError) as caught:
+        run_sync(policy.call(counter))
+    elapsed = time.monotonic() - started
+    assert counter.calls == 4  # at 0, 0.1, 0.2, 0.3 s: one more sleep would end at 0.4 s
+    assert elapsed < 0.35
+    assert re.search(r"\(gave up after 4 attempts over 0\.3s\)$", str(caught.value))
+
+
+def test_a_call_timeout_also_bounds_the_retries() -> None:
+    # ResultStore passes its timeout: no sleep ends past it, the last error is raised.
+    counter = Counter(not_found())
+    with pytest.raises(ResultNotFoundError, match="gave up after 3 attempts"):
+        run_sync(RetryPolicy(attempts=100, delay=0.2).call(counter, timeout=0.5))
+    assert counter.calls == 3
+
+
+def test_only_narrows_what_is_retried() -> None:
+    counter = Counter(not_found())
+    policy = RetryPolicy(attempts=5, delay=0)
+    with pytest.raises(ResultNotFoundError):
+        run_sync(policy.call(counter, only=StorageUnavailableError))
+    assert counter.calls == 1
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"attempts": 0}, "retry attempts must be at least 1, got 0"),
+        ({"attempts": 2.5}, "retry attempts must be a whole number, got attempts=2.5"),
+        ({"attempts": True}, "attempts=True"),
         ({"delay": -1}, "delay=-1"),
+        ({"delay": float("inf")}, "delay=inf"),
+        ({"delay": float("nan")}, "delay=nan"),
+        ({"delay": True}, "delay=True"),
+        ({"delay": "1"}, "delay='1'"),
         ({"backoff": 0.5}, "backoff=0.5"),
+        ({"backoff": float("inf")}, "backoff=inf"),
+        ({"backoff": float("nan")}, "backoff=nan"),
         ({"max_delay": -1}, "max_delay=-1"),
+        ({"max_delay": float("inf")}, "max_delay=inf"),
+        ({"deadline": -1}, "deadline=-1"),
+        ({"deadline": float("inf")}, "deadline=inf"),
+        ({"deadline": float("nan")}, "deadline=nan"),
+        ({"jitter": "half"}, "jitter='half'"),
+        ({"retry_on": [ValueError]}, "retry_on must be a tuple of exception classes"),
     ],
 )
 def test_nonsense_policies_are_refused(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=re.escape(message)):
+    with pytest.raises(ConfigurationError, match=re.escape(message)) as caught:
         RetryPolicy(**options)
+    assert "\n" not in str(caught.value)
 
 
 # -- retries through ResultStore ----------------------------------------------------------
@@ -220,6 +285,102 @@ def test_other_backend_failures_become_one_line_storage_errors(memory_url: str) 
     assert str(caught.value) == (
         f"cannot read key 'k' in {memory_url}: PermissionError: connection reset by peer"
     )
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose every operation fails with ConnectionError ``failures`` times."""
+
+    def __init__(self, url: str, failures: int = 2) -> None:
+        super().__init__(url)
+        self.failures = failures
+        self.calls: Counter_[str] = collections.Counter()
+
+    def _flake(self, name: str) -> None:
+        self.calls[name] += 1
+        if self.calls[name] <= self.failures:
+            raise ConnectionError(f"{name} cut off")
+
+    async def write(self, key: str, payload: Payload) -> None:
+        await super().write(key, payload)
+        self._flake("write")  # the write landed, its answer did not
+
+    async def exists(self, key: str) -> bool:
+        self._flake("exists")
+        return await super().exists(key)
+
+    async def delete(self, key: str) -> bool:
+        deleted = await super().delete(key)
+        self._flake("delete")  # deleted, but the caller never hears it
+        return deleted
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        for number, key in enumerate(sorted([k async for k in super().list(prefix)])):
+            if number == 3:
+                self._flake("list")  # cut off after three keys
+            yield key
+
+
+@pytest.mark.parametrize("operation", ["write", "exists", "delete", "keys", "list"])
+def test_every_operation_retries_unreachable_storage(
+    memory_url: str, operation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(result_store, "_LIST_BATCH", 2)  # keys yielded before the cut
+    backend = FlakyStore(memory_url, failures=0)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=3, delay=0.01))
+    for i in range(6):
+        store.write(i, key=f"k/{i}")
+    backend.failures, backend.calls = 2, collections.Counter()
+
+    if operation == "write":
+        assert store.write("again", key="k/0") == "k/0"
+        assert store.read("k/0").result == "again"
+    elif operation == "exists":
+        assert store.exists("k/1") is True
+    elif operation == "delete":
+        # Presence is checked first, so the attempt that deleted but lost its answer
+        # still makes the retried delete report True.
+        backend.calls["exists"] = backend.failures  # only the deletes fail
+        assert store.delete("k/2") is True
+        assert store.exists("k/2") is False
+    elif operation == "keys":
+        # A listing cut off is restarted; the keys seen before are not yielded twice.
+        assert store.keys() == [f"k/{i}" for i in range(6)]
+    else:
+        assert [m.storage_key for m in store.list("k/")] == [f"k/{i}" for i in range(6)]
+    expected = "list" if operation in ("keys", "list") else operation
+    assert backend.calls[expected] == 3
+
+
+def test_a_missing_record_is_not_retried_outside_reads(memory_url: str) -> None:
+    backend = CountingStore(memory_url)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=5, delay=0.01))
+    started = time.monotonic()
+    with pytest.raises(ResultNotFoundError) as caught:
+        store.read_metadata("missing")
+    assert backend.opens == 1
+    assert time.monotonic() - started < 0.1
+    assert "gave up" not in str(caught.value)
+
+
+def test_retry_false_and_no_retry_states_try_once_even_for_unreachable_storage(
+    memory_url: str,
+) -> None:
+    backend = CountingStore(memory_url, failures=100)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=5, delay=0.01))
+    with pytest.raises(StorageUnavailableError) as caught:
+        store.read("k", retry=False)
+    assert backend.opens == 1
+    assert "gave up" not in str(caught.value)
+
+
+def test_unreachable_storage_gives_up_at_the_timeout_not_the_attempts(memory_url: str) -> None:
+    backend = CountingStore(memory_url, failures=1000)
+    store = ResultStore(backend, retry=RetryPolicy(attempts=1000, delay=0.1), timeout=0.45)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match=r"gave up after 5 attempts over 0\.4s"):
+        store.read("k")
+    assert time.monotonic() - started < 0.45
+    assert backend.opens == 5
 
 
 def test_a_late_writer_is_waited_for(file_url: str) -> None:

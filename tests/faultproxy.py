@@ -37,6 +37,11 @@ faults injected by kind (plus ``requests``); ``fault_rate`` may be changed at an
 (0 turns the faults off). The proxy only ever connects to the configured upstream
 host, which must be a loopback address, and :meth:`FaultProxy.stop` closes every
 connection and joins the thread.
+
+:class:`HostileServer` is the proxy's simpler sibling for the timeout tests: a loopback
+server with no upstream that accepts connections and then never answers (``silent``) or
+answers one byte every ``interval`` seconds (``trickle``), optionally after scripted
+replies to the first lines (an FTP greeting and login, say).
 """
 
 from __future__ import annotations
@@ -49,11 +54,11 @@ import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["FAULT_KINDS", "FaultProxy"]
+__all__ = ["FAULT_KINDS", "FaultProxy", "HostileServer"]
 
 FAULT_KINDS = ("reset_before", "reset_mid", "stall", "http_500", "http_503")
 
@@ -409,3 +414,144 @@ class FaultProxy:
         writer.write(data)
         await writer.drain()
         return not (until_close or response.wants_close)
+
+
+class HostileServer:
+    """A loopback server that accepts connections, then stalls or trickles (module docstring).
+
+    ``silent``: reads whatever arrives and never sends a byte. ``trickle``: sends
+    ``trickle`` (by default the start of an HTTP response whose header never ends), then
+    ``b"a"``, one byte every ``interval`` seconds, so a client's idle timeout never fires.
+    ``greeting`` is sent on accept; a line starting with a key of ``replies`` is answered
+    with its value, and the first other line starts the misbehaviour. Every connection
+    ends after ``max_seconds`` or at :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        mode: str = "silent",
+        *,
+        interval: float = 0.3,
+        greeting: bytes = b"",
+        replies: Mapping[bytes, bytes] | None = None,
+        trickle: bytes = b"HTTP/1.1 200 OK\r\nX-Trickle: ",
+        max_seconds: float = 300.0,
+    ) -> None:
+        if mode not in ("silent", "trickle"):
+            raise ValueError(f"mode must be 'silent' or 'trickle', not {mode!r}")
+        self.mode = mode
+        self.interval = interval
+        self.greeting = greeting
+        self.replies = dict(replies or {})
+        self.trickle = trickle
+        self.max_seconds = max_seconds
+        self.connections = 0
+        self.sent = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HostileServer:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_MAX_HEAD)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(self._shutdown())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="hostileserver", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the hostile server did not start")
+        return self
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def stop(self) -> None:
+        """Close the listener and every connection, and join the thread."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(15)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> HostileServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        try:
+            await asyncio.wait_for(self._misbehave(reader, writer), self.max_seconds)
+        except (asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.transport.abort()
+
+    async def _misbehave(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.greeting:
+            writer.write(self.greeting)
+            await writer.drain()
+        while True:  # scripted replies, up to the first line without one
+            line = await reader.readline()
+            if not line:
+                return
+            reply = next((r for p, r in self.replies.items() if line.startswith(p)), None)
+            if reply is None:
+                break
+            writer.write(reply)
+            await writer.drain()
+        drain = asyncio.ensure_future(_discard(reader))
+        try:
+            if self.mode == "silent":
+                await drain
+                return
+            payload = self.trickle
+            while not drain.done():
+                writer.write(payload[:1] or b"a")
+                payload = payload[1:]
+                self.sent += 1
+                await writer.drain()
+                await asyncio.sleep(self.interval)
+        finally:
+            drain.cancel()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    """Read and drop everything until the peer closes."""
+    while await reader.read(65536):
+        pass

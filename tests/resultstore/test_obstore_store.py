@@ -56,7 +56,18 @@ def test_either_s3_store_reads_what_the_other_wrote(s3_url: str, obstore_url: st
     [
         ("s3+obstore://Bad_Bucket/p", {}, "invalid S3 bucket name 'Bad_Bucket'"),
         ("s3+obstore://bucket/p", {"part_size": 1024}, "part_size must be at least"),
-        ("s3+obstore://bucket/p", {"no_such_setting": 1}, "invalid storage options"),
+        (
+            "s3+obstore://bucket/p",
+            {"no_such_setting": 1},
+            "unknown storage option 'no_such_setting' for s3+obstore://bucket/p; valid options: ",
+        ),
+        (
+            "s3+obstore://bucket/p",
+            {"retry_config": {"max_retry": 1}},
+            "unknown storage option 'max_retry' for s3+obstore://bucket/p (retry_config); "
+            "valid options: backoff, max_retries, retry_timeout",
+        ),
+        ("s3+obstore://bucket/p", {"client_options": {"nope": 1}}, "Invalid key: nope"),
         ("s3+obstore://bucket/p", {"client_kwargs": {"verify": False}}, "client_kwargs['verify']"),
         ("s3+obstore://bucket/p", {"config_kwargs": {"retries": {}}}, "config_kwargs['retries']"),
     ],
@@ -87,3 +98,25 @@ def test_without_obstore_installed_the_error_says_what_to_install(
 
     with pytest.raises(ConfigurationError, match=r"pip install 'resultstore\[obstore\]'"):
         resolve_store("s3+obstore://bucket/p")
+
+
+def test_obstore_retries_nothing_and_times_out_as_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # ResultStore's retry policy is the one retry loop; the stall timeout is obstore's
+    # read timeout, and a connection attempt gives up within RESULTSTORE_TIMEOUT.
+    monkeypatch.setenv("RESULTSTORE_STALL_TIMEOUT", "7")
+    monkeypatch.setenv("RESULTSTORE_TIMEOUT", "3")
+    store = resolve_store("s3+obstore://bucket/p")
+    assert isinstance(store, ObstoreS3Store)
+    client = store._client
+    assert client.retry_config is not None and client.retry_config["max_retries"] == 0
+    assert client.client_options is not None
+    assert client.client_options["read_timeout"] == "7s"
+    assert client.client_options["connect_timeout"] == "3s"
+
+
+def test_obstore_setting_names_are_taken_in_any_spelling() -> None:
+    store = resolve_store("s3+obstore://bucket/p", AWS_REGION="eu-west-1", aws_skip_signature=True)
+    assert isinstance(store, ObstoreS3Store)
+    assert store._client.config["region"] == "eu-west-1"

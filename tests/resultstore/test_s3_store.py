@@ -19,7 +19,9 @@ import pytest
 
 from ports import free_port
 from resultstore import (
+    AccessDeniedError,
     ConfigurationError,
+    ContainerMissingError,
     ResultStore,
     RetryPolicy,
     StorageError,
@@ -115,6 +117,77 @@ def test_missing_bucket_is_one_clear_line(scheme: str, s3_env: dict[str, str]) -
     assert "\n" not in message
     assert "bucket 'no-such-bucket-here' does not exist" in message
     assert "'k'" in message
+
+
+@BOTH_S3_STORES
+def test_exists_on_a_missing_bucket_raises_instead_of_answering_false(
+    scheme: str, s3_env: dict[str, str], s3_bucket: str
+) -> None:
+    # A HEAD's 404 has no body: no such key and no such bucket look alike until checked.
+    missing = ResultStore(f"{scheme}://no-such-bucket-here/p")
+    with pytest.raises(ContainerMissingError) as caught:
+        missing.exists("k")
+    assert str(caught.value).startswith(f"cannot check key 'k' in {scheme}://no-such-bucket-here/p")
+    assert "bucket 'no-such-bucket-here' does not exist" in str(caught.value)
+    with pytest.raises(ContainerMissingError):
+        missing.delete("k")  # not "nothing to delete"
+    present = ResultStore(f"{scheme}://{s3_bucket}/exists-{uuid.uuid4().hex[:8]}")
+    assert present.exists("nothing/here") is False
+    assert present.exists("nothing/here/either") is False  # the bucket check is remembered
+
+
+@BOTH_S3_STORES
+def test_exists_with_wrong_credentials_raises_access_denied(
+    scheme: str, s3_env: dict[str, str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    store = ResultStore(f"{scheme}://{s3_bucket}/denied")
+    with pytest.raises(AccessDeniedError, match="access denied") as caught:
+        store.exists("k")
+    assert "\n" not in str(caught.value)
+
+
+@BOTH_S3_STORES
+def test_unknown_storage_options_are_refused_naming_the_valid_ones(scheme: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_store(f"{scheme}://bucket/p", fsnyc=False)
+    message = str(caught.value)
+    assert message.startswith(f"unknown storage option 'fsnyc' for {scheme}://bucket/p; ")
+    assert "valid options: " in message and "part_size" in message and "\n" not in message
+
+
+def test_the_s3fs_options_are_accepted() -> None:
+    store = resolve_store(
+        "s3://bucket/p",
+        anon=False,
+        requester_pays=False,
+        s3_additional_kwargs={"ServerSideEncryption": "AES256"},
+        profile=None,
+        use_listings_cache=False,
+        max_concurrency=2,
+    )
+    assert isinstance(store, S3Store)
+
+
+def test_botocore_and_s3fs_retry_nothing_and_time_out_as_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESULTSTORE_STALL_TIMEOUT", "7")
+    monkeypatch.setenv("RESULTSTORE_TIMEOUT", "3")
+    store = resolve_store("s3://bucket/p")
+    assert isinstance(store, S3Store)
+    config = store._options["config_kwargs"]
+    assert config["retries"] == {"total_max_attempts": 1, "mode": "standard"}
+    assert (config["read_timeout"], config["connect_timeout"]) == (7.0, 3.0)
+
+    async def client_settings() -> tuple[int, int]:
+        fs = await store._fs()
+        try:
+            return fs.retries, fs._s3.meta.config.retries["total_max_attempts"]
+        finally:
+            await store.aclose()
+
+    assert anyio.run(client_settings) == (1, 1)
 
 
 @BOTH_S3_STORES
@@ -283,7 +356,8 @@ def test_another_process_fetches_an_s3_result_from_the_state_json_alone(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**env, **s3_env},  # credentials only: no storage URL or options
+        # Credentials, and the storage it may read references into: no storage URL or options.
+        env={**env, **s3_env, "RESULTSTORE_REFERENCE_URLS": s3_url},
         check=False,
     )
 

@@ -11,7 +11,12 @@ Options are obstore's S3 settings (``access_key_id``, ``endpoint``, ``region``,
 store takes (``key``, ``secret``, ``token``, ``endpoint_url``, ``client_kwargs``)
 are accepted too, so switching is a change of URL. Unset settings come from
 the standard ``AWS_*`` environment. Credentials never appear in the URL, repr
-or errors.
+or errors; an unknown option is refused when the store is made.
+
+obstore retries nothing (``max_retries: 0``): :class:`~resultstore.ResultStore`'s
+retry policy is the one retry loop, bounded by its timeout. A connection attempt
+gives up after 5 s (never more than ``RESULTSTORE_TIMEOUT``) and a response that
+sends nothing for ``RESULTSTORE_STALL_TIMEOUT`` seconds fails.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from resultstore.errors import (
+    AccessDeniedError,
     ConfigurationError,
+    ContainerMissingError,
     ResultStoreError,
     StorageError,
     StorageUnavailableError,
 )
-from resultstore.retry import RetryPolicy
-from resultstore.stores.base import Payload, Reader, Store
+from resultstore.settings import get_settings
+from resultstore.stores.base import Payload, Reader, Store, check_options
 from resultstore.stores.s3 import s3_location
 
 __all__ = ["ObstoreS3Store"]
@@ -37,14 +44,72 @@ _SCHEME = "s3+obstore"
 _CHUNK = 8 << 20  # bytes per streamed chunk: fewer Rust->Python hand-offs, bounded memory
 _S3FS_NAMES = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
 _UNAVAILABLE = re.compile(
-    r"error sending request|timed out|connection|status code: 5\d\d", re.IGNORECASE
+    r"error sending request|timed ?out|kind: Timeout|connection|response body error"
+    r"|status code: 5\d\d",
+    re.IGNORECASE,
 )
+_CONNECT_TIMEOUT = 5.0  # seconds to open a connection (never above RESULTSTORE_TIMEOUT)
+# obstore's S3 settings (its S3Config; each also spelt with an ``aws_`` prefix, in any case).
+_OBSTORE_S3_CONFIG = frozenset(
+    {
+        "access_key_id",
+        "checksum_algorithm",
+        "conditional_put",
+        "container_authorization_token_file",
+        "container_credentials_full_uri",
+        "container_credentials_relative_uri",
+        "copy_if_not_exists",
+        "default_region",
+        "disable_bulk_delete",
+        "disable_tagging",
+        "endpoint",
+        "metadata_endpoint",
+        "region",
+        "request_payer",
+        "role_arn",
+        "role_session_name",
+        "secret_access_key",
+        "server_side_encryption",
+        "session_token",
+        "skip_signature",
+        "sse_bucket_key_enabled",
+        "sse_kms_key_id",
+        "sts_endpoint",
+        "unsigned_payload",
+        "virtual_hosted_style_request",
+        "web_identity_token_file",
+    }
+)
+_OWN_OPTIONS = frozenset(
+    {"part_size", "max_concurrency", "client_options", "retry_config", "credential_provider"}
+)
+_S3FS_OPTIONS = frozenset({*_S3FS_NAMES, "endpoint_url", "client_kwargs", "config_kwargs"})
+_RETRY_KEYS = frozenset({"backoff", "max_retries", "retry_timeout"})
+_PROBE = "bucket-check.rsr"  # a folder no key can be in: listing it only checks the bucket
+
+
+def _unknown_key(message: str) -> str | None:
+    """The setting named by obstore's "Configuration key: 'x' is not valid" error."""
+    found = re.match(r"Configuration key: '([^']+)' is not valid", message)
+    return found.group(1) if found else None
 
 
 def _is_missing(exc: BaseException) -> bool:
     # A GET or HEAD of a missing object raises the builtin FileNotFoundError; obstore's own
     # NotFoundError class is accepted too.
     return isinstance(exc, FileNotFoundError) or type(exc).__name__ == "NotFoundError"
+
+
+def _check_options(url: str, options: dict[str, Any]) -> None:
+    """Refuse an option neither this store, s3fs's names nor obstore's S3 settings know."""
+    unknown = {
+        name: value
+        for name, value in options.items()
+        if name not in _OWN_OPTIONS
+        and name not in _S3FS_OPTIONS
+        and name.lower().removeprefix("aws_") not in _OBSTORE_S3_CONFIG
+    }
+    check_options(url, unknown, _OWN_OPTIONS | _S3FS_OPTIONS | _OBSTORE_S3_CONFIG)
 
 
 def _no_equivalent(option: str) -> ConfigurationError:
@@ -151,29 +216,25 @@ class ObstoreS3Store(Store):
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
+        _check_options(self.url, options)
+        check_options(f"{self.url} (retry_config)", retry_config or {}, _RETRY_KEYS)
+        limits = get_settings()
         # An http:// endpoint is the user's explicit choice (a local server, say), as with s3fs.
-        # Timeouts and retries match the s3:// store's: a stall fails after 60 s without data,
-        # not obstore's 30 s for a whole request (too short for a large record on a slow
-        # link), and retries give up within a minute, not obstore's 3.
+        # Timeouts match the s3:// store's: a stall fails after RESULTSTORE_STALL_TIMEOUT
+        # without data, not obstore's 30 s for a whole request (too short for a large record
+        # on a slow link); ResultStore's timeout bounds the whole operation.
         client = {
             "allow_http": True,
-            "connect_timeout": "5s",
-            "read_timeout": "60s",
+            "connect_timeout": datetime.timedelta(seconds=min(_CONNECT_TIMEOUT, limits.timeout)),
+            "read_timeout": datetime.timedelta(seconds=limits.stall_timeout),
             "timeout": datetime.timedelta(days=1),
         }
-        retry: dict[str, Any] = {"max_retries": 3, "retry_timeout": datetime.timedelta(seconds=60)}
+        # No retries: ResultStore's policy is the only retry loop.
+        retry: dict[str, Any] = {"max_retries": 0}
         retry.update(retry_config or {})
-        if isinstance(retry["retry_timeout"], (int, float)):  # seconds, as JSON options give it
+        if isinstance(retry.get("retry_timeout"), (int, float)):  # seconds, as JSON gives it
             retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
-        # obstore sends a delete as S3's multi-object delete, a POST, which it does not retry
-        # when the network cuts it off; deleting is idempotent, so the store retries it, as
-        # botocore retries deletes for s3://.
-        self._delete_retry = RetryPolicy(
-            attempts=1 + max(0, int(retry["max_retries"])),
-            delay=0.1,
-            backoff=2.0,
-            retry_on=(StorageUnavailableError,),
-        )
+        self._bucket_exists = False
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
             "client_options": {**client, **(client_options or {})},
@@ -183,6 +244,9 @@ class ObstoreS3Store(Store):
         try:
             self._client = _ObstoreS3(self.bucket, **settings)
         except Exception as exc:  # obstore validates settings eagerly
+            key = getattr(exc, "key", None) or _unknown_key(str(exc))
+            if key is not None:  # a setting this obstore does not know (another version's)
+                check_options(self.url, {key: None}, _OWN_OPTIONS | _OBSTORE_S3_CONFIG)
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigurationError(
                 f"invalid storage options for {self.url}: {detail}", url=self.url
@@ -197,7 +261,7 @@ class ObstoreS3Store(Store):
         text = str(exc)
         where = f"{action} key {key!r} in {self.url}"
         if "NoSuchBucket" in text:
-            return StorageError(
+            return ContainerMissingError(
                 f"cannot {where}: bucket {self.bucket!r} does not exist; create it or fix the URL",
                 key=key,
                 url=self.url,
@@ -205,7 +269,7 @@ class ObstoreS3Store(Store):
         if _is_missing(exc):
             return self.not_found(key)
         if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
-            return StorageError(
+            return AccessDeniedError(
                 f"cannot {where}: access denied; check the credentials "
                 "(storage options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
                 key=key,
@@ -252,24 +316,38 @@ class ObstoreS3Store(Store):
         try:
             await obstore.head_async(self._client, key)
         except Exception as exc:
-            if _is_missing(exc) and "NoSuchBucket" not in str(exc):
-                return False
-            raise self._translate(exc, "check", key) from exc
+            if not _is_missing(exc) or "NoSuchBucket" in str(exc):
+                raise self._translate(exc, "check", key) from exc
+            # A HEAD has no error body: its 404 means no such key or no such bucket.
+            await self._check_bucket("check", key)
+            return False
         return True
+
+    async def _check_bucket(self, action: str, key: str) -> None:
+        """Raise if the bucket does not exist; checked once (a tiny listing), then remembered."""
+        if self._bucket_exists:
+            return
+        import obstore
+        from obstore.exceptions import PermissionDeniedError
+
+        try:
+            await anext(aiter(obstore.list(self._client, _PROBE, chunk_size=1)), None)
+        except PermissionDeniedError:
+            pass  # no s3:ListBucket permission: the bucket is there, the key is not
+        except Exception as exc:
+            raise self._translate(exc, action, key) from exc
+        self._bucket_exists = True
 
     async def delete(self, key: str) -> bool:
-        if not await self.exists(key):
-            return False
-        await self._delete_retry.call(lambda: self._delete_once(key))
-        return True
-
-    async def _delete_once(self, key: str) -> None:
         import obstore
 
+        if not await self.exists(key):
+            return False
         try:
             await obstore.delete_async(self._client, key)
         except Exception as exc:
             raise self._translate(exc, "delete", key) from exc
+        return True
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         import obstore

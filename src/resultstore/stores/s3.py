@@ -13,6 +13,15 @@ Credentials and endpoint come from storage options (``key``, ``secret``,
 standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_PROFILE``, ...); they never appear in the store's URL, repr or errors.
 botocore's exceptions are translated into one-line resultstore errors.
+
+botocore and s3fs retry nothing: :class:`~resultstore.ResultStore`'s retry
+policy is the one retry loop, bounded by its timeout. A connection attempt
+gives up after 5 s (never more than ``RESULTSTORE_TIMEOUT``) and a request
+that receives nothing for ``RESULTSTORE_STALL_TIMEOUT`` seconds fails.
+
+Each event loop gets its own s3fs client (aiohttp sessions belong to a loop),
+closed when the loop shuts down its async generators (``asyncio.run``,
+``anyio.run``), by :meth:`S3Store.aclose`, when the store is dropped, or at exit.
 """
 
 from __future__ import annotations
@@ -21,24 +30,28 @@ import asyncio
 import atexit
 import contextlib
 import datetime
+import functools
 import re
 import sys
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
 from resultstore.errors import (
+    AccessDeniedError,
     ConfigurationError,
+    ContainerMissingError,
     ResultNotFoundError,
     ResultStoreError,
     StorageError,
     StorageUnavailableError,
 )
 from resultstore.serializers import Buffer
-from resultstore.stores.base import Payload, Reader, Store
+from resultstore.settings import get_settings
+from resultstore.stores.base import Payload, Reader, Store, check_options
 from states.concurrency import in_async_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -51,6 +64,28 @@ _MIN_PART = 5 * 1024 * 1024
 _UNAVAILABLE_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_CONNECT_TIMEOUT = 5.0  # seconds to open a connection (never above RESULTSTORE_TIMEOUT)
+_ABORT_SECONDS = 5.0  # an abandoned multipart upload is aborted within this, or left to gc
+# What S3Store sets itself on its s3fs clients: not storage options.
+_OWN_FS_ARGUMENTS = {"self", "asynchronous", "loop", "skip_instance_cache", "kwargs"}
+
+
+@functools.cache
+def _s3fs_option_names() -> frozenset[str]:
+    """The storage options s3fs takes: ``S3FileSystem``'s own, fsspec's and aiobotocore's.
+
+    s3fs passes its ``**kwargs`` on to fsspec's listings cache and to
+    ``aiobotocore.session.AioSession`` (``profile``, ...).
+    """
+    import inspect
+
+    import aiobotocore.session  # type: ignore[import-untyped]
+    import s3fs
+
+    names = set(inspect.signature(s3fs.S3FileSystem.__init__).parameters)
+    names |= {"use_listings_cache", "listings_expiry_time", "max_paths"}
+    names |= set(inspect.signature(aiobotocore.session.AioSession.__init__).parameters)
+    return frozenset(names - _OWN_FS_ARGUMENTS)
 
 
 def s3_location(url: str, scheme: str, part_size: int) -> tuple[str, str]:
@@ -187,15 +222,19 @@ class S3Store(Store):
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
+        check_options(self.url, options, {"part_size", "max_concurrency", *_s3fs_option_names()})
+        settings = get_settings()
         config = dict(options.pop("config_kwargs", None) or {})
         # Our own xxh3 checksum covers every record; botocore's CRC on top costs CPU only.
         config.setdefault("request_checksum_calculation", "when_required")
         config.setdefault("response_checksum_validation", "when_required")
-        config.setdefault("connect_timeout", 5)
-        config.setdefault("read_timeout", 60)
-        config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})
+        config.setdefault("connect_timeout", min(_CONNECT_TIMEOUT, settings.timeout))
+        config.setdefault("read_timeout", settings.stall_timeout)
+        # One attempt per call: ResultStore's policy is the only retry loop.
+        config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
         self._options = {"config_kwargs": config, **options}
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+        self._bucket_exists = False
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client] = (
             weakref.WeakKeyDictionary()
         )
         _open_stores.add(self)
@@ -209,17 +248,21 @@ class S3Store(Store):
     async def _fs(self) -> Any:
         """The s3fs client of the running event loop (aiohttp sessions are per loop)."""
         loop = asyncio.get_running_loop()
-        fs = self._clients.get(loop)
-        if fs is None:
+        client = self._clients.get(loop)
+        if client is None:
             import s3fs
 
             fs = s3fs.S3FileSystem(
                 asynchronous=True, loop=loop, skip_instance_cache=True, **self._options
             )
-            fs.retries = 3  # s3fs's own retry loop, on top of botocore's
+            fs.retries = 1  # no retry loop of s3fs's own
             await fs.set_session()
-            self._clients[loop] = fs
-        return fs
+            if self._clients.get(loop) is not None:  # another task made one meanwhile
+                await fs._s3.close()
+                return self._clients[loop].fs
+            client = self._clients[loop] = _Client(fs, self._clients, loop)
+            await client.start()
+        return client.fs
 
     def _object(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -228,7 +271,7 @@ class S3Store(Store):
         code = _client_error_code(exc)
         where = f"{action} key {key!r} in {self.url}"
         if code == "NoSuchBucket":
-            return StorageError(
+            return ContainerMissingError(
                 f"cannot {where}: bucket {self.bucket!r} does not exist; create it or fix the URL",
                 key=key,
                 url=self.url,
@@ -236,7 +279,7 @@ class S3Store(Store):
         if code in _MISSING_CODES:
             return self.not_found(key)
         if code in _DENIED_CODES:
-            return StorageError(
+            return AccessDeniedError(
                 f"cannot {where}: access denied ({code}); check the credentials "
                 "(storage options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE)",
                 key=key,
@@ -308,10 +351,12 @@ class S3Store(Store):
                 },
             )
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(ResultStoreError):
-                await self._call(
-                    "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
-                )
+            # Shielded from cancellation (a timeout, say) but bounded: gc aborts the rest.
+            with anyio.move_on_after(_ABORT_SECONDS, shield=True):
+                with contextlib.suppress(ResultStoreError):
+                    await self._call(
+                        "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
+                    )
             raise
 
     async def open(self, key: str) -> Reader:
@@ -322,8 +367,27 @@ class S3Store(Store):
         try:
             await self._call("head_object", "check", key, Key=self._object(key))
         except ResultNotFoundError:
+            # A HEAD has no error body: its 404 means no such key or no such bucket.
+            await self._check_bucket("check", key)
             return False
         return True
+
+    async def _check_bucket(self, action: str, key: str) -> None:
+        """Raise if the bucket does not exist; checked once, then remembered."""
+        if self._bucket_exists:
+            return
+        try:
+            await self._call("head_bucket", action, key)
+        except ResultNotFoundError:
+            raise ContainerMissingError(
+                f"cannot {action} key {key!r} in {self.url}: bucket {self.bucket!r} does not "
+                "exist; create it or fix the URL",
+                key=key,
+                url=self.url,
+            ) from None
+        except AccessDeniedError:
+            pass  # no s3:ListBucket permission: the bucket is there, the key is not
+        self._bucket_exists = True
 
     async def delete(self, key: str) -> bool:
         if not await self.exists(key):
@@ -389,48 +453,88 @@ class S3Store(Store):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        fs = self._clients.pop(loop, None)
-        if fs is not None and getattr(fs, "_s3", None) is not None:
-            await fs._s3.close()
+        client = self._clients.pop(loop, None)
+        if client is not None:
+            await client.close()
+
+
+class _Client:
+    """One loop's s3fs client, closed when that loop shuts down its async generators.
+
+    ``asyncio.run``, ``anyio.run`` and ``asyncio.Runner`` call
+    ``loop.shutdown_asyncgens()`` before closing their loop: the suspended generator
+    :meth:`_keeper` is then closed, and closes the client's connections with it.
+    """
+
+    __slots__ = ("_keeper", "clients", "fs", "loop")
+
+    def __init__(
+        self,
+        fs: Any,
+        clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.fs = fs
+        self.clients = weakref.ref(clients)
+        self.loop = loop
+        self._keeper = self._keep()
+
+    async def start(self) -> None:
+        await anext(self._keeper)  # now suspended, and known to the loop
+
+    async def _keep(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            clients = self.clients()
+            if clients is not None and clients.get(self.loop) is self:
+                del clients[self.loop]
+            s3 = getattr(self.fs, "_s3", None)
+            if s3 is not None:
+                await s3.close()
+
+    async def close(self) -> None:
+        """Close the connections; on this client's loop."""
+        await self._keeper.aclose()
 
 
 _open_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
 _closing: set[asyncio.Task[None]] = set()
-_close_at_exit: list[tuple[asyncio.AbstractEventLoop, Any]] = []
+_close_at_exit: list[_Client] = []
 
 
-def _close_on_loop(s3: Any) -> None:
-    """Run on its own loop: close an s3 client there, keeping the task alive till done."""
-    task = asyncio.get_running_loop().create_task(s3.close())
+def _close_on_loop(client: _Client) -> None:
+    """Run on its own loop: close a client there, keeping the task alive till done."""
+    task = asyncio.get_running_loop().create_task(client.close())
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 
 
-def _close_now(loop: asyncio.AbstractEventLoop, s3: Any) -> None:
-    """Close an s3 client on its idle loop, from a thread where no loop runs."""
+def _close_now(client: _Client) -> None:
+    """Close a client on its idle loop, from a thread where no loop runs."""
+    loop = client.loop
     if not loop.is_closed() and not loop.is_running():
         with contextlib.suppress(Exception):
-            loop.run_until_complete(s3.close())
+            loop.run_until_complete(client.close())
 
 
-def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
+def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client]) -> None:
     """Close each s3fs client on its loop: now if the loop is idle, soon if it runs.
 
     An idle loop cannot run while another loop runs in this thread (a store dropped
     inside async code); its client is then kept and closed at exit.
     """
-    for loop, fs in list(clients.items()):
+    for loop, client in list(clients.items()):
         clients.pop(loop, None)
-        s3 = getattr(fs, "_s3", None)
-        if s3 is None or loop.is_closed():
+        if loop.is_closed():
             continue
         if loop.is_running():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_close_on_loop, s3)
+                loop.call_soon_threadsafe(_close_on_loop, client)
         elif in_async_context():
-            _close_at_exit.append((loop, s3))
+            _close_at_exit.append(client)
         else:
-            _close_now(loop, s3)
+            _close_now(client)
 
 
 @atexit.register
@@ -439,4 +543,4 @@ def _close_clients_at_exit() -> None:
     for store in list(_open_stores):
         _close_clients(store._clients)
     while _close_at_exit:
-        _close_now(*_close_at_exit.pop())
+        _close_now(_close_at_exit.pop())

@@ -18,7 +18,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from ports import free_port
 from resultstore import ConfigurationError, ResultStore, StorageUnavailableError, resolve_store
@@ -111,9 +113,41 @@ def test_a_server_that_went_away_is_unavailable_until_it_is_back(tmp_path: Path)
         results.write(1, key="there")
     with pytest.raises(StorageUnavailableError) as caught:  # retried by default reads
         results.read("there", retry=False)
+    with pytest.raises(StorageUnavailableError):  # not "no such record"
+        results.exists("there")
     message = str(caught.value)
     assert "'there'" in message and "unreachable" in message and "\n" not in message
     assert PASSWORD not in message
     with _ftp_server(tmp_path, port):  # back: the store opens a new connection
         assert results.read("there", retry=False).result == 1
     results.close()
+
+
+def test_the_ftp_socket_timeout_is_the_stall_timeout(
+    ftp_root: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESULTSTORE_STALL_TIMEOUT", "4")
+    store = resolve_store(f"{ftp_root[0]}/timeouts")
+    assert isinstance(store, FsspecStore)
+    assert store.fs.timeout == 4.0
+    chosen = resolve_store(f"{ftp_root[0]}/timeouts", timeout=9)  # an explicit one wins
+    assert isinstance(chosen, FsspecStore) and chosen.fs.timeout == 9
+
+
+class StrictMemoryFileSystem(MemoryFileSystem):
+    """An fsspec filesystem whose ``__init__`` takes no ``**kwargs``."""
+
+    protocol = "strictmem"
+
+    def __init__(self, block_size: int | None = None) -> None:
+        super().__init__()
+
+
+def test_unknown_options_of_a_backend_without_kwargs_are_refused() -> None:
+    fsspec.register_implementation("strictmem", StrictMemoryFileSystem, clobber=True)
+    assert isinstance(resolve_store("strictmem://x/y", block_size=4096), FsspecStore)
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_store("strictmem://x/y", blok_size=4096)
+    assert str(caught.value) == (
+        "unknown storage option 'blok_size' for strictmem://x/y; valid options: block_size"
+    )

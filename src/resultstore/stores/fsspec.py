@@ -5,11 +5,18 @@ knows. Key ``a/b`` lives at ``ROOT/a/b.rsr``, as in the file store. A write
 goes to a temporary name beside the target and is then moved over it, so
 readers never see part of a record where the move is atomic (local and SFTP
 renames, object-store copies). Every call goes through fsspec's sync API in a
-worker thread, which suits blocking and async implementations alike.
+worker thread, which suits blocking and async implementations alike, and which
+:class:`~resultstore.ResultStore`'s timeout can walk away from: a call stuck on a
+server that stopped answering is left to its own socket timeout (a backend that
+takes a ``timeout`` option gets ``RESULTSTORE_STALL_TIMEOUT``).
+
+Options are the fsspec filesystem's; where its ``__init__`` takes no
+``**kwargs``, an unknown one is refused when the store is made.
 """
 
 from __future__ import annotations
 
+import inspect
 import posixpath
 import secrets
 import socket
@@ -29,7 +36,8 @@ from resultstore.errors import (
 )
 from resultstore.keys import RESERVED_SUFFIX
 from resultstore.registry import redact_url
-from resultstore.stores.base import BytesReader, Payload, Reader, Store, run_blocking
+from resultstore.settings import get_settings
+from resultstore.stores.base import BytesReader, Payload, Reader, Store, check_options
 
 __all__ = ["FsspecStore", "fsspec_store_class"]
 
@@ -52,9 +60,9 @@ class FsspecStore(Store):
     def __init__(self, url: str, **options: Any) -> None:
         protocol, path = url.split("://", 1)
         self.protocol = protocol
-        self._source = (url, options)
+        shown = redact_url(f"{protocol}://{path.rstrip('/')}")
         try:
-            self.fs, self.root = self._connect()
+            cls = fsspec.get_filesystem_class(protocol)
         except ImportError as exc:
             hint = known_implementations.get(protocol, {}).get("err") or str(exc)
             raise ConfigurationError(
@@ -62,13 +70,30 @@ class FsspecStore(Store):
                 f"installed: {hint}",
                 url=url,
             ) from None
+        settings = get_settings()
+        self._stall = min(settings.stall_timeout, settings.timeout)
+        parameters = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            check_options(shown, options, [name for name in parameters if name != "self"])
+        if "timeout" in parameters and "timeout" not in options:
+            options = {**options, "timeout": self._stall}  # FTP's socket timeout, say
+        self._source = (url, options)
+        try:
+            self.fs, self.root = self._connect()
+        except _CONNECTION_ERRORS as exc:
+            raise StorageUnavailableError(
+                f"cannot connect to {shown}: the server is unreachable or does not answer "
+                f"({type(exc).__name__}: {exc or 'connection closed'}); check the host and "
+                "the network",
+                url=shown,
+            ) from None
         self.root = self.root.rstrip("/")
         # Async implementations are safe to call from several threads at once; a sync one
         # may hold one connection (FTP, SFTP) that overlapping calls would corrupt, and
         # that must be opened anew once it breaks.
         self._lock = None if self.fs.async_impl else threading.Lock()
         self._broken = False
-        super().__init__(redact_url(f"{protocol}://{path.rstrip('/')}"))
+        super().__init__(shown)
 
     def _connect(self) -> tuple[Any, str]:
         # url_to_fs passes what the URL holds (host, port, login) to the filesystem; this
@@ -84,7 +109,11 @@ class FsspecStore(Store):
     def _call(self, method: str, *args: Any) -> Any:
         if self._lock is None:
             return getattr(self.fs, method)(*args)
-        with self._lock:
+        # A call abandoned on a server that stopped answering holds the connection until
+        # its socket times out; the calls queued behind it give up after as long.
+        if not self._lock.acquire(timeout=self._stall):
+            raise TimeoutError(f"the connection stayed busy for {self._stall:g} s")
+        try:
             if self._broken:  # reconnect, so a retried call can succeed once the server is back
                 self.fs = self._connect()[0]
                 self._broken = False
@@ -93,12 +122,17 @@ class FsspecStore(Store):
             except _CONNECTION_ERRORS:
                 self._broken = True
                 raise
+        finally:
+            self._lock.release()
 
     async def _run(self, action: str, key: str, method: str, *args: Any) -> Any:
         # fsspec's sync API works for every implementation (async ones run on fsspec's own
-        # I/O thread); a generic backend may be remote, so never block a shared loop.
+        # I/O thread). A generic backend may be remote, so the call runs in a worker thread
+        # even for a sync caller: a timeout can then abandon it instead of waiting.
+        import anyio.to_thread
+
         try:
-            return await run_blocking(self._call, method, *args, may_wait=True)
+            return await anyio.to_thread.run_sync(self._call, method, *args, abandon_on_cancel=True)
         except FileNotFoundError:
             raise
         except ResultStoreError:
@@ -138,7 +172,12 @@ class FsspecStore(Store):
         return BytesReader(data)
 
     async def exists(self, key: str) -> bool:
-        return bool(await self._run("check", key, "isfile", self._path(key)))
+        # Not fsspec's isfile(): it answers False for any error, an unreachable server too.
+        try:
+            info = await self._run("check", key, "info", self._path(key))
+        except FileNotFoundError:
+            return False
+        return bool(info.get("type") == "file")
 
     async def delete(self, key: str) -> bool:
         if not await self.exists(key):

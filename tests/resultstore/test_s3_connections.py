@@ -1,0 +1,145 @@
+"""Connections stay bounded and are closed: no descriptor creep, no "Unclosed client session".
+
+Each event loop gets its own s3fs client. A sync call runs on its thread's private loop,
+so a store used from many short-lived threads makes a client per thread: each must be
+closed when its thread's loop goes, not left holding its connections. The README's
+examples, run as written in a fresh interpreter with ``-W error``, print no warning.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from resultstore import ResultStore
+from states.concurrency import run_sync
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ROUNDS, THREADS = 5, 16
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def private_loops_shut_down_async_generators() -> bool:
+    """Whether a thread's private loop closes its async generators when the thread ends.
+
+    That is how the S3 store learns that a loop goes away (asyncio.run and anyio.run do
+    it too): ``states.concurrency`` must call ``loop.shutdown_asyncgens()`` before it
+    closes a thread's loop.
+    """
+    finished: list[bool] = []
+    kept: list[object] = []
+
+    async def generator() -> object:
+        try:
+            yield None
+        finally:
+            finished.append(True)
+
+    async def start() -> None:
+        agen = generator()
+        kept.append(agen)
+        await agen.__anext__()  # type: ignore[attr-defined]
+
+    thread = threading.Thread(target=lambda: run_sync(start()))
+    thread.start()
+    thread.join()
+    gc.collect()
+    return bool(finished)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts /proc/self/fd")
+def test_short_lived_threads_hold_a_bounded_number_of_connections(s3_url: str) -> None:
+    if not private_loops_shut_down_async_generators():
+        pytest.xfail(
+            "states.concurrency closes a thread's private loop without "
+            "loop.shutdown_asyncgens(), so the S3 store cannot close that loop's client"
+        )
+    store = ResultStore(s3_url)
+    store.write("warm", key="warm")  # the main thread's client and connection
+
+    def work(number: int) -> None:
+        store.write({"n": number}, key=f"threads/{number}")
+        assert store.read(f"threads/{number}").result == {"n": number}
+
+    counts = [open_descriptors()]
+    for round_ in range(ROUNDS):
+        threads = [
+            threading.Thread(target=work, args=(round_ * THREADS + i,)) for i in range(THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        gc.collect()
+        counts.append(open_descriptors())
+
+    print(f"open descriptors after each round of {THREADS} threads: {counts}")
+    assert max(counts) - counts[0] <= 4, counts  # not 16 more each round
+    assert len(store.store._clients) == 1  # type: ignore[attr-defined]
+    assert len(store.keys("threads/")) == ROUNDS * THREADS
+    store.close()
+
+
+# -- the README's examples, as written ------------------------------------------------------
+
+
+def readme_examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def example(marker: str) -> str:
+    found = [code for code in readme_examples() if marker in code]
+    assert found, f"no README example contains {marker!r}"
+    return found[0]
+
+
+def run_strict(code: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter where any warning is an error."""
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("RESULTSTORE_")}, **env},
+        check=False,
+    )
+
+
+def assert_quiet(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, done.stderr
+    assert "Unclosed" not in done.stderr and "ResourceWarning" not in done.stderr, done.stderr
+    assert done.stderr == ""
+
+
+def test_the_readme_file_example_runs_without_a_warning(tmp_path: Path) -> None:
+    code = example('ResultStore("file:///tmp/results")')
+    code = code.replace("file:///tmp/results", f"file://{tmp_path}/results")
+    assert_quiet(run_strict(code + "\nprint(record.result)", {}))
+
+
+def test_the_readme_s3_producer_and_consumer_run_without_a_warning(
+    s3_url: str, s3_env: dict[str, str]
+) -> None:
+    producer, consumer = example("# producer").split("# consumer, elsewhere")
+    producer = producer.replace("s3://my-bucket/results", s3_url)
+    # What the README leaves to the reader: the work, and how the JSON travels.
+    prelude = "import sys\ndef train():\n    return {'weights': [0.5, 0.25]}\nsend = print\n"
+    made = run_strict(prelude + producer, s3_env)
+    assert_quiet(made)
+
+    receive = "import sys\nreceive = sys.stdin.read\n"
+    allowed = {**s3_env, "RESULTSTORE_REFERENCE_URLS": s3_url}
+    read = run_strict(receive + consumer + "\nprint(model)", allowed, stdin=made.stdout)
+    assert_quiet(read)
+    assert read.stdout.strip() == "{'weights': [0.5, 0.25]}"

@@ -8,7 +8,7 @@ many attempts were made over how long.
 
 The storage clients' own retry loops (botocore's, s3fs's, obstore's) are turned
 off by the built-in stores: :class:`RetryPolicy` is the only loop, and
-:func:`within` bounds each operation, retries included, by one timeout.
+its ``timeout`` bounds each operation, retries included.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from resultstore.settings import Settings
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["NO_RETRY", "RetryPolicy", "within"]
+__all__ = ["NO_RETRY", "RetryPolicy"]
 
 T = TypeVar("T")
 logger = logging.getLogger("resultstore.retry")
@@ -116,7 +116,11 @@ class RetryPolicy:
 
     def sleep_after(self, failures: int) -> float:
         """Seconds to wait after ``failures`` failed attempts (1 for the first), jitter applied."""
-        base = min(self.delay * self.backoff ** (failures - 1), max(self.delay, self.max_delay))
+        cap = max(self.delay, self.max_delay)
+        try:
+            base = min(self.delay * self.backoff ** (failures - 1), cap)
+        except OverflowError:  # a long policy's growth past any float: capped long before
+            base = cap
         if self.jitter == "full":
             return random.uniform(0, base)
         if self.jitter == "equal":
@@ -185,13 +189,6 @@ class RetryPolicy:
 
 NO_RETRY = RetryPolicy(attempts=1, delay=0)
 """Try once: what ``retry_result_failure=False`` asks for."""
-
-
-async def within(
-    seconds: float, fn: Callable[[], Awaitable[T]], expired: Callable[[], BaseException]
-) -> T:
-    """Await ``fn()``, or raise ``expired()`` once ``seconds`` have passed (no retries)."""
-    return await NO_RETRY.call(fn, timeout=seconds, expired=expired)
 
 
 async def _fail_after(

@@ -140,6 +140,11 @@ def test_delays_grow_by_backoff_up_to_max_delay(monkeypatch: pytest.MonkeyPatch)
     assert slept == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])  # no sleep after the last attempt
 
 
+def test_a_long_policy_stays_capped() -> None:
+    policy = RetryPolicy(attempts=100_000, delay=0.1, backoff=10.0, max_delay=2.0)
+    assert policy.sleep_after(99_999) == 2.0
+
+
 def test_jitter_spreads_each_delay_below_its_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
 

@@ -20,10 +20,11 @@ import obstore  # noqa: F401 - imported up front: an import is not what these te
 import pytest
 import s3fs  # noqa: F401
 
-from faultproxy import HostileServer
+from faultproxy import FaultProxy, HostileServer
 from ports import free_port
 from resultstore import ResultStore, RetryPolicy, StorageUnavailableError
 from resultstore.stores.memory import MemoryStore
+from seaweedfs import SeaweedFS
 
 TIMEOUT = 2.0
 BOUND = TIMEOUT * 1.1  # the target: the configured timeout + 10%
@@ -155,6 +156,33 @@ def test_a_refused_connection_fails_in_under_five_seconds_with_default_settings(
     message = str(error)
     assert "'some/key'" in message and "unavailable" in message and "\n" not in message
     assert "gave up after 10 attempts" in message  # every retry ran, none of the clients'
+
+
+def test_a_multipart_write_cut_off_by_the_timeout_is_aborted(
+    s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    # The upload begins, then every part PUT stalls: at the timeout the write fails, its
+    # upload is aborted (shielded, at most 5 s), and the store goes on working.
+    with FaultProxy(
+        "127.0.0.1", s3_server.s3_port, kinds=("stall",), methods={"PUT"}, stall_seconds=10
+    ) as proxy:
+        options = s3_server.storage_options()
+        options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": proxy.url}
+        prefix = f"cut-{uuid.uuid4().hex[:8]}"
+        store = ResultStore(
+            f"s3://{s3_bucket}/{prefix}",
+            storage_options={**options, "part_size": 5 * 1024 * 1024},
+            timeout=TIMEOUT,
+        )
+        proxy.fault_rate = 1.0
+        elapsed, error = timed(lambda: store.write(b"x" * (12 * 1024 * 1024), key="big"))
+        proxy.fault_rate = 0.0
+        store.write("small", key="after")
+        assert store.read("after").result == "small"
+    assert elapsed <= BOUND
+    assert "no answer within 2 s" in str(error)
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_bucket, Prefix=prefix + "/")
+    assert uploads.get("Uploads", []) == []
 
 
 # -- the generic fsspec store: FTP --------------------------------------------------------

@@ -463,7 +463,7 @@ class _Client:
 
     ``asyncio.run``, ``anyio.run`` and ``asyncio.Runner`` call
     ``loop.shutdown_asyncgens()`` before closing their loop: the suspended generator
-    :meth:`_keeper` is then closed, and closes the client's connections with it.
+    made by :meth:`_keep` is then closed, and closes the client's connections with it.
     """
 
     __slots__ = ("_keeper", "clients", "fs", "loop")

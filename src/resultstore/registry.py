@@ -18,7 +18,13 @@ from resultstore.errors import (
     UnknownSchemeError,
 )
 from resultstore.plugins import discover, dist_name
-from resultstore.stores.base import INTERFACE_VERSION, Store, check_options
+from resultstore.stores.base import (
+    INTERFACE_VERSION,
+    OLDEST_INTERFACE_VERSION,
+    Store,
+    check_options,
+    current_interface,
+)
 
 __all__ = [
     "STORE_GROUP",
@@ -96,11 +102,15 @@ def _store_class(scheme: str) -> type[Store]:
             f"store plugin {dist_name(ep)} for scheme {scheme!r} ({ep.value}) declares no "
             f"interface_version; set `interface_version = {INTERFACE_VERSION}` on the class"
         )
-    if version != INTERFACE_VERSION:
+    if not isinstance(version, int) or not (
+        OLDEST_INTERFACE_VERSION <= version <= INTERFACE_VERSION
+    ):
+        newer = isinstance(version, int) and version > INTERFACE_VERSION
         raise PluginError(
             f"store plugin {dist_name(ep)} for scheme {scheme!r} implements store interface "
-            f"version {version}, but this resultstore expects version {INTERFACE_VERSION}; "
-            f"upgrade the plugin or resultstore"
+            f"version {version!r}, but this resultstore speaks versions "
+            f"{OLDEST_INTERFACE_VERSION} to {INTERFACE_VERSION}; "
+            + ("upgrade resultstore" if newer else "upgrade the plugin")
         )
     return cls
 
@@ -110,7 +120,7 @@ def resolve_store(url: str, **storage_options: Any) -> Store:
     scheme = scheme_of(url)
     cls = _store_class(scheme)
     try:
-        return cls(url, **storage_options)
+        return current_interface(cls(url, **storage_options))
     except ResultStoreError:
         raise
     except TypeError as exc:

@@ -123,10 +123,10 @@ def test_to_reference_says_where_the_value_is_and_nothing_else(tmp_path: Path) -
 
 def test_references_carry_no_credentials(memory_url: str) -> None:
     name = memory_url.removeprefix("memory://")
-    store = ResultStore(
-        f"memory://admin:hunter2@{name}",
-        storage_options={"secret_access_key": "hunter2", "token": "hunter2"},
-    )
+    with pytest.raises(ConfigurationError) as refused:  # the memory store takes no options
+        ResultStore(f"memory://{name}", storage_options={"token": "hunter2"})
+    assert "hunter2" not in str(refused.value) and "'token'" in str(refused.value)
+    store = ResultStore(f"memory://admin:hunter2@{name}")
     result = store.create_result("value")
     text = json.dumps(result.to_reference())
     assert set(result.to_reference()) == REFERENCE_KEYS

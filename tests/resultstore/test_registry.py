@@ -161,7 +161,8 @@ def test_a_plugin_of_another_interface_version_is_refused(tmp_path: Path) -> Non
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
     assert "old-plugin" in last
-    assert "interface version 0" in last and "expects version 1" in last
+    assert "interface version 0" in last and "speaks versions 1 to 2" in last
+    assert "upgrade the plugin" in last
 
 
 def test_a_plugin_that_declares_no_interface_version_is_refused(tmp_path: Path) -> None:

@@ -4,9 +4,20 @@ from resultstore.stores.base import (
     INTERFACE_VERSION,
     BytesReader,
     Payload,
+    RangeReader,
     Reader,
+    Stat,
     Store,
     run_blocking,
 )
 
-__all__ = ["INTERFACE_VERSION", "BytesReader", "Payload", "Reader", "Store", "run_blocking"]
+__all__ = [
+    "INTERFACE_VERSION",
+    "BytesReader",
+    "Payload",
+    "RangeReader",
+    "Reader",
+    "Stat",
+    "Store",
+    "run_blocking",
+]

@@ -1,45 +1,72 @@
-"""The store interface: the few async methods a backend implements.
+"""The store interface: the few async methods a backend implements (version 2).
 
 A store moves opaque bytes under validated keys. It knows nothing of framing,
 checksums, serializers, retries, caching or key rules: :class:`ResultStore`
 does all of that once, above every store. A store's contract:
 
-- ``write(key, payload)`` is atomic: readers see the old record or the new
-  one, whole, never a part; concurrent writers of one key leave one of the
-  written values, whole.
-- ``open(key)`` returns a :class:`Reader`, or raises
-  :class:`~resultstore.errors.ResultNotFoundError` when the key is absent.
-- ``exists``, ``delete`` (``True`` if something was deleted) and ``list``
-  (keys under a prefix, in any order).
+- ``write(key, payload, *, if_absent=False, if_version=None)`` is atomic:
+  readers see the old record or the new one, whole, never a part; concurrent
+  writers of one key leave one of the written values, whole. With
+  ``if_absent`` it creates the key or raises
+  :class:`~resultstore.errors.ResultExistsError`; with ``if_version`` it
+  replaces the record only if its version is still that one, or raises
+  :class:`~resultstore.errors.VersionConflictError`. Both are atomic on the
+  backend (never check-then-write), offered by stores whose
+  ``supports_conditional_write`` is true. It returns the new version, if the
+  backend has versions.
+- ``open(key, *, start=0, end=None)`` returns a :class:`Reader` over bytes
+  ``[start, end)`` of the value, or raises
+  :class:`~resultstore.errors.ResultNotFoundError`. ``supports_ranged_read``
+  says the backend fetches only that range (header reads of large records
+  then cost what small ones do).
+- ``stat(key)`` is a cheap probe of size and version; ``exists``; ``delete``
+  is idempotent (``True``/``False`` when the backend tells whether there was
+  a record, ``None`` when it does not); ``list`` yields the keys under a
+  prefix, in any order.
 - Backend failures are raised as :class:`~resultstore.errors.StorageError`
-  (or :class:`~resultstore.errors.StorageUnavailableError` when retrying may
-  help), with a one-line message naming the key or URL.
+  subclasses chosen by cause (unreachable, denied, container missing), worded
+  by :func:`~resultstore.errors.store_error`.
 
-Keys reach a store already validated (see :mod:`resultstore.keys`).
+Keys reach a store already validated (see :mod:`resultstore.keys`). Stores
+written for interface version 1 keep loading: :func:`current_interface`
+adapts them (no ranges or conditions, whole reads).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from resultstore.errors import ConfigurationError, ResultNotFoundError
+from resultstore.errors import (
+    ConfigurationError,
+    ResultExistsError,
+    ResultNotFoundError,
+    UnsupportedOperationError,
+    VersionConflictError,
+)
 from resultstore.serializers import Buffer
 from states.concurrency import on_private_loop
 
 __all__ = [
     "INTERFACE_VERSION",
+    "OLDEST_INTERFACE_VERSION",
     "BytesReader",
     "Payload",
+    "RangeReader",
     "Reader",
+    "Stat",
     "Store",
     "check_options",
+    "current_interface",
     "run_blocking",
 ]
 
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 """The store interface version this release of `resultstore` speaks."""
+
+OLDEST_INTERFACE_VERSION = 1
+"""The oldest store interface version still loaded (through an adapter)."""
 
 T = TypeVar("T")
 
@@ -116,14 +143,20 @@ class Reader(ABC):
     same way and returns the count. Override ``readinto`` to read without an
     intermediate copy.
 
-    Set ``size`` to the record's length in bytes when the backend knows it
-    without extra cost (a file's ``fstat``, an HTTP ``Content-Length``): the
-    lengths a record's header claims are then checked against it before any
-    buffer is allocated. ``None`` (unknown) makes readers grow buffers only as
-    bytes arrive, which costs an extra copy of large values.
+    Set ``size`` to the whole value's length in bytes (not the range opened)
+    when the backend knows it without extra cost (a file's ``fstat``, an HTTP
+    ``Content-Length`` or ``Content-Range``): the lengths a record's header
+    claims are then checked against it before any buffer is allocated.
+    ``None`` (unknown) makes readers grow buffers only as bytes arrive, which
+    costs an extra copy of large values. Set ``version`` to the version of
+    the value opened (an ETag, a generation) when the backend has versions.
+
+    The caller closes a reader with ``aclose()`` (or ``async with``), once it
+    has read what it needs, which may be less than the whole range.
     """
 
     size: int | None = None
+    version: str | None = None
 
     @abstractmethod
     async def read(self, n: int = -1) -> bytes:
@@ -148,13 +181,24 @@ class Reader(ABC):
 class BytesReader(Reader):
     """A :class:`Reader` over bytes already in memory, for backends that fetch whole values.
 
-    Takes one buffer or several (read back to back), and never copies them up front.
+    Takes one buffer or several (read back to back), and never copies them up
+    front; ``start`` and ``end`` select a range of the whole, as
+    :meth:`Store.open` does, and ``size`` is the whole's length.
     """
 
-    def __init__(self, data: Buffer | Sequence[Buffer]) -> None:
+    def __init__(
+        self,
+        data: Buffer | Sequence[Buffer],
+        *,
+        start: int = 0,
+        end: int | None = None,
+        version: str | None = None,
+    ) -> None:
         parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-        self._views = [memoryview(part).cast("B") for part in parts]
-        self.size = sum(len(view) for view in self._views)
+        views = [memoryview(part).cast("B") for part in parts]
+        self.size = sum(len(view) for view in views)
+        self.version = version
+        self._views = _slice(views, start, self.size if end is None else min(end, self.size))
         self._index = 0
         self._pos = 0
 
@@ -186,36 +230,105 @@ class BytesReader(Reader):
         return filled
 
 
+def _slice(views: list[memoryview], start: int, end: int) -> list[memoryview]:
+    """The part ``[start, end)`` of the concatenation of ``views``, without copying."""
+    if start <= 0 and end >= sum(len(v) for v in views):
+        return views
+    picked: list[memoryview] = []
+    offset = 0
+    for view in views:
+        lo, hi = max(start - offset, 0), min(end - offset, len(view))
+        if lo < hi:
+            picked.append(view[lo:hi])
+        offset += len(view)
+    return picked
+
+
+class Stat(NamedTuple):
+    """What :meth:`Store.stat` tells about a value: its size and, if any, its version."""
+
+    size: int
+    version: str | None = None
+
+
 class Store(ABC):
     """Base class of every store; subclasses are registered by URL scheme.
 
     Register a store under the entry-point group ``resultstore.stores`` with
     the URL scheme as its name, and set ``interface_version`` to the
-    :data:`INTERFACE_VERSION` it was written for. ``url`` is the store's location without
-    credentials; it is what a persisted result records.
+    :data:`INTERFACE_VERSION` it was written for. ``url`` is the store's location
+    without credentials; it is what a persisted result records. The capability
+    flags say what the backend does natively; the core and the conformance kit
+    rely on them.
     """
 
     interface_version: ClassVar[int]
     """The store interface version the class implements; each store declares it."""
 
+    supports_ranged_read: ClassVar[bool] = False
+    """``open(key, start=, end=)`` fetches only that range from the backend."""
+
+    supports_conditional_write: ClassVar[bool] = False
+    """``write(..., if_absent=True)`` and ``write(..., if_version=v)`` are atomic on the backend."""
+
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
 
     @abstractmethod
-    async def write(self, key: str, payload: Payload) -> None:
-        """Store ``payload`` under ``key``, atomically replacing any old record."""
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        """Store ``payload`` under ``key`` atomically; returns the new version, if any.
+
+        ``if_absent``: only if no value is stored (else ``self.exists_error(key)``).
+        ``if_version``: only if the stored value has that version (else
+        ``self.conflict_error(key, if_version)``). A store without conditional
+        writes raises ``self.unsupported("conditional writes")`` for either.
+        """
 
     @abstractmethod
-    async def open(self, key: str) -> Reader:
-        """Open the record under ``key``; raise ResultNotFoundError if absent."""
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        """Open bytes ``[start, end)`` of the value under ``key`` (``end=None``: to its end).
 
-    @abstractmethod
+        Raise ``self.not_found(key)`` if absent. A range past the end is cut short.
+        """
+
+    async def stat(self, key: str) -> Stat:
+        """The value's size and version, without its bytes; ``self.not_found(key)`` if absent.
+
+        The default opens an empty range; override it with the backend's cheap probe.
+        """
+        reader = await self.open(key, start=0, end=0)
+        try:
+            size = reader.size
+            if size is None:  # the backend cannot tell: count the bytes
+                await reader.aclose()
+                reader = await self.open(key)
+                size = len(await reader.read())
+            return Stat(size, reader.version)
+        finally:
+            await reader.aclose()
+
     async def exists(self, key: str) -> bool:
-        """True when a record exists under ``key``."""
+        """True when a value is stored under exactly ``key``."""
+        try:
+            await self.stat(key)
+        except ResultNotFoundError:
+            return False
+        return True
 
     @abstractmethod
-    async def delete(self, key: str) -> bool:
-        """Delete the record under ``key``; True if there was one."""
+    async def delete(self, key: str) -> bool | None:
+        """Delete the value under ``key`` if there is one; never an error when there is none.
+
+        Return True or False when the backend says whether it deleted something,
+        None when it does not (S3); never an extra round trip to find out.
+        """
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete several keys; stores with a batch delete (S3 DeleteObjects) override it."""
+        for key in keys:
+            await self.delete(key)
 
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[str]:
@@ -232,6 +345,32 @@ class Store(ABC):
         """
         return 0, 0
 
+    def exists_error(self, key: str) -> ResultExistsError:
+        """What a create-only write raises when the key already holds a value."""
+        return ResultExistsError(
+            f"cannot create key {key!r} in {self.url}: a record already exists there; "
+            "read it, or write without if_absent to replace it",
+            key=key,
+            url=self.url,
+        )
+
+    def conflict_error(self, key: str, expected: str) -> VersionConflictError:
+        """What a compare-and-swap write raises when the value is no longer ``expected``."""
+        return VersionConflictError(
+            f"cannot replace key {key!r} in {self.url}: it is no longer at version "
+            f"{expected!r} (written or deleted meanwhile); read it again and retry",
+            key=key,
+            url=self.url,
+        )
+
+    def unsupported(self, what: str) -> UnsupportedOperationError:
+        """What a store raises for an operation its backend cannot do atomically."""
+        return UnsupportedOperationError(
+            f"{self.url} does not support {what}; use a store that does "
+            "(file, memory, s3, or a plugin whose supports_conditional_write is true)",
+            url=self.url,
+        )
+
     def not_found(self, key: str) -> ResultNotFoundError:
         """The error ``open`` raises for an absent key, worded the same by every store."""
         return ResultNotFoundError(
@@ -240,3 +379,95 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+class _Version1(Store):
+    """A store written for interface version 1, seen through version 2.
+
+    Version 1 had ``write(key, payload)``, ``open(key)``, ``exists`` and
+    ``delete -> bool``: ranges are read from the start and skipped, and
+    conditional writes are refused (the old store cannot do them atomically).
+    """
+
+    interface_version = INTERFACE_VERSION
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes (its plugin implements interface 1)")
+        await self.inner.write(key, payload)
+        return None
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self.inner.open(key)
+        if start == 0 and end is None:
+            return reader
+        return RangeReader(reader, start, end)
+
+    async def exists(self, key: str) -> bool:
+        return await self.inner.exists(key)
+
+    async def delete(self, key: str) -> bool | None:
+        return await self.inner.delete(key)
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        return self.inner.list(prefix)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        return await self.inner.clean_abandoned(older_than, dry_run=dry_run)
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+
+class RangeReader(Reader):
+    """The bytes ``[start, end)`` of a reader that can only read from the start.
+
+    For backends that cannot fetch a range: the bytes before ``start`` are read
+    and dropped, and reading stops at ``end``. ``open(key, start=, end=)`` of such
+    a store returns ``RangeReader(whole_reader, start, end)`` (and leaves
+    ``supports_ranged_read`` false).
+    """
+
+    def __init__(self, inner: Reader, start: int, end: int | None) -> None:
+        self._inner = inner
+        self._skip = start
+        self._left = None if end is None else max(0, end - start)
+        self.size = inner.size
+        self.version = inner.version
+
+    async def _skip_ahead(self) -> None:
+        while self._skip > 0:
+            chunk = await self._inner.read(min(self._skip, 1 << 20))
+            if not chunk:
+                self._left = 0
+            self._skip = 0 if not chunk else self._skip - len(chunk)
+
+    async def read(self, n: int = -1) -> bytes:
+        await self._skip_ahead()
+        if self._left is not None:
+            n = self._left if n < 0 else min(n, self._left)
+        data = await self._inner.read(n)
+        if self._left is not None:
+            self._left -= len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def current_interface(store: Store) -> Store:
+    """``store`` as the current interface sees it: stores of version 1 are adapted."""
+    if getattr(store, "interface_version", INTERFACE_VERSION) == 1 and not isinstance(
+        store, _Version1
+    ):
+        return _Version1(store)
+    return store

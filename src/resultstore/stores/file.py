@@ -48,7 +48,7 @@ from resultstore.errors import (
 )
 from resultstore.keys import RESERVED_SUFFIX, validate_key, validate_prefix
 from resultstore.serializers import Buffer
-from resultstore.stores.base import Payload, Reader, Store, run_blocking
+from resultstore.stores.base import Payload, RangeReader, Reader, Store, run_blocking
 
 __all__ = ["FileStore"]
 
@@ -254,7 +254,7 @@ class FileStore(Store):
     entries are on disk; ``False`` keeps writes across a process crash only.
     """
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(self, url: str, *, fsync: bool = True) -> None:
         self.root = _root_from_url(url)
@@ -445,10 +445,19 @@ class FileStore(Store):
         assert vanished is not None
         raise self._error("write", key, vanished)
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         await run_blocking(self._write, key, payload.buffers, nbytes=payload.size)
+        return None
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         path = f"{self._prefix}{key}{RESERVED_SUFFIX}"
         try:
             # Without folders the root (resolved) is all there is above: O_NOFOLLOW suffices.

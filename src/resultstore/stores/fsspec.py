@@ -37,7 +37,7 @@ from resultstore.errors import (
 from resultstore.keys import RESERVED_SUFFIX
 from resultstore.registry import redact_url
 from resultstore.settings import get_settings
-from resultstore.stores.base import BytesReader, Payload, Reader, Store, check_options
+from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store, check_options
 
 __all__ = ["FsspecStore", "fsspec_store_class"]
 
@@ -55,7 +55,7 @@ def fsspec_store_class(scheme: str) -> type[Store] | None:
 class FsspecStore(Store):
     """Records stored through an fsspec filesystem, under the URL's path."""
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(self, url: str, **options: Any) -> None:
         protocol, path = url.split("://", 1)
@@ -152,7 +152,11 @@ class FsspecStore(Store):
                 url=self.url,
             ) from exc
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         path = self._path(key)
         folder, name = posixpath.split(path)
         tmp = posixpath.join(folder, f"{name}.{secrets.token_hex(8)}.tmp")
@@ -163,8 +167,13 @@ class FsspecStore(Store):
         except BaseException:
             await self._run("write", key, "rm_file", tmp)
             raise
+        return None
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         try:
             data = await self._run("read", key, "cat_file", self._path(key))
         except FileNotFoundError:

@@ -35,7 +35,7 @@ from resultstore.errors import (
     StorageUnavailableError,
 )
 from resultstore.settings import get_settings
-from resultstore.stores.base import Payload, Reader, Store, check_options
+from resultstore.stores.base import Payload, RangeReader, Reader, Store, check_options
 from resultstore.stores.s3 import s3_location
 
 __all__ = ["ObstoreS3Store"]
@@ -193,7 +193,7 @@ class _StreamReader(Reader):
 class ObstoreS3Store(Store):
     """Records stored as S3 objects, moved by obstore."""
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(
         self,
@@ -285,7 +285,11 @@ class ObstoreS3Store(Store):
         detail = text.splitlines()[0] if text else type(exc).__name__
         return StorageError(f"cannot {where}: {detail}", key=key, url=self.url)
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         import obstore
 
         multipart = payload.size > self.part_size
@@ -300,8 +304,13 @@ class ObstoreS3Store(Store):
             )
         except Exception as exc:
             raise self._translate(exc, "write", key) from exc
+        return None
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         import obstore
 
         try:

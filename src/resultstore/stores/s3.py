@@ -51,7 +51,7 @@ from resultstore.errors import (
 )
 from resultstore.serializers import Buffer
 from resultstore.settings import get_settings
-from resultstore.stores.base import Payload, Reader, Store, check_options
+from resultstore.stores.base import Payload, RangeReader, Reader, Store, check_options
 from states.concurrency import in_async_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -207,7 +207,7 @@ class _S3Reader(Reader):
 class S3Store(Store):
     """Records stored as objects under a bucket and prefix."""
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(
         self,
@@ -307,11 +307,15 @@ class S3Store(Store):
         except Exception as exc:
             raise self._translate(exc, action, key) from exc
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         name = self._object(key)
         if payload.size <= self.part_size:
             await self._call("put_object", "write", key, Key=name, Body=payload.join())
-            return
+            return None
         upload = await self._call("create_multipart_upload", "write", key, Key=name)
         upload_id = upload["UploadId"]
         etags: dict[int, str] = {}
@@ -358,8 +362,13 @@ class S3Store(Store):
                         "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
                     )
             raise
+        return None
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         response = await self._call("get_object", "read", key, Key=self._object(key))
         return _S3Reader(response["Body"], self, key)
 

@@ -39,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from resultstore.errors import ConfigurationError, StorageError, StorageUnavailableError
 from resultstore.registry import redact_url
-from resultstore.stores.base import BytesReader, Payload, Reader, Store
+from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store
 
 __all__ = ["DEFAULT_PREFIX", "RedisStore", "escape_glob"]
 __version__ = "0.1.0"
@@ -79,7 +79,7 @@ def _url_host(host: str) -> str:
 class RedisStore(Store):
     """Records stored as Redis strings under a key prefix, one client per event loop."""
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(
         self,
@@ -217,12 +217,21 @@ class RedisStore(Store):
 
     # -- the store interface -------------------------------------------------------
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
         """Store ``payload`` under ``key`` with one ``SET`` (atomic in Redis)."""
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         name, value = self._name(key), payload.join()
         await self._run(f"write key {key!r}", key, lambda client: client.set(name, value))
+        return None
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         """The value under ``key``, fetched whole by one ``GET``."""
         name = self._name(key)
         value = await self._run(f"read key {key!r}", key, lambda client: client.get(name))

@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 from resultstore.errors import ConfigurationError, StorageError, StorageUnavailableError
 from resultstore.serializers import Buffer
-from resultstore.stores.base import BytesReader, Payload, Reader, Store, run_blocking
+from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store, run_blocking
 
 __all__ = ["TABLE", "SQLiteStore"]
 __version__ = "0.1.0"
@@ -272,7 +272,7 @@ class _BlobReader(Reader):
 class SQLiteStore(Store):
     """Records in one SQLite database file, shared safely by threads and processes."""
 
-    interface_version = 1
+    interface_version = 2
 
     def __init__(
         self, url: str, *, timeout: float = 30.0, fsync: bool = True, **options: Any
@@ -345,11 +345,16 @@ class SQLiteStore(Store):
             else:
                 conn.execute(_UPSERT, (key, _joined(buffers)))
 
-    async def write(self, key: str, payload: Payload) -> None:
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
         """Store ``payload`` under ``key`` in one transaction, replacing any old value."""
+        if if_absent or if_version is not None:
+            raise self.unsupported("conditional writes")
         await run_blocking(
             self._write, key, payload.buffers, payload.size, nbytes=payload.size, may_wait=True
         )
+        return None
 
     def _find(self, conn: sqlite3.Connection, key: str) -> Reader | None:
         conn.execute("BEGIN")
@@ -378,7 +383,11 @@ class SQLiteStore(Store):
                 self._pool.release(conn)
             return reader
 
-    async def open(self, key: str) -> Reader:
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self._open_whole(key)
+        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+
+    async def _open_whole(self, key: str) -> Reader:
         """A reader over the value under ``key``; ``ResultNotFoundError`` if there is none."""
         reader = await run_blocking(self._open, key)
         if reader is None:

@@ -42,7 +42,7 @@ from resultstore.records import (
     utc,
 )
 from resultstore.registry import redact_url, resolve_store, scheme_of
-from resultstore.retry import NO_RETRY, RetryPolicy
+from resultstore.retry import NO_RETRY, RetryPolicy, bounded
 from resultstore.serializers import Buffer, Serializer, get_serializer
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
@@ -76,6 +76,27 @@ def _check_expiration(expiration: object) -> datetime.datetime | None:
         return utc(expiration)
     except OverflowError:
         raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
+
+
+def _env_options(settings: Settings, scheme: str) -> dict[str, Any]:
+    """The options ``RESULTSTORE_STORAGE_OPTIONS`` gives a store of ``scheme``.
+
+    Keyed by scheme (``{"s3://": {...}, "sqlite://": {...}}``), each store gets its
+    own. A plain object configures the stores of ``RESULTSTORE_STORAGE_URL``'s scheme
+    when that is set (an S3 endpoint must not reach another backend), else every store.
+    """
+    options = settings.storage_options
+    keyed = [name for name in options if name.endswith("://")]
+    if keyed:
+        if len(keyed) != len(options) or not all(isinstance(v, dict) for v in options.values()):
+            raise ConfigurationError(
+                "invalid setting RESULTSTORE_STORAGE_OPTIONS: either key every entry by "
+                'scheme ({"s3://": {...}}) or none; fix or unset it'
+            )
+        return dict(options.get(f"{scheme}://", {}))
+    if "storage_url" in settings.model_fields_set and scheme_of(settings.storage_url) != scheme:
+        return {}
+    return dict(options)
 
 
 def _signer(settings: Settings, signing_key: object, old_signing_keys: object) -> Signer | None:
@@ -184,14 +205,10 @@ class ResultStore:
         elif result_storage is None or isinstance(result_storage, str):
             url = result_storage if result_storage is not None else settings.storage_url
             scheme = scheme_of(url)
-            # With RESULTSTORE_STORAGE_URL set, RESULTSTORE_STORAGE_OPTIONS configures only
-            # stores of its scheme (an S3 endpoint must not reach another backend).
-            configured = (
-                "storage_url" not in settings.model_fields_set
-                or scheme_of(settings.storage_url) == scheme
-            )
-            env_options = settings.storage_options if configured else {}
-            options: dict[str, Any] = {**env_options, **(storage_options or {})}
+            options: dict[str, Any] = {
+                **_env_options(settings, scheme),
+                **(storage_options or {}),
+            }
             if scheme == "file":
                 options.setdefault("fsync", settings.fsync)
             self.store = resolve_store(url, **options)
@@ -381,8 +398,13 @@ class ResultStore:
         unless ``retry=False``; damaged records fail at once.
         """
         key = validate_key(key)
-        return await self._guard("read", key).run(
-            self, lambda: self._read_once(key), policy=None if retry else NO_RETRY, missing=True
+        return await _Guard.bounded(
+            self,
+            "read",
+            key,
+            lambda: self._read_once(key),
+            policy=None if retry else NO_RETRY,
+            missing=True,
         )
 
     def read(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
@@ -428,8 +450,8 @@ class ResultStore:
         Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record.
         """
         key = validate_key(key)
-        metadata, _ = await self._guard("verify", key).run(
-            self, lambda: self._verified("verify", key)
+        metadata, _ = await _Guard.bounded(
+            self, "verify", key, lambda: self._verified("verify", key)
         )
         return metadata
 
@@ -445,7 +467,7 @@ class ResultStore:
         back and compared. Returns the copy's metadata.
         """
         key = validate_key(key)
-        source, chunks = await self._guard("read", key).run(self, lambda: self._read_raw(key))
+        source, chunks = await _Guard.bounded(self, "read", key, lambda: self._read_raw(key))
         guard = destination._guard("write", key)
 
         async def put() -> None:
@@ -635,9 +657,15 @@ class _Guard:
     def __init__(self, url: str, action: str, key: str) -> None:
         self.url, self.action, self.key = url, action, key
 
-    def run(
-        self,
+    def run(self, results: ResultStore, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+        """``fn()`` retried on unreachable storage and bounded by ``results.timeout``."""
+        return _Guard.bounded(results, self.action, self.key, fn)
+
+    @staticmethod
+    def bounded(
         results: ResultStore,
+        action: str,
+        key: str,
         fn: Callable[[], Awaitable[T]],
         *,
         policy: RetryPolicy | None = None,
@@ -647,14 +675,15 @@ class _Guard:
 
         Unreachable storage is retried for every operation (each is idempotent); a
         missing record only with ``missing`` (reads). ``policy`` replaces the store's.
+        The guard naming ``action`` and ``key`` is made only if time runs out.
         """
-        retry = results.retry if policy is None else policy
         timeout = results.timeout
-        return retry.call(
+        return bounded(
+            results.retry if policy is None else policy,
             fn,
-            only=BaseException if missing else StorageUnavailableError,
-            timeout=timeout,
-            expired=lambda: self.expired(timeout),
+            BaseException if missing else StorageUnavailableError,
+            timeout,
+            lambda: _Guard(results.storage_url, action, key).expired(timeout),
         )
 
     def expired(self, timeout: float) -> StorageUnavailableError:

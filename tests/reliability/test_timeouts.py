@@ -299,3 +299,20 @@ def test_concurrent_operations_each_get_their_own_deadline() -> None:
     outcomes, elapsed = anyio.run(scenario)
     assert outcomes == ["ok"] * 5 + ["timed out"] * 5
     assert elapsed < 0.5
+
+
+def test_on_trio_the_timeout_is_anyio_s() -> None:
+    pytest.importorskip("trio")
+    store = hanging(0.3)
+
+    async def scenario() -> tuple[float, str, bool]:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError) as caught:
+            await store.aexists("k")
+        elapsed = time.monotonic() - started
+        return elapsed, str(caught.value), await hanging(5.0, hang=0.05).aexists("k")
+
+    elapsed, message, answered = anyio.run(scenario, backend="trio")
+    assert 0.3 <= elapsed < 0.45
+    assert "no answer within 0.3 s (RESULTSTORE_TIMEOUT)" in message
+    assert answered is False

@@ -78,6 +78,27 @@ def _check_expiration(expiration: object) -> datetime.datetime | None:
         raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
 
 
+def _env_options(settings: Settings, scheme: str) -> dict[str, Any]:
+    """The options ``RESULTSTORE_STORAGE_OPTIONS`` gives a store of ``scheme``.
+
+    Keyed by scheme (``{"s3://": {...}, "sqlite://": {...}}``), each store gets its
+    own. A plain object configures the stores of ``RESULTSTORE_STORAGE_URL``'s scheme
+    when that is set (an S3 endpoint must not reach another backend), else every store.
+    """
+    options = settings.storage_options
+    keyed = [name for name in options if name.endswith("://")]
+    if keyed:
+        if len(keyed) != len(options) or not all(isinstance(v, dict) for v in options.values()):
+            raise ConfigurationError(
+                "invalid setting RESULTSTORE_STORAGE_OPTIONS: either key every entry by "
+                'scheme ({"s3://": {...}}) or none; fix or unset it'
+            )
+        return dict(options.get(f"{scheme}://", {}))
+    if "storage_url" in settings.model_fields_set and scheme_of(settings.storage_url) != scheme:
+        return {}
+    return dict(options)
+
+
 def _signer(settings: Settings, signing_key: object, old_signing_keys: object) -> Signer | None:
     """The signer for a key given in code, else for ``RESULTSTORE_SIGNING_KEY``; keys checked."""
     if signing_key is None and settings.signing_key is not None:
@@ -184,14 +205,10 @@ class ResultStore:
         elif result_storage is None or isinstance(result_storage, str):
             url = result_storage if result_storage is not None else settings.storage_url
             scheme = scheme_of(url)
-            # With RESULTSTORE_STORAGE_URL set, RESULTSTORE_STORAGE_OPTIONS configures only
-            # stores of its scheme (an S3 endpoint must not reach another backend).
-            configured = (
-                "storage_url" not in settings.model_fields_set
-                or scheme_of(settings.storage_url) == scheme
-            )
-            env_options = settings.storage_options if configured else {}
-            options: dict[str, Any] = {**env_options, **(storage_options or {})}
+            options: dict[str, Any] = {
+                **_env_options(settings, scheme),
+                **(storage_options or {}),
+            }
             if scheme == "file":
                 options.setdefault("fsync", settings.fsync)
             self.store = resolve_store(url, **options)

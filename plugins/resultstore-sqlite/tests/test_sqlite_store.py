@@ -305,7 +305,7 @@ def test_options_set_the_lock_timeout_and_durability(db_url: str) -> None:
 
     assert synchronous(resolve_store(db_url)) == 2  # FULL
     assert synchronous(resolve_store(db_url, fsync=False)) == 1  # NORMAL
-    store = resolve_store(db_url, timeout=5, some_other_stores_option="ignored")
+    store = resolve_store(db_url, timeout=5)
     assert isinstance(store, SQLiteStore) and store.timeout == 5.0
 
 

@@ -1,16 +1,24 @@
 """``sqlite:///PATH``: resultstore records in one SQLite database file.
 
-Records live in the table ``resultstore_records (key TEXT PRIMARY KEY, value BLOB)`` of the
-database at ``PATH``, which is created (with its folder) on the first write. The database runs
-in WAL mode, so readers never block writers, and every connection waits up to ``timeout``
-seconds for the write lock, so any number of threads and processes may write at once.
+Records live in the table ``resultstore_records (key TEXT PRIMARY KEY, value BLOB, version
+TEXT)`` of the database at ``PATH``, which is created (with its folder) on the first write. The
+database runs in WAL mode, so readers never block writers, and every connection waits up to
+``timeout`` seconds for the write lock, so any number of threads and processes may write at once.
 
 - A write is one transaction (``INSERT OR REPLACE``): readers see the old value or the new
-  one, whole.
-- A read of a small value fetches it in one query. A large value is streamed from SQLite's
+  one, whole. Every write stores a new random version (32 hex digits) and returns it.
+- Conditional writes (store interface 2) are single statements, atomic in SQLite: create-only
+  is a plain ``INSERT`` (the primary key refuses a second one), compare-and-swap is
+  ``UPDATE ... WHERE key = ? AND version = ?``.
+- Ranged reads fetch only the range: ``substr(value, ...)`` in the query that finds a small
+  value, blob I/O from the offset for a large one. A large range is streamed from SQLite's
   blob I/O (Python 3.11+) inside a read transaction, so the reader keeps seeing the value as
-  it was when opened even while another process replaces it, and reading a record's header
-  (``ResultStore.read_metadata``, ``ResultStore.list``) reads no more than the header.
+  it was when opened even while another process replaces it. ``stat`` reads ``length(value)``
+  and the version, never the value.
+- A database made by version 0.1 of this plugin (no ``version`` column) is migrated on first
+  use: ``ALTER TABLE ... ADD COLUMN version ... DEFAULT '0'`` (no row is rewritten), so its
+  records report version ``'0'`` until their next write. A trigger gives a fresh version to
+  rows that writers still running 0.1 insert, so ``'0'`` never comes back once replaced.
 - Connections are pooled per store and never shared across ``fork``.
 
 URLs::
@@ -27,7 +35,10 @@ Storage options: ``timeout`` (seconds to wait for a lock, default 30) and ``fsyn
 from __future__ import annotations
 
 import contextlib
+import enum
+import errno
 import os
+import secrets
 import sqlite3
 import sys
 import threading
@@ -37,12 +48,26 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from resultstore.errors import ConfigurationError, StorageError, StorageUnavailableError
+from resultstore.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    StorageError,
+    StorageUnavailableError,
+    store_error,
+)
 from resultstore.serializers import Buffer
-from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store, run_blocking
+from resultstore.stores.base import (
+    BytesReader,
+    Payload,
+    Reader,
+    Stat,
+    Store,
+    check_options,
+    run_blocking,
+)
 
-__all__ = ["TABLE", "SQLiteStore"]
-__version__ = "0.1.0"
+__all__ = ["LEGACY_VERSION", "OPTIONS", "TABLE", "SQLiteStore"]
+__version__ = "0.2.0"
 
 T = TypeVar("T")
 
@@ -56,14 +81,48 @@ _BLOB_WRITE_MIN = 1 << 20
 _LIST_BATCH = 1000
 _MAX_IDLE = 8
 
-_SETUP = f"CREATE TABLE IF NOT EXISTS {TABLE} (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)"
-_UPSERT = f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, ?)"
-_UPSERT_ZEROBLOB = f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES (?, zeroblob(?))"
+OPTIONS = ("timeout", "fsync")
+"""The storage options the store takes; any other is refused when the store is made."""
+
+LEGACY_VERSION = "0"
+"""The version of a record written before the table had versions (plugin 0.1)."""
+
+_TRIGGER = f"{TABLE}_version"
+_VERSION_COLUMN = f"version TEXT NOT NULL DEFAULT '{LEGACY_VERSION}'"
+_CREATE = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} "
+    f"(key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, {_VERSION_COLUMN})"
+)
+_MIGRATE = f"ALTER TABLE {TABLE} ADD COLUMN {_VERSION_COLUMN}"
+# Writers still running plugin 0.1 insert rows without a version: give each a fresh one, so
+# LEGACY_VERSION only ever names a row untouched since the migration.
+_CREATE_TRIGGER = (
+    f"CREATE TRIGGER IF NOT EXISTS {_TRIGGER} AFTER INSERT ON {TABLE} "
+    f"WHEN NEW.version = '{LEGACY_VERSION}' BEGIN "
+    f"UPDATE {TABLE} SET version = lower(hex(randomblob(16))) WHERE rowid = NEW.rowid; END"
+)
+_COLUMNS = f"SELECT name FROM pragma_table_info('{TABLE}')"
+_HAS_TRIGGER = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+_UPSERT = f"INSERT OR REPLACE INTO {TABLE} (key, value, version) VALUES (?, ?, ?)"
+_UPSERT_ZEROBLOB = (
+    f"INSERT OR REPLACE INTO {TABLE} (key, value, version) VALUES (?, zeroblob(?), ?)"
+)
+_INSERT = f"INSERT INTO {TABLE} (key, value, version) VALUES (?, ?, ?)"
+_INSERT_ZEROBLOB = f"INSERT INTO {TABLE} (key, value, version) VALUES (?, zeroblob(?), ?)"
+_SWAP = f"UPDATE {TABLE} SET value = ?, version = ? WHERE key = ? AND version = ?"
+_SWAP_ZEROBLOB = (
+    f"UPDATE {TABLE} SET value = zeroblob(?), version = ? WHERE key = ? AND version = ?"
+)
+_ROWID = f"SELECT rowid FROM {TABLE} WHERE key = ?"
+# The range [start, start + count) of a small value comes with the row; a large one is read
+# afterwards from its rowid. count NULL: to the end. substr of an empty blob is NULL: coalesce.
 _FIND = (
-    f"SELECT rowid, length(value), CASE WHEN length(value) <= ? THEN value END "
+    f"SELECT rowid, length(value), version, CASE WHEN length(value) <= ? "
+    f"THEN coalesce(substr(value, ? + 1, coalesce(?, length(value))), x'') END "
     f"FROM {TABLE} WHERE key = ?"
 )
-_VALUE = f"SELECT value FROM {TABLE} WHERE rowid = ?"
+_RANGE = f"SELECT coalesce(substr(value, ? + 1, ?), x'') FROM {TABLE} WHERE rowid = ?"
+_STAT = f"SELECT length(value), version FROM {TABLE} WHERE key = ?"
 _EXISTS = f"SELECT 1 FROM {TABLE} WHERE key = ?"
 _DELETE = f"DELETE FROM {TABLE} WHERE key = ?"
 _LIST_FROM = f"SELECT key FROM {TABLE} WHERE key >= ? ORDER BY key LIMIT ?"
@@ -78,6 +137,8 @@ class _Blob(Protocol):
     """The part of ``sqlite3.Blob`` (Python 3.11+) the reader uses."""
 
     def read(self, length: int = -1, /) -> bytes: ...
+
+    def seek(self, offset: int, origin: int = 0, /) -> None: ...
 
     def __len__(self) -> int: ...
 
@@ -158,7 +219,36 @@ class _Pool:
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.02)
-        conn.execute(_SETUP)
+        if not self._schema_current(conn):
+            self._migrate(conn)
+
+    @staticmethod
+    def _schema_current(conn: sqlite3.Connection) -> bool:
+        """Whether the table exists with its version column and trigger (reads only)."""
+        columns = {name for (name,) in conn.execute(_COLUMNS)}
+        return (
+            "version" in columns and conn.execute(_HAS_TRIGGER, (_TRIGGER,)).fetchone() is not None
+        )
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Create the table, or add the version column a table of plugin 0.1 lacks.
+
+        Under the write lock, so processes migrating at once do it once: the first adds the
+        column, the others find it there. ``ADD COLUMN`` with a constant default rewrites no
+        row: records written before read as version ``LEGACY_VERSION``.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_CREATE)
+            if "version" not in {name for (name,) in conn.execute(_COLUMNS)}:
+                conn.execute(_MIGRATE)
+            conn.execute(_CREATE_TRIGGER)
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
 
     def acquire(self, create: bool) -> sqlite3.Connection | None:
         """An idle connection or a new one; ``None`` if the database does not exist yet
@@ -212,7 +302,8 @@ class _Pool:
 
 
 class _BlobReader(Reader):
-    """Streams one value through blob I/O inside a read transaction that pins its version."""
+    """Streams bytes ``[start, stop)`` of one value through blob I/O, inside a read
+    transaction that pins the value as it was when opened."""
 
     def __init__(
         self,
@@ -220,40 +311,54 @@ class _BlobReader(Reader):
         key: str,
         conn: sqlite3.Connection,
         blob: _Blob,
+        *,
+        start: int,
+        stop: int,
+        version: str | None,
     ) -> None:
         self._store = store
         self._key = key
         self._conn: sqlite3.Connection | None = conn
         self._blob = blob
-        self.size = len(blob)  # header lengths are checked against it before allocating
+        self.size = len(blob)  # the whole value's: header lengths are checked against it
+        self.version = version
+        self._left = max(0, stop - start)
+        if start:
+            blob.seek(start)
 
     def _guarded(self, fn: Callable[[], T]) -> T:
         if self._conn is None:
-            raise StorageError(
-                f"cannot read key {self._key!r} in {self._store.url}: the reader is closed",
-                key=self._key,
-                url=self._store.url,
+            raise store_error(
+                StorageError, "read", self._key, self._store.url, "the reader is closed"
             )
         try:
             return fn()
         except (sqlite3.Error, OSError) as exc:
-            raise self._store._translate(exc, f"read key {self._key!r}", self._key) from None
+            raise self._store._translate(exc, "read", self._key) from None
 
     def _read(self, n: int) -> bytes:
-        return self._guarded(lambda: self._blob.read(n))
+        def take() -> bytes:
+            data = self._blob.read(n)
+            self._left -= len(data)
+            return data
+
+        return self._guarded(take)
 
     def _readinto(self, buffer: memoryview) -> int:
         def fill() -> int:
             data = self._blob.read(len(buffer))
             buffer[: len(data)] = data
+            self._left -= len(data)
             return len(data)
 
         return self._guarded(fill)
 
     async def read(self, n: int = -1) -> bytes:
-        return await run_blocking(self._read, n, nbytes=max(n, 0))
+        n = self._left if n < 0 else min(n, self._left)
+        return await run_blocking(self._read, n, nbytes=n)
 
     async def readinto(self, buffer: memoryview) -> int:
+        buffer = buffer[: self._left]
         return await run_blocking(self._readinto, buffer, nbytes=len(buffer))
 
     async def aclose(self) -> None:
@@ -269,113 +374,224 @@ class _BlobReader(Reader):
         self._store._pool.release(conn, healthy=healthy)
 
 
+class _Refused(enum.Enum):
+    """Why a conditional write stored nothing."""
+
+    EXISTS = "exists"
+    CONFLICT = "conflict"
+
+
+def _new_version() -> str:
+    """A version no other write will have: 128 random bits, as SQL's ``randomblob(16)``."""
+    return secrets.token_hex(16)
+
+
+def _unique_violation(exc: sqlite3.IntegrityError) -> bool:
+    return "UNIQUE constraint failed" in str(exc)
+
+
 class SQLiteStore(Store):
     """Records in one SQLite database file, shared safely by threads and processes."""
 
     interface_version = 2
+    supports_ranged_read = True
+    supports_conditional_write = True
 
     def __init__(
         self, url: str, *, timeout: float = 30.0, fsync: bool = True, **options: Any
     ) -> None:
         self.path = _path_from_url(url)
         super().__init__("sqlite:" + self.path.as_uri()[len("file:") :])
+        check_options(self.url, options, OPTIONS)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ConfigurationError(
-                f"sqlite option timeout must be a number of seconds >= 0, not {timeout!r}",
+                f"sqlite option timeout must be a number of seconds >= 0, not {timeout!r} "
+                f"(for {self.url})",
+                url=self.url,
+            )
+        if not isinstance(fsync, bool):
+            raise ConfigurationError(
+                f"sqlite option fsync must be True or False, not {fsync!r} (for {self.url})",
                 url=self.url,
             )
         self.timeout = float(timeout)
-        self.fsync = bool(fsync)
+        self.fsync = fsync
         self._pool = _Pool(self.path, self.timeout, "FULL" if self.fsync else "NORMAL")
 
     # -- errors --------------------------------------------------------------
 
-    def _translate(self, exc: BaseException, what: str, key: str) -> StorageError:
-        """A one-line resultstore error for a failed ``what`` (``"write key 'k'"``)."""
-        where = f"cannot {what} in {self.url}"
+    def _translate(self, exc: BaseException, action: str, key: str) -> StorageError:
+        """A one-line resultstore error for a failed ``action`` (``"write"``) on ``key``."""
         if isinstance(exc, OSError):
-            detail = exc.strerror or type(exc).__name__
-            return StorageError(
-                f"{where}: {detail}; check that the database folder can be created and written",
-                key=key,
-                url=self.url,
-            )
+            why = exc.strerror or type(exc).__name__
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                kind: type[StorageError] = AccessDeniedError
+                hint = "check the permissions of the database folder"
+            else:
+                kind, hint = StorageError, "check that the database folder can be created"
+            return store_error(kind, action, key, self.url, why, hint=hint)
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         lowered = text.lower()
         if "locked" in lowered or "busy" in lowered:
-            return StorageUnavailableError(
-                f"{where}: {text} (waited {self.timeout:g} s for other writers); "
-                "retry later or raise the `timeout` storage option",
-                key=key,
-                url=self.url,
+            return store_error(
+                StorageUnavailableError,
+                action,
+                key,
+                self.url,
+                f"{text} (waited {self.timeout:g} s for other writers)",
+                hint="retry later or raise the `timeout` storage option",
             )
+        if "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
+            hint = "check the permissions of the database file and its folder"
+            return store_error(AccessDeniedError, action, key, self.url, text, hint=hint)
         hint = ""
         if "unable to open" in lowered:
-            hint = "; check that the database folder exists and is writable"
+            hint = "check that the database folder exists and is writable"
         elif "not a database" in lowered or "malformed" in lowered:
-            hint = "; the file is not a usable SQLite database: point the URL at another file"
+            hint = "the file is not a usable SQLite database: point the URL at another file"
         elif "too big" in lowered:
-            hint = "; the value exceeds SQLite's size limit (1 GB by default)"
-        elif "readonly" in lowered or "read-only" in lowered:
-            hint = "; check the permissions of the database file and its folder"
-        return StorageError(f"{where}: {text}{hint}", key=key, url=self.url)
+            hint = "the value exceeds SQLite's size limit (1 GB by default)"
+        return store_error(StorageError, action, key, self.url, text, hint=hint)
 
     @contextlib.contextmanager
-    def _errors(self, what: str, key: str) -> Iterator[None]:
+    def _errors(self, action: str, key: str) -> Iterator[None]:
         """Translate sqlite3 and OS errors raised inside into one-line StorageErrors."""
         try:
             yield
         except (sqlite3.Error, OSError) as exc:
-            raise self._translate(exc, what, key) from None
+            raise self._translate(exc, action, key) from None
 
-    # -- the store interface ---------------------------------------------------
+    # -- writes ----------------------------------------------------------------
 
-    def _write(self, key: str, buffers: list[Buffer], size: int) -> None:
-        with self._errors(f"write key {key!r}", key), self._pool.connection(create=True) as conn:
+    def _write(
+        self,
+        key: str,
+        buffers: list[Buffer],
+        size: int,
+        if_absent: bool,
+        if_version: str | None,
+    ) -> str | _Refused:
+        """Store the value; its new version, or why a condition refused it."""
+        version = _new_version()
+        with self._errors("write", key), self._pool.connection(create=True) as conn:
             assert conn is not None
+            if if_absent and if_version is not None:  # no record can meet both: store nothing
+                present = conn.execute(_EXISTS, (key,)).fetchone() is not None
+                return _Refused.EXISTS if present else _Refused.CONFLICT
             if sys.version_info >= (3, 11) and len(buffers) > 1 and size >= _BLOB_WRITE_MIN:
                 # Many large buffers (pickle protocol 5): write them in place, not joined.
-                conn.execute("BEGIN IMMEDIATE")
-                rowid = conn.execute(_UPSERT_ZEROBLOB, (key, size)).lastrowid
-                assert rowid is not None
+                conn.execute("BEGIN IMMEDIATE")  # the pool rolls back what is not committed
+                rowid = self._place(conn, key, size, version, if_absent, if_version)
+                if isinstance(rowid, _Refused):
+                    return rowid
                 with conn.blobopen(TABLE, "value", rowid) as blob:
                     for buffer in buffers:
                         blob.write(memoryview(buffer).cast("B"))
                 conn.execute("COMMIT")
+                return version
+            value = _joined(buffers)
+            if if_absent:
+                try:
+                    conn.execute(_INSERT, (key, value, version))
+                except sqlite3.IntegrityError as exc:
+                    if _unique_violation(exc):
+                        return _Refused.EXISTS
+                    raise
+            elif if_version is not None:
+                if conn.execute(_SWAP, (value, version, key, if_version)).rowcount == 0:
+                    return _Refused.CONFLICT
             else:
-                conn.execute(_UPSERT, (key, _joined(buffers)))
+                conn.execute(_UPSERT, (key, value, version))
+        return version
+
+    @staticmethod
+    def _place(
+        conn: sqlite3.Connection,
+        key: str,
+        size: int,
+        version: str,
+        if_absent: bool,
+        if_version: str | None,
+    ) -> int | _Refused:
+        """Make room for a value of ``size`` zero bytes; the rowid to write it at."""
+        if if_absent:
+            try:
+                rowid = conn.execute(_INSERT_ZEROBLOB, (key, size, version)).lastrowid
+            except sqlite3.IntegrityError as exc:
+                if _unique_violation(exc):
+                    return _Refused.EXISTS
+                raise
+        elif if_version is not None:
+            if conn.execute(_SWAP_ZEROBLOB, (size, version, key, if_version)).rowcount == 0:
+                return _Refused.CONFLICT
+            (rowid,) = conn.execute(_ROWID, (key,)).fetchone()
+        else:
+            rowid = conn.execute(_UPSERT_ZEROBLOB, (key, size, version)).lastrowid
+        assert rowid is not None
+        return int(rowid)
 
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
-    ) -> str | None:
-        """Store ``payload`` under ``key`` in one transaction, replacing any old value."""
-        if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes")
-        await run_blocking(
-            self._write, key, payload.buffers, payload.size, nbytes=payload.size, may_wait=True
-        )
-        return None
+    ) -> str:
+        """Store ``payload`` under ``key`` in one transaction; returns its new version.
 
-    def _find(self, conn: sqlite3.Connection, key: str) -> Reader | None:
-        conn.execute("BEGIN")
-        row = conn.execute(_FIND, (_SMALL_VALUE, key)).fetchone()
+        ``if_absent``: a plain ``INSERT``, refused by the primary key if a record is there.
+        ``if_version``: ``UPDATE ... WHERE version = ?``, which changes no row if the record
+        was replaced or deleted meanwhile. Both are atomic in SQLite.
+        """
+        outcome = await run_blocking(
+            self._write,
+            key,
+            payload.buffers,
+            payload.size,
+            if_absent,
+            if_version,
+            nbytes=payload.size,
+            may_wait=True,
+        )
+        if outcome is _Refused.EXISTS:
+            raise self.exists_error(key)
+        if outcome is _Refused.CONFLICT:
+            raise self.conflict_error(key, str(if_version))
+        assert isinstance(outcome, str)
+        return outcome
+
+    # -- reads -----------------------------------------------------------------
+
+    def _find(
+        self, conn: sqlite3.Connection, key: str, start: int, end: int | None
+    ) -> Reader | None:
+        conn.execute("BEGIN")  # one snapshot for the row and its blob
+        count = None if end is None else max(0, end - start)
+        row = conn.execute(_FIND, (_SMALL_VALUE, start, count, key)).fetchone()
         if row is None:
             return None
-        rowid, _size, value = row
-        if value is None:
+        rowid, size, version, data = row
+        stop = size if end is None else max(0, min(end, size))
+        start = min(start, stop)
+        if data is None:  # a large value: read the range from its rowid
             if sys.version_info >= (3, 11):
                 blob = conn.blobopen(TABLE, "value", rowid, readonly=True)
-                return _BlobReader(self, key, conn, blob)
-            (value,) = conn.execute(_VALUE, (rowid,)).fetchone()
-        return BytesReader(value)
+                if stop - start > _SMALL_VALUE:  # streams; owns the connection until closed
+                    return _BlobReader(
+                        self, key, conn, blob, start=start, stop=stop, version=version
+                    )
+                with contextlib.closing(blob):
+                    blob.seek(start)
+                    data = blob.read(stop - start)
+            else:
+                (data,) = conn.execute(_RANGE, (start, stop - start, rowid)).fetchone()
+        reader = BytesReader(data, version=version)
+        reader.size = size  # the whole value's, not the range's
+        return reader
 
-    def _open(self, key: str) -> Reader | None:
-        with self._errors(f"read key {key!r}", key):
+    def _open(self, key: str, start: int, end: int | None) -> Reader | None:
+        with self._errors("read", key):
             conn = self._pool.acquire(create=False)
             if conn is None:
                 return None
             try:
-                reader = self._find(conn, key)
+                reader = self._find(conn, key, start, end)
             except BaseException:
                 self._pool.release(conn, healthy=False)
                 raise
@@ -384,18 +600,33 @@ class SQLiteStore(Store):
             return reader
 
     async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+        """A reader over bytes ``[start, end)`` of the value, fetching only those.
 
-    async def _open_whole(self, key: str) -> Reader:
-        """A reader over the value under ``key``; ``ResultNotFoundError`` if there is none."""
-        reader = await run_blocking(self._open, key)
+        Ranges of small values come with the query that finds them (``substr``); large
+        ones are read through blob I/O from ``start``. The reader's ``size`` is the whole
+        value's length and its ``version`` the version opened.
+        """
+        start = max(start, 0)
+        nbytes = 0 if end is None else max(0, end - start)
+        reader = await run_blocking(self._open, key, start, end, nbytes=nbytes)
         if reader is None:
             raise self.not_found(key)
         return reader
 
+    def _stat(self, key: str) -> Stat | None:
+        with self._errors("stat", key), self._pool.connection(create=False) as conn:
+            row = None if conn is None else conn.execute(_STAT, (key,)).fetchone()
+        return None if row is None else Stat(int(row[0]), row[1])
+
+    async def stat(self, key: str) -> Stat:
+        """The value's size (``length(value)``, which reads no value) and version."""
+        found = await run_blocking(self._stat, key)
+        if found is None:
+            raise self.not_found(key)
+        return found
+
     def _exists(self, key: str) -> bool:
-        with self._errors(f"check key {key!r}", key), self._pool.connection(False) as conn:
+        with self._errors("check", key), self._pool.connection(False) as conn:
             return conn is not None and conn.execute(_EXISTS, (key,)).fetchone() is not None
 
     async def exists(self, key: str) -> bool:
@@ -403,7 +634,7 @@ class SQLiteStore(Store):
         return await run_blocking(self._exists, key)
 
     def _delete(self, key: str) -> bool:
-        with self._errors(f"delete key {key!r}", key), self._pool.connection(False) as conn:
+        with self._errors("delete", key), self._pool.connection(False) as conn:
             return conn is not None and conn.execute(_DELETE, (key,)).rowcount > 0
 
     async def delete(self, key: str) -> bool:
@@ -412,8 +643,7 @@ class SQLiteStore(Store):
 
     def _list_batch(self, prefix: str, after: str | None) -> tuple[list[str], bool]:
         """The next keys under ``prefix`` (past ``after``) in order, and whether that was all."""
-        what = f"list keys under {prefix!r}"
-        with self._errors(what, prefix), self._pool.connection(create=False) as conn:
+        with self._errors("list", prefix), self._pool.connection(create=False) as conn:
             if conn is None:
                 return [], True
             if after is None:

@@ -644,16 +644,20 @@ def rm(
     ctx: typer.Context,
     keys: Annotated[list[str], typer.Argument(help="Keys of the records to delete.")],
 ) -> None:
-    """Delete records; exits 'not found' if any key had no record (the others are deleted)."""
+    """Delete records; exits 'not found' if any key had no record (the others are deleted).
+
+    Stores whose delete does not say whether there was a record (S3) report every key
+    as deleted, as 'aws s3 rm' does.
+    """
     for key in keys:
         validate_key(key)
     missing: list[str] = []
     with _open_store(ctx) as store:
         for key in keys:
-            if store.delete(key):
-                print(f"deleted {key}")
-            else:
+            if store.delete(key) is False:
                 missing.append(key)
+            else:
+                print(f"deleted {key}")
     if missing:
         names = ", ".join(repr(key) for key in missing)
         plural = "keys" if len(missing) > 1 else "key"
@@ -676,7 +680,7 @@ def gc(
     deleted: set[str] = set()
 
     async def delete(store: ResultStore, key: str) -> None:
-        if await store.adelete(key):
+        if await store.adelete(key) is not False:  # None: the store does not say; it is gone
             deleted.add(key)
 
     with _open_store(ctx) as store:

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_VERSION",
+    "HEADER_PROBE",
+    "HeaderBeyond",
     "MAGIC",
     "ResultMetadata",
     "ResultRecord",
@@ -52,6 +54,8 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHIQ")
 _MAX_HEADER = 1 << 20
 _FIRST_READ = 64 * 1024
+HEADER_PROBE = _FIRST_READ
+"""Bytes a metadata read opens: the prefix and header of any usual record."""
 _FREE_SEGMENTS = 64  # empty segments allowed beyond one per payload byte (empty buffers)
 _MAX_STEP = 16 * 1024 * 1024  # largest buffer grown ahead of bytes read, size unknown
 _CHECKSUM_ALGO = "xxh3_128"
@@ -75,6 +79,8 @@ class ResultMetadata(NamedTuple):
     expiration: datetime.datetime | None = None
     storage_url: str | None = None
     signed: bool = False
+    version: str | None = None
+    """The stored record's version (an ETag, a generation), for ``write(if_version=...)``."""
 
     def is_expired(self, now: datetime.datetime | None = None) -> bool:
         """True once the expiration time has passed."""
@@ -107,6 +113,14 @@ class _Header:
     signature: str | None
     signed_bytes: bytes = field(repr=False)
     digest: str | None = None
+
+
+class HeaderBeyond(Exception):
+    """A record's header ends past the range a metadata read opened; open up to ``end``."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__(end)
+        self.end = end
 
 
 def utc(value: datetime.datetime) -> datetime.datetime:
@@ -249,7 +263,9 @@ def _in(url: str | None) -> str:
     return f" in {url}" if url else ""
 
 
-async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Header, bytes, bool]:
+async def read_header(
+    reader: Reader, key: str, url: str | None, opened_to: int | None = None
+) -> tuple[_Header, bytes, bool]:
     """Read and verify a record's header.
 
     Returns it with the payload bytes read so far, and whether the record's end
@@ -264,6 +280,8 @@ async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Heade
     stored = reader.size
     if stored is not None and end > stored:
         raise _damaged(key, url, "truncated inside the header")
+    if opened_to is not None and end > opened_to and (stored is None or stored > opened_to):
+        raise HeaderBeyond(end)  # the reader was opened for less than the header
     if len(first) < end:
         more = await reader.read(end - len(first))
         at_end = len(more) < end - len(first)
@@ -271,6 +289,8 @@ async def read_header(reader: Reader, key: str, url: str | None) -> tuple[_Heade
         if len(first) < end:
             raise _damaged(key, url, "truncated inside the header")
     header = _parse_header(first[_PREFIX.size : end], header_hash, key, url)
+    if reader.version is not None:
+        header.metadata = header.metadata._replace(version=reader.version)
     if stored is not None and end + header.metadata.size != stored:
         claimed, held = header.metadata.size, stored - end
         why = "payload truncated" if held < claimed else "trailing bytes after the payload"

@@ -34,6 +34,8 @@ from resultstore.errors import (
 )
 from resultstore.keys import validate_key, validate_prefix
 from resultstore.records import (
+    HEADER_PROBE,
+    HeaderBeyond,
     ResultMetadata,
     ResultRecord,
     encode_record,
@@ -288,10 +290,33 @@ class ResultStore:
         return validate_key(self.storage_key_fn() if key is None else key)
 
     async def awrite(
-        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+        self,
+        obj: Any,
+        key: str | None = None,
+        expiration: datetime.datetime | None = None,
+        *,
+        if_absent: bool = False,
+        if_version: str | None = None,
     ) -> str:
-        """Serialize ``obj`` and store it under ``key`` (or a new key); returns the key."""
+        """Serialize ``obj`` and store it under ``key`` (or a new key); returns the key.
+
+        ``if_absent=True`` creates the record only if none exists, else raises
+        :class:`ResultExistsError`; ``if_version=v`` replaces it only if its
+        version (``ResultMetadata.version``) is still ``v``, else raises
+        :class:`VersionConflictError`. Both are atomic on the storage, on stores
+        whose ``supports_conditional_write`` is true (others raise
+        :class:`UnsupportedOperationError` before any I/O), and are not retried:
+        a conditional write whose answer was lost may have landed, so the caller
+        decides (read the key back).
+        """
         key = self._new_key(key)
+        conditional = if_absent or if_version is not None
+        if if_version is not None and (not isinstance(if_version, str) or not if_version):
+            raise ConfigurationError(f"if_version must be a version string, not {if_version!r}")
+        if if_absent and if_version is not None:
+            raise ConfigurationError("pass if_absent or if_version, not both")
+        if conditional and not self.store.supports_conditional_write:
+            raise self.store.unsupported("conditional writes")
         buffers = encode_record(
             self.serializer.dumps(obj),
             serializer=self.serializer.name,
@@ -304,16 +329,30 @@ class ResultStore:
 
         async def once() -> None:
             with guard:
-                await self.store.write(key, payload)
+                if conditional:
+                    await self.store.write(key, payload, if_absent=if_absent, if_version=if_version)
+                else:  # the plain call: stores whose write() predates the conditions work too
+                    await self.store.write(key, payload)
 
-        await guard.run(self, once)  # a whole record rewritten: safe to retry
+        # A whole record rewritten is safe to retry; a conditional write is not.
+        await guard.run(self, once, policy=NO_RETRY if conditional else None)
         return key
 
     def write(
-        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+        self,
+        obj: Any,
+        key: str | None = None,
+        expiration: datetime.datetime | None = None,
+        *,
+        if_absent: bool = False,
+        if_version: str | None = None,
     ) -> str:
         """Sync twin of :meth:`awrite`."""
-        return run_sync(self.awrite(obj, key=key, expiration=expiration))
+        return run_sync(
+            self.awrite(
+                obj, key=key, expiration=expiration, if_absent=if_absent, if_version=if_version
+            )
+        )
 
     def create_result(
         self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
@@ -417,13 +456,17 @@ class ResultStore:
         guard = self._guard("inspect", key)
 
         async def once() -> ResultMetadata:
+            end = HEADER_PROBE  # the header alone: ranged stores fetch no payload
             with guard:
-                reader = await self.store.open(key)
-                try:
-                    header, _, _ = await read_header(reader, key, self.storage_url)
-                finally:
-                    await reader.aclose()
-            return header.metadata
+                while True:
+                    reader = await self.store.open(key, end=end)
+                    try:
+                        header, _, _ = await read_header(reader, key, self.storage_url, end)
+                        return header.metadata
+                    except HeaderBeyond as beyond:  # a header larger than the probe: rare
+                        end = beyond.end
+                    finally:
+                        await reader.aclose()
 
         return await guard.run(self, once)
 
@@ -507,28 +550,28 @@ class ResultStore:
         """Sync twin of :meth:`aexists`."""
         return run_sync(self.aexists(key))
 
-    async def adelete(self, key: str) -> bool:
-        """Delete the record under ``key``; True if one was there.
+    async def adelete(self, key: str) -> bool | None:
+        """Delete the record under ``key``, if any: idempotent, one request.
 
-        Presence is checked first: once a retried delete has seen the record, an
-        attempt cut off after the server applied it cannot turn the answer into False.
+        Returns True when a record was deleted, False when there was none, and
+        None when the store does not say (S3 answers a delete the same either
+        way) or an attempt was cut off after the storage may have applied it.
         """
         key = validate_key(key)
         guard = self._guard("delete", key)
-        seen = False
+        attempts = 0
 
-        async def once() -> bool:
-            nonlocal seen
+        async def once() -> bool | None:
+            nonlocal attempts
+            attempts += 1
             with guard:
-                if not seen and not await self.store.exists(key):
-                    return False
-                seen = True
-                await self.store.delete(key)
-            return True
+                deleted = await self.store.delete(key)
+            # After a lost answer, "nothing there" may be our own earlier attempt's doing.
+            return None if attempts > 1 and deleted is False else deleted
 
         return await guard.run(self, once)
 
-    def delete(self, key: str) -> bool:
+    def delete(self, key: str) -> bool | None:
         """Sync twin of :meth:`adelete`."""
         return run_sync(self.adelete(key))
 
@@ -657,9 +700,15 @@ class _Guard:
     def __init__(self, url: str, action: str, key: str) -> None:
         self.url, self.action, self.key = url, action, key
 
-    def run(self, results: ResultStore, fn: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    def run(
+        self,
+        results: ResultStore,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        policy: RetryPolicy | None = None,
+    ) -> Awaitable[T]:
         """``fn()`` retried on unreachable storage and bounded by ``results.timeout``."""
-        return _Guard.bounded(results, self.action, self.key, fn)
+        return _Guard.bounded(results, self.action, self.key, fn, policy=policy)
 
     @staticmethod
     def bounded(

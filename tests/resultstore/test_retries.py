@@ -343,10 +343,10 @@ def test_every_operation_retries_unreachable_storage(
     elif operation == "exists":
         assert store.exists("k/1") is True
     elif operation == "delete":
-        # Presence is checked first, so the attempt that deleted but lost its answer
-        # still makes the retried delete report True.
-        backend.calls["exists"] = backend.failures  # only the deletes fail
-        assert store.delete("k/2") is True
+        # One request per attempt, no presence check first. The first attempt deleted
+        # but lost its answer, so the retry's "nothing there" is reported as unknown.
+        assert store.delete("k/2") is None
+        assert backend.calls["delete"] == 3 and backend.calls["exists"] == 0
         assert store.exists("k/2") is False
     elif operation == "keys":
         # A listing cut off is restarted; the keys seen before are not yielded twice.
@@ -355,6 +355,13 @@ def test_every_operation_retries_unreachable_storage(
         assert [m.storage_key for m in store.list("k/")] == [f"k/{i}" for i in range(6)]
     expected = "list" if operation in ("keys", "list") else operation
     assert backend.calls[expected] == 3
+
+
+def test_a_delete_says_whether_there_was_a_record(memory_url: str) -> None:
+    store = ResultStore(memory_url)
+    store.write(1, key="k")
+    assert store.delete("k") is True
+    assert store.delete("k") is False  # idempotent: nothing there, no error
 
 
 def test_a_missing_record_is_not_retried_outside_reads(memory_url: str) -> None:

@@ -395,11 +395,18 @@ class _Version1(Store):
         super().__init__(inner.url)
         self.inner = inner
 
+    def unsupported(self, what: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(
+            f"{self.url} does not support {what}: its plugin implements store interface 1; "
+            "upgrade the plugin",
+            url=self.url,
+        )
+
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
     ) -> str | None:
         if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes (its plugin implements interface 1)")
+            raise self.unsupported("conditional writes")
         await self.inner.write(key, payload)
         return None
 

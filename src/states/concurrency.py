@@ -66,8 +66,18 @@ class _LoopHolder:
         self.loop = asyncio.new_event_loop()
 
     def __del__(self) -> None:
-        if not self.loop.is_closed() and not self.loop.is_running():
-            self.loop.close()
+        loop = self.loop
+        if loop.is_closed() or loop.is_running():
+            return
+        # As asyncio.run does: let async generators still open on this loop finish (their
+        # ``finally`` blocks close what they hold, such as a client's connections) before
+        # the loop goes. Another loop running in this thread cannot host that: close only.
+        if not in_async_context():
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except Exception:  # noqa: BLE001 - a finalizer must not raise
+                pass
+        loop.close()
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:

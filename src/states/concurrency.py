@@ -14,6 +14,7 @@ functions are thin wrappers that drive that coroutine to completion here.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import sys
 import threading
@@ -73,10 +74,8 @@ class _LoopHolder:
         # ``finally`` blocks close what they hold, such as a client's connections) before
         # the loop goes. Another loop running in this thread cannot host that: close only.
         if not in_async_context():
-            try:
+            with contextlib.suppress(Exception):  # a finalizer must not raise
                 loop.run_until_complete(loop.shutdown_asyncgens())
-            except Exception:  # noqa: BLE001 - a finalizer must not raise
-                pass
         loop.close()
 
 

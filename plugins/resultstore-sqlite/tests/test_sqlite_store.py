@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -133,10 +134,27 @@ def test_the_sqlite_scheme_is_registered_by_this_distribution() -> None:
     assert ep.dist is not None and ep.dist.metadata["Name"] == "resultstore-sqlite"
 
 
+def _code_without_prose(source: Path) -> str:
+    """The module's code as the interpreter sees it: docstrings and comments dropped."""
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            body[0] = ast.Pass()
+    return ast.unparse(tree)
+
+
 def test_the_core_does_not_know_this_plugin() -> None:
+    # No code of the core names it (prose may use the scheme as an example of a plugin's).
     core = Path(resultstore.__file__).parent
     for source in core.rglob("*.py"):
-        assert "sqlite" not in source.read_text(encoding="utf-8").lower(), source
+        assert "sqlite" not in _code_without_prose(source).lower(), source
 
 
 def test_resolve_store_and_result_store_find_the_plugin_by_url(

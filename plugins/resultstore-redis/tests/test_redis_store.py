@@ -105,7 +105,7 @@ def test_keys_outside_the_prefix_are_invisible_and_untouched(
         assert run_sync(outer.delete("k")) is True
         assert raw.get("iso") == b"not ours"
     finally:
-        raw.delete("iso", b"iso:\xff\xfe", "iso:inner:k")
+        raw.delete("iso", b"iso:\xff\xfe", "iso:inner:k", b"\\version:iso:inner:k")
         raw.close()
         run_sync(outer.aclose())
         run_sync(inner.aclose())
@@ -342,5 +342,5 @@ def test_one_client_per_event_loop(redis_store: Store) -> None:
     thread.start()
     thread.join()
     assert seen == [b"2"]
-    assert len(redis_store._clients) == 1  # only this thread's loop keeps a client
+    assert len(redis_store._connections) == 1  # only this thread's loop keeps a client
     assert run_sync(_keys(redis_store, "loop/")) == ["loop/anyio", "loop/sync"]

@@ -1,9 +1,24 @@
 """``redis://HOST:PORT/DB?prefix=PREFIX``: resultstore records as Redis strings.
 
 Key ``a/b`` is stored as the Redis string ``PREFIX + "a/b"`` (default prefix
-``resultstore:``), written with one ``SET``, which Redis applies atomically: a reader gets the
-old value or the new one, whole. ``list`` walks the keyspace with ``SCAN ... MATCH``, the
-prefix escaped so that ``*``, ``?``, ``[``, ``]`` and ``\\`` in it match only themselves.
+``resultstore:``). Its version lives in a companion string, ``"\\version:" + PREFIX + "a/b"``,
+outside every prefix's key space: keys hold no backslash and prefixes start with none, so no
+record's name starts with one, ``SCAN`` of the records never returns a version and no key can
+collide with one. Every write sets both at once:
+``MULTI``/``EXEC`` for a plain write, a Lua script for a conditional one; ``delete`` removes
+both. ``list`` walks the keyspace with ``SCAN ... MATCH``, the prefix escaped so that ``*``,
+``?``, ``[``, ``]`` and ``\\`` in it match only themselves.
+
+Store interface 2, natively:
+
+- every write stores a new random version (32 hex digits) and returns it;
+- ``write(..., if_absent=True)`` is ``SET NX`` and ``write(..., if_version=v)`` a
+  compare-and-swap, each in one script that sets the value and its version, atomic in
+  Redis; a script resent after a lost reply finds its own version and reports success;
+- ``open(key, start=, end=)`` fetches the range with ``GETRANGE``, ``stat`` uses ``STRLEN``,
+  each in one pipeline that reads the version before and after (read commands only);
+- a record written by plugin 0.1 (no companion) reads as version ``"0"`` and takes
+  conditional writes against it.
 
 It talks to Redis through ``redis.asyncio``; connections belong to the event loop that
 opened them, so the store keeps one client per running loop (the sync API of resultstore
@@ -24,10 +39,12 @@ process reading a persisted result gets them.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import functools
 import os
 import re
+import secrets
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -37,12 +54,25 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from resultstore.errors import ConfigurationError, StorageError, StorageUnavailableError
+from resultstore.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    StorageError,
+    StorageUnavailableError,
+    store_error,
+)
 from resultstore.registry import redact_url
-from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store
+from resultstore.stores.base import BytesReader, Payload, Reader, Stat, Store, check_options
 
-__all__ = ["DEFAULT_PREFIX", "RedisStore", "escape_glob"]
-__version__ = "0.1.0"
+__all__ = [
+    "DEFAULT_PREFIX",
+    "LEGACY_VERSION",
+    "OPTIONS",
+    "VERSION_NAMESPACE",
+    "RedisStore",
+    "escape_glob",
+]
+__version__ = "0.2.0"
 
 T = TypeVar("T")
 
@@ -53,10 +83,33 @@ DEFAULT_PORT = 6379
 USERNAME_VARIABLE = "RESULTSTORE_REDIS_USERNAME"
 PASSWORD_VARIABLE = "RESULTSTORE_REDIS_PASSWORD"
 
+OPTIONS = (
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "retries",
+    "scan_count",
+    "client_kwargs",
+)
+"""The storage options the store takes; any other is refused when the store is made."""
+
+VERSION_NAMESPACE = b"\\version:"
+"""The version of the record named ``N`` is the string ``VERSION_NAMESPACE + N``.
+
+Keys hold no backslash and prefixes may not start with one, so no record's name starts with
+a backslash: a version's name is never a record's, and a ``SCAN`` of the records under a
+(non-empty) prefix never returns it. ACL key patterns can name it (``~\\version:PREFIX*``).
+"""
+
+LEGACY_VERSION = "0"
+"""The version of a record without a companion version (written by plugin 0.1)."""
+
 _ScanPage = tuple[int, list[bytes | str]]
 """One ``SCAN`` reply: the next cursor and the names found."""
 
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
+_PIPELINE_ERROR = re.compile(r"Command # \d+ \(.*?\) of pipeline caused error: ")
 _UNAVAILABLE = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -64,7 +117,36 @@ _UNAVAILABLE = (
     TimeoutError,
     asyncio.TimeoutError,
 )
+_READ_ATTEMPTS = 10
+"""Reads of a record whose version changed while they ran, before giving up (see ``_read``)."""
+_BUSY = ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
+_DENIED = ("NOAUTH", "WRONGPASS", "NOPERM")
 _BACKEND_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS: the record, its version. ARGV: the value, its new version. 1 if written, else 0.
+_CREATE = """
+if redis.call('GET', KEYS[2]) == ARGV[2] then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+# KEYS: the record, its version. ARGV: the value, its new version, the version expected,
+# the version of a record without one. 1 if written, else 0.
+_SWAP = """
+local current = redis.call('GET', KEYS[2])
+if current == ARGV[2] then return 1 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if not current then current = ARGV[4] end
+if current ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+# The first line of each script's body (`if ... == ARGV[2]`) makes a resend safe: a script
+# whose reply was lost (and that the client's retry sends again) finds its own new version
+# and reports the write it made, instead of a false conflict.
 
 
 def escape_glob(text: str) -> str:
@@ -76,10 +158,50 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _unwrap(text: str) -> str:
+    """The message in ``"('WRONGTYPE ...',)"``, as redis-py words an error in a pipeline."""
+    if text.startswith("(") and text.endswith(",)"):
+        try:
+            args = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(args, tuple) and args and isinstance(args[0], str):
+            return args[0]
+    return text
+
+
+def _new_version() -> str:
+    """A version no other write will have: 128 random bits."""
+    return secrets.token_hex(16)
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _as_version(value: bytes | str | None) -> str:
+    if value is None:
+        return LEGACY_VERSION
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else value
+
+
+class _Connection:
+    """The client of one event loop, and the scripts registered on it."""
+
+    __slots__ = ("client", "create", "swap")
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.create = client.register_script(_CREATE)
+        self.swap = client.register_script(_SWAP)
+
+
 class RedisStore(Store):
     """Records stored as Redis strings under a key prefix, one client per event loop."""
 
     interface_version = 2
+    supports_ranged_read = True
+    supports_conditional_write = True
 
     def __init__(
         self,
@@ -119,17 +241,42 @@ class RedisStore(Store):
             )
         self.scheme, self.host, self.port, self.db = scheme, host, port, int(db_text)
         self.prefix = query["prefix"][-1] if "prefix" in query else DEFAULT_PREFIX
+        if self.prefix.startswith("\\"):
+            raise ConfigurationError(
+                f"the prefix of Redis URL {redact_url(url)!r} starts with a backslash, which "
+                "starts the names of the records' versions; choose another prefix"
+            )
         url = f"{scheme}://{_url_host(host)}:{port}/{self.db}"
         if self.prefix != DEFAULT_PREFIX:
             url += f"?prefix={quote(self.prefix, safe='')}"
         super().__init__(url)
+        check_options(self.url, options, OPTIONS)
 
+        numbers = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_connect_timeout,
+            "retries": retries,
+            "scan_count": scan_count,
+        }
+        for name, number in numbers.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ConfigurationError(
+                    f"Redis option {name} must be a number, not {number!r} (for {self.url})",
+                    url=self.url,
+                )
         if retries < 0 or scan_count < 1 or socket_timeout <= 0 or socket_connect_timeout <= 0:
             raise ConfigurationError(
                 f"bad Redis storage options for {self.url}: retries must be >= 0, scan_count "
-                ">= 1 and the timeouts > 0"
+                ">= 1 and the timeouts > 0",
+                url=self.url,
             )
-        self.scan_count = scan_count
+        if client_kwargs is not None and not isinstance(client_kwargs, Mapping):
+            raise ConfigurationError(
+                f"Redis option client_kwargs must be a mapping, not {type(client_kwargs).__name__}"
+                f" (for {self.url})",
+                url=self.url,
+            )
+        self.scan_count = int(scan_count)
         self._client_options: dict[str, Any] = {
             "host": host,
             "port": port,
@@ -147,21 +294,21 @@ class RedisStore(Store):
             "socket_connect_timeout": socket_connect_timeout,
             **(client_kwargs or {}),
         }
-        self._retries = retries
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
+        self._retries = int(retries)
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
 
     # -- clients -----------------------------------------------------------------
 
-    def _client(self) -> redis.asyncio.Redis:
+    def _connection(self) -> _Connection:
         """The client of the running event loop, created on first use."""
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
+        connection = self._connections.get(loop)
+        if connection is None:
             # Clients of loops that have since closed cannot be closed any more: drop them.
-            for old in [old for old in self._clients if old.is_closed()]:
-                del self._clients[old]
+            for old in [old for old in self._connections if old.is_closed()]:
+                del self._connections[old]
             try:
                 client = redis.asyncio.Redis(
                     retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), self._retries),
@@ -171,104 +318,222 @@ class RedisStore(Store):
                 raise ConfigurationError(
                     f"bad Redis client_kwargs for {self.url}: {exc}", url=self.url
                 ) from None
-            self._clients[loop] = client
-        return client
+            connection = self._connections[loop] = _Connection(client)
+        return connection
 
     def _name(self, key: str) -> bytes:
         return (self.prefix + key).encode("utf-8")
 
+    @staticmethod
+    def _version_name(name: bytes) -> bytes:
+        return VERSION_NAMESPACE + name
+
     # -- errors ------------------------------------------------------------------
 
-    def _translate(self, exc: BaseException, what: str, key: str) -> StorageError:
-        """A one-line resultstore error for a failed ``what`` (``"write key 'k'"``)."""
-        where = f"cannot {what} in {self.url}"
-        text = str(exc).splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
+    def _translate(self, exc: BaseException, action: str, key: str) -> StorageError:
+        """A one-line resultstore error for a failed ``action`` (``"write"``) on ``key``."""
+        text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+        if _PIPELINE_ERROR.match(text):  # "Command # 2 (GETRANGE ...) of pipeline ...: (...)"
+            text = _unwrap(_PIPELINE_ERROR.sub("", text, count=1))
+        text = text or type(exc).__name__
         if isinstance(exc, redis.exceptions.AuthenticationError) or text.startswith(
             ("NOAUTH", "WRONGPASS")
         ):
-            return StorageError(
-                f"{where}: the Redis server refused the credentials ({type(exc).__name__}); "
-                "check the username and password (storage options `username`/`password` or "
-                f"{USERNAME_VARIABLE}/{PASSWORD_VARIABLE})",
-                key=key,
-                url=self.url,
+            return store_error(
+                AccessDeniedError,
+                action,
+                key,
+                self.url,
+                f"the Redis server refused the credentials ({type(exc).__name__})",
+                hint="check the username and password (storage options `username`/`password`"
+                f" or {USERNAME_VARIABLE}/{PASSWORD_VARIABLE})",
             )
-        if isinstance(exc, _UNAVAILABLE):  # BusyLoadingError (server starting) included
-            return StorageUnavailableError(
-                f"{where}: the Redis server is unreachable ({text}); check the host and port "
-                "and that the server is running",
-                key=key,
-                url=self.url,
+        if isinstance(exc, redis.exceptions.NoPermissionError) or text.startswith(_DENIED):
+            records = escape_glob(self.prefix)
+            return store_error(
+                AccessDeniedError,
+                action,
+                key,
+                self.url,
+                f"the Redis user may not do this ({text})",
+                hint="grant it the commands the store runs (GET, GETRANGE, STRLEN, EXISTS, "
+                "SCAN to read; SET, UNLINK, MULTI, EXEC, EVALSHA, SCRIPT LOAD to write) on the "
+                f"keys ~{records}* and ~{escape_glob(VERSION_NAMESPACE.decode())}{records}*",
+            )
+        if isinstance(exc, _UNAVAILABLE) or text.startswith(_BUSY):  # BusyLoadingError too
+            return store_error(
+                StorageUnavailableError,
+                action,
+                key,
+                self.url,
+                f"the Redis server is unreachable ({text})",
+                hint="check the host and port and that the server is running",
             )
         hint = ""
         if text.startswith("OOM"):
-            hint = "; the server reached its maxmemory limit"
+            hint = "the server reached its maxmemory limit"
         elif text.startswith("READONLY"):
-            hint = "; the URL points at a read-only replica: use the primary"
-        return StorageError(f"{where}: {type(exc).__name__}: {text}{hint}", key=key, url=self.url)
+            hint = "the URL points at a read-only replica: use the primary"
+        elif "unknown command" in text.lower():
+            hint = "the server lacks a command the store needs (Lua scripts: EVALSHA)"
+        why = f"{type(exc).__name__}: {text}"
+        return store_error(StorageError, action, key, self.url, why, hint=hint)
 
     async def _run(
-        self, what: str, key: str, command: Callable[[redis.asyncio.Redis], Awaitable[T]]
+        self, action: str, key: str, command: Callable[[_Connection], Awaitable[T]]
     ) -> T:
         try:
-            return await command(self._client())
+            return await command(self._connection())
         except _BACKEND_ERRORS as exc:
-            raise self._translate(exc, what, key) from None
+            raise self._translate(exc, action, key) from None
 
     # -- the store interface -------------------------------------------------------
 
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
-    ) -> str | None:
-        """Store ``payload`` under ``key`` with one ``SET`` (atomic in Redis)."""
-        if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes")
-        name, value = self._name(key), payload.join()
-        await self._run(f"write key {key!r}", key, lambda client: client.set(name, value))
-        return None
+    ) -> str:
+        """Store ``payload`` under ``key`` with a new version, atomically; returns the version.
+
+        A plain write is ``SET`` of the value and of its version in one ``MULTI``/``EXEC``;
+        ``if_absent`` is ``SET NX`` and ``if_version`` a compare of the stored version, each
+        with the two ``SET`` in one Lua script.
+        """
+        name, value, version = self._name(key), payload.join(), _new_version()
+        version_name = self._version_name(name)
+        keys = [name, version_name]
+        if if_absent and if_version is not None:  # no record can meet both: store nothing
+            present = await self.exists(key)
+            raise self.exists_error(key) if present else self.conflict_error(key, if_version)
+        if if_absent:
+
+            async def create(c: _Connection) -> Any:
+                return await c.create(keys=keys, args=[value, version])
+
+            if not await self._run("write", key, create):
+                raise self.exists_error(key)
+        elif if_version is not None:
+            args: list[bytes | str] = [value, version, if_version, LEGACY_VERSION]
+
+            async def swap(c: _Connection) -> Any:
+                return await c.swap(keys=keys, args=args)
+
+            if not await self._run("write", key, swap):
+                raise self.conflict_error(key, if_version)
+        else:
+
+            async def plain(c: _Connection) -> Any:
+                async with c.client.pipeline(transaction=True) as pipe:
+                    pipe.set(name, value)
+                    pipe.set(version_name, version)
+                    return await pipe.execute()
+
+            await self._run("write", key, plain)
+        return version
+
+    async def _read(
+        self, action: str, key: str, start: int = 0, end: int | None = None, *, data: bool
+    ) -> tuple[int, str, bytes]:
+        """The size, version and (with ``data``) bytes ``[start, end)`` of the value.
+
+        One pipeline of read commands only (a user limited to ``+@read`` may run it):
+        ``GET`` of the version, ``EXISTS``, ``STRLEN``, ``GETRANGE``, and ``GET`` of the
+        version again. Every write replaces the version along with the value, atomically,
+        so when both version reads agree, the size and the bytes belong to that version; a
+        write landing in between makes the pipeline run again.
+        """
+        name = self._name(key)
+        version_name = self._version_name(name)
+        start = max(start, 0)
+        ranged = data and (end is None or end > start)
+
+        async def fetch(c: _Connection) -> list[Any]:
+            async with c.client.pipeline(transaction=False) as pipe:
+                pipe.get(version_name)
+                pipe.exists(name)
+                pipe.strlen(name)
+                if ranged:  # GETRANGE's end is inclusive; -1 is the last byte
+                    pipe.getrange(name, start, -1 if end is None else end - 1)
+                pipe.get(version_name)
+                return list(await pipe.execute())
+
+        for _ in range(_READ_ATTEMPTS):
+            before, found, size, *value, after = await self._run(action, key, fetch)
+            if before != after:
+                continue
+            if not found:
+                raise self.not_found(key)
+            return int(size), _as_version(before), _as_bytes(value[0]) if value else b""
+        raise store_error(
+            StorageUnavailableError,
+            action,
+            key,
+            self.url,
+            f"the record was replaced during each of {_READ_ATTEMPTS} reads",
+            hint="retry later",
+        )
 
     async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+        """Bytes ``[start, end)`` of the value, fetched with ``GETRANGE``, and its version.
 
-    async def _open_whole(self, key: str) -> Reader:
-        """The value under ``key``, fetched whole by one ``GET``."""
-        name = self._name(key)
-        value = await self._run(f"read key {key!r}", key, lambda client: client.get(name))
-        if value is None:
-            raise self.not_found(key)
-        return BytesReader(value.encode() if isinstance(value, str) else value)
+        The reader's ``size`` is the whole value's length (``STRLEN``).
+        """
+        size, version, data = await self._read("read", key, start, end, data=True)
+        reader = BytesReader(data, version=version)
+        reader.size = size  # the whole value's, not the range's
+        return reader
+
+    async def stat(self, key: str) -> Stat:
+        """The value's size (``STRLEN``) and version, without its bytes."""
+        size, version, _ = await self._read("stat", key, data=False)
+        return Stat(size, version)
 
     async def exists(self, key: str) -> bool:
         """True when a value is stored under exactly ``key``."""
         name = self._name(key)
-        found = await self._run(f"check key {key!r}", key, lambda client: client.exists(name))
-        return bool(found)
+
+        async def check(c: _Connection) -> Any:
+            return await c.client.exists(name)
+
+        return bool(await self._run("check", key, check))
 
     async def delete(self, key: str) -> bool:
-        """Delete the value under ``key`` (``UNLINK``: freed in the background); True if any."""
+        """Delete the value and its version (``UNLINK``: freed in the background).
+
+        True if there was a value, whatever became of a version left without one.
+        """
         name = self._name(key)
-        removed = await self._run(f"delete key {key!r}", key, lambda client: client.unlink(name))
-        return bool(removed)
+
+        async def remove(c: _Connection) -> list[Any]:
+            async with c.client.pipeline(transaction=True) as pipe:
+                pipe.unlink(name)
+                pipe.unlink(self._version_name(name))
+                return list(await pipe.execute())
+
+        removed, _ = await self._run("delete", key, remove)
+        return int(removed) > 0
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key starting with ``prefix`` once, in no particular order.
 
         ``SCAN`` may return a key twice while the keyspace is rehashed, so keys already
-        yielded are remembered for the duration of the listing.
+        yielded are remembered for the duration of the listing. Versions never match the
+        pattern unless the store's prefix is empty; they are skipped then.
         """
         start = self._name(prefix)
         pattern = escape_glob(self.prefix + prefix).encode("utf-8") + b"*"
         skip = len(self.prefix.encode("utf-8"))
-        what = f"list keys under {prefix!r}"
         seen: set[bytes] = set()
         cursor = 0
         while True:
             page = functools.partial(self._scan, cursor=cursor, pattern=pattern)
-            cursor, names = await self._run(what, prefix, page)
+            cursor, names = await self._run("list", prefix, page)
             for found in names:
-                name = found.encode("utf-8") if isinstance(found, str) else found
-                if name in seen or not name.startswith(start):
+                name = _as_bytes(found)
+                if (
+                    name in seen
+                    or not name.startswith(start)
+                    or name[skip:].startswith(VERSION_NAMESPACE)
+                ):
                     continue
                 seen.add(name)
                 try:
@@ -279,10 +544,8 @@ class RedisStore(Store):
             if cursor == 0:
                 return
 
-    def _scan(
-        self, client: redis.asyncio.Redis, *, cursor: int, pattern: bytes
-    ) -> Awaitable[_ScanPage]:
-        return client.scan(cursor, match=pattern, count=self.scan_count)
+    def _scan(self, c: _Connection, *, cursor: int, pattern: bytes) -> Awaitable[_ScanPage]:
+        return c.client.scan(cursor, match=pattern, count=self.scan_count)
 
     async def aclose(self) -> None:
         """Close the running loop's client; the store reconnects on its next use."""
@@ -290,6 +553,6 @@ class RedisStore(Store):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        connection = self._connections.pop(loop, None)
+        if connection is not None:
+            await connection.client.aclose()

@@ -186,6 +186,25 @@ def test_stat_gives_size_and_the_version_every_write_returns(sqlite_store: Store
     assert run(sqlite_store.stat("big")) == Stat(2_100_000, big)
 
 
+def test_versions_are_read_from_the_index_never_past_a_large_value(
+    sqlite_store: Store, db_path: Path
+) -> None:
+    # The version column follows the value in each row; reading it there would walk all of a
+    # large value's overflow pages. Finds, stats and compares read the covering index.
+    run(sqlite_store.write("k", Payload([b"v"])))
+    conn = sqlite3.connect(db_path)
+    try:
+        for sql, args in [
+            (resultstore_sqlite._FIND, (1, 0, 10, "k")),
+            (resultstore_sqlite._STAT, ("k",)),
+            (resultstore_sqlite._SWAP, (b"x", "new", "k", "old")),
+        ]:
+            plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            assert f"COVERING INDEX {TABLE}_key_version" in plan, (sql, plan)
+    finally:
+        conn.close()
+
+
 def test_stat_of_a_missing_key_or_database(sqlite_store: Store, db_path: Path) -> None:
     with pytest.raises(ResultNotFoundError, match="'nope'"):
         run(sqlite_store.stat("nope"))
@@ -397,6 +416,16 @@ def test_a_0_1_database_reads_and_takes_conditional_writes_after_migration(
     try:
         columns = [row[1] for row in conn.execute(f"PRAGMA table_info({TABLE})")]
         assert columns == ["key", "value", "version"]
+        objects = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+            "ORDER BY type, name",
+            (TABLE,),
+        ).fetchall()
+        assert objects == [
+            ("index", f"{TABLE}_key_version"),
+            ("table", TABLE),
+            ("trigger", f"{TABLE}_new_version"),
+        ]
         # A writer still running plugin 0.1 inserts without a version: the row gets a
         # fresh one, never the legacy version a stale reader may still hold.
         conn.execute(f"INSERT OR REPLACE INTO {TABLE} (key, value) VALUES ('b', x'00')")

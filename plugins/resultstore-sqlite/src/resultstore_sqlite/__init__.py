@@ -15,10 +15,13 @@ database runs in WAL mode, so readers never block writers, and every connection 
   blob I/O (Python 3.11+) inside a read transaction, so the reader keeps seeing the value as
   it was when opened even while another process replaces it. ``stat`` reads ``length(value)``
   and the version, never the value.
+- ``stat``, reads and compares take versions from an index on ``(key, version)``: the column
+  comes after the value in each row, where reading it would walk a large value's pages.
 - A database made by version 0.1 of this plugin (no ``version`` column) is migrated on first
-  use: ``ALTER TABLE ... ADD COLUMN version ... DEFAULT '0'`` (no row is rewritten), so its
-  records report version ``'0'`` until their next write. A trigger gives a fresh version to
-  rows that writers still running 0.1 insert, so ``'0'`` never comes back once replaced.
+  use: ``ALTER TABLE ... ADD COLUMN version ... DEFAULT '0'`` (no row is rewritten) and the
+  index, so its records report version ``'0'`` until their next write. A trigger gives a
+  fresh version to rows that writers still running 0.1 insert, so ``'0'`` never comes back
+  once replaced.
 - Connections are pooled per store and never shared across ``fork``.
 
 URLs::
@@ -87,7 +90,8 @@ OPTIONS = ("timeout", "fsync")
 LEGACY_VERSION = "0"
 """The version of a record written before the table had versions (plugin 0.1)."""
 
-_TRIGGER = f"{TABLE}_version"
+_TRIGGER = f"{TABLE}_new_version"
+_INDEX = f"{TABLE}_key_version"
 _VERSION_COLUMN = f"version TEXT NOT NULL DEFAULT '{LEGACY_VERSION}'"
 _CREATE = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} "
@@ -101,28 +105,38 @@ _CREATE_TRIGGER = (
     f"WHEN NEW.version = '{LEGACY_VERSION}' BEGIN "
     f"UPDATE {TABLE} SET version = lower(hex(randomblob(16))) WHERE rowid = NEW.rowid; END"
 )
+# The version column comes after the value in every row (ADD COLUMN appends it), so reading
+# it from the row walks a large value's overflow pages: reads and compares take it from this
+# covering index instead, and touch the row only for length(value), in its header.
+_CREATE_INDEX = f"CREATE INDEX IF NOT EXISTS {_INDEX} ON {TABLE} (key, version)"
 _COLUMNS = f"SELECT name FROM pragma_table_info('{TABLE}')"
-_HAS_TRIGGER = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+_SCHEMA_OBJECTS = (
+    "SELECT count(*) FROM sqlite_master WHERE (type = 'trigger' AND name = ?) "
+    "OR (type = 'index' AND name = ?)"
+)
+_BY_VERSION = f"(SELECT rowid FROM {TABLE} INDEXED BY {_INDEX} WHERE key = ? AND version = ?)"
 _UPSERT = f"INSERT OR REPLACE INTO {TABLE} (key, value, version) VALUES (?, ?, ?)"
 _UPSERT_ZEROBLOB = (
     f"INSERT OR REPLACE INTO {TABLE} (key, value, version) VALUES (?, zeroblob(?), ?)"
 )
 _INSERT = f"INSERT INTO {TABLE} (key, value, version) VALUES (?, ?, ?)"
 _INSERT_ZEROBLOB = f"INSERT INTO {TABLE} (key, value, version) VALUES (?, zeroblob(?), ?)"
-_SWAP = f"UPDATE {TABLE} SET value = ?, version = ? WHERE key = ? AND version = ?"
-_SWAP_ZEROBLOB = (
-    f"UPDATE {TABLE} SET value = zeroblob(?), version = ? WHERE key = ? AND version = ?"
-)
+_SWAP = f"UPDATE {TABLE} SET value = ?, version = ? WHERE rowid = {_BY_VERSION}"
+_SWAP_ZEROBLOB = f"UPDATE {TABLE} SET value = zeroblob(?), version = ? WHERE rowid = {_BY_VERSION}"
 _ROWID = f"SELECT rowid FROM {TABLE} WHERE key = ?"
 # The range [start, start + count) of a small value comes with the row; a large one is read
 # afterwards from its rowid. count NULL: to the end. substr of an empty blob is NULL: coalesce.
 _FIND = (
-    f"SELECT rowid, length(value), version, CASE WHEN length(value) <= ? "
-    f"THEN coalesce(substr(value, ? + 1, coalesce(?, length(value))), x'') END "
-    f"FROM {TABLE} WHERE key = ?"
+    f"SELECT r.rowid, length(r.value), v.version, CASE WHEN length(r.value) <= ? "
+    f"THEN coalesce(substr(r.value, ? + 1, coalesce(?, length(r.value))), x'') END "
+    f"FROM {TABLE} AS v INDEXED BY {_INDEX} JOIN {TABLE} AS r ON r.rowid = v.rowid "
+    "WHERE v.key = ?"
 )
 _RANGE = f"SELECT coalesce(substr(value, ? + 1, ?), x'') FROM {TABLE} WHERE rowid = ?"
-_STAT = f"SELECT length(value), version FROM {TABLE} WHERE key = ?"
+_STAT = (
+    f"SELECT length(r.value), v.version FROM {TABLE} AS v INDEXED BY {_INDEX} "
+    f"JOIN {TABLE} AS r ON r.rowid = v.rowid WHERE v.key = ?"
+)
 _EXISTS = f"SELECT 1 FROM {TABLE} WHERE key = ?"
 _DELETE = f"DELETE FROM {TABLE} WHERE key = ?"
 _LIST_FROM = f"SELECT key FROM {TABLE} WHERE key >= ? ORDER BY key LIMIT ?"
@@ -224,11 +238,11 @@ class _Pool:
 
     @staticmethod
     def _schema_current(conn: sqlite3.Connection) -> bool:
-        """Whether the table exists with its version column and trigger (reads only)."""
-        columns = {name for (name,) in conn.execute(_COLUMNS)}
-        return (
-            "version" in columns and conn.execute(_HAS_TRIGGER, (_TRIGGER,)).fetchone() is not None
-        )
+        """Whether the table has its version column, index and trigger (reads only)."""
+        if "version" not in {name for (name,) in conn.execute(_COLUMNS)}:
+            return False
+        (found,) = conn.execute(_SCHEMA_OBJECTS, (_TRIGGER, _INDEX)).fetchone()
+        return int(found) == 2
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -236,13 +250,15 @@ class _Pool:
 
         Under the write lock, so processes migrating at once do it once: the first adds the
         column, the others find it there. ``ADD COLUMN`` with a constant default rewrites no
-        row: records written before read as version ``LEGACY_VERSION``.
+        row: records written before read as version ``LEGACY_VERSION``. Indexing keys and
+        versions reads each row's first bytes, never its value's overflow pages.
         """
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(_CREATE)
             if "version" not in {name for (name,) in conn.execute(_COLUMNS)}:
                 conn.execute(_MIGRATE)
+            conn.execute(_CREATE_INDEX)
             conn.execute(_CREATE_TRIGGER)
             conn.execute("COMMIT")
         except BaseException:

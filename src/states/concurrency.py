@@ -35,11 +35,24 @@ _worker_pool: ThreadPoolExecutor | None = None
 _worker_pool_lock = threading.Lock()
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, without importing asyncio when nothing did."""
+    module = sys.modules.get("asyncio")
+    if module is None:
+        return None
+    # _get_running_loop is asyncio's low-level, non-raising twin of get_running_loop.
+    get = getattr(module, "_get_running_loop", None)
+    if get is None:  # another thread is importing asyncio right now: wait until it is done
+        import asyncio
+
+        get = asyncio._get_running_loop
+    loop: asyncio.AbstractEventLoop | None = get()
+    return loop
+
+
 def in_async_context() -> bool:
     """True when an event loop is running in the calling thread."""
-    asyncio = sys.modules.get("asyncio")
-    # _get_running_loop is asyncio's low-level, non-raising twin of get_running_loop.
-    return asyncio is not None and asyncio._get_running_loop() is not None
+    return _running_loop() is not None
 
 
 def on_private_loop() -> bool:
@@ -48,10 +61,9 @@ def on_private_loop() -> bool:
     Such a loop serves one blocking caller and nothing else, so brief blocking
     I/O on it costs less than handing the work to a thread.
     """
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
+    running = _running_loop()
+    if running is None:
         return False
-    running = asyncio._get_running_loop()
     holder: _LoopHolder | None = getattr(_local, "holder", None)
     return holder is not None and running is holder.loop
 

@@ -166,9 +166,11 @@ async def _one_op(
             else:
                 ledger.expect(key, ABSENT, op)
         else:
-            deleted = await store.adelete(key)
-            if not deleted and ABSENT not in ledger.possible[key]:
+            deleted = await store.adelete(key)  # None: the store cannot say (S3)
+            if deleted is False and ABSENT not in ledger.possible[key]:
                 ledger.problems.append(f"delete {key!r} found nothing, but it held a value")
+            if deleted is True and ledger.possible[key] == {ABSENT}:
+                ledger.problems.append(f"delete {key!r} deleted something, but it was absent")
             ledger.possible[key] = {ABSENT}
         ledger.ok[op] += 1
     except StorageError as exc:

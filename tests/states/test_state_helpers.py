@@ -491,3 +491,46 @@ async def test_an_aggregated_failure_raises_the_first_failure(result_store) -> N
     state = await return_value_to_state(states, result_store)
     with pytest.raises(ValueError, match=r"^first$"):
         await state.aresult()
+
+
+def test_the_first_sync_calls_of_many_threads_at_once_all_work() -> None:
+    """A fresh interpreter whose threads all make their first sync call together.
+
+    One thread imports asyncio while the others look for a running loop: they must
+    wait for that import, never see a half-initialised module.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import threading
+        from states.concurrency import run_sync
+
+        async def answer():
+            return 42
+
+        errors, start = [], threading.Barrier(32)
+
+        def call():
+            start.wait()
+            try:
+                assert run_sync(answer()) == 42
+            except Exception as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(32)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(len(errors), errors[:1])
+        """
+    )
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "0 []"

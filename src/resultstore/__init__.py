@@ -90,7 +90,7 @@ __all__ = [
     "resolve_store",
     "validate_key",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Names load on first access (PEP 562): ``import resultstore`` stays cheap, and a
 # program pays only for the parts it uses (no pydantic model for a bare import).

@@ -22,33 +22,76 @@ at once, without blocking, with an :class:`~resultstore.errors.IntegrityError`
 naming the key. On Linux 5.6+ the path of a key in folders is opened in one
 ``openat2`` call that refuses every symlink; elsewhere (or when a link is
 found) folder by folder, each opened with ``O_NOFOLLOW`` relative to its parent.
+
+**Ranged reads** (``open(key, start=, end=)``) read only that range from the file
+(records up to 64 KiB are read whole, in one call, and served from memory); the
+reader's ``size`` is the whole file's.
+
+**Versions.** ``stat``, every reader and every write report the version of a
+record: an opaque token hashing (xxh3-64) the file's inode number, its inode
+generation (``FS_IOC_GETVERSION``), its modification time in nanoseconds, its size
+and its first 4 KiB. Every write makes a new file (the temporary one, renamed), so
+the token changes with each write even when the kernel hands the freed inode number
+straight back and the timestamp has not ticked (ext4 timestamps can be several
+milliseconds coarse): ext4, XFS and btrfs give each new inode a fresh generation
+(random on current ext4 and XFS, the creating transaction on btrfs, which also does
+not reuse inode numbers while mounted). Residual risk: where the generation is not
+available (tmpfs, overlayfs, NFS, FUSE, macOS: it counts as 0), two writes of one
+key get the same token only if the second reuses the first's inode number within one
+timestamp tick with the same size and the same first 4 KiB. Records cannot collide
+that way unless they are identical (their first bytes hash a header holding the
+microsecond of their creation and the payload's checksum); raw payloads differing
+only after their first 4 KiB can. Renaming, linking and ``fsync`` keep the token.
+
+**Conditional writes** are atomic on the file system, never check-then-write. With
+``if_absent`` the temporary file is written (and flushed) as usual, then hard-linked
+to the record's name (``link`` fails if anything is there: ``ResultExistsError``, or
+the error saying a folder, a symbolic link or another odd file is in the way), then
+unlinked, and the folder flushed. With ``if_version`` (compare-and-swap) the writer
+takes an exclusive ``flock`` on the record's folder, compares the current record's
+version with the expected one (a missing record or folder is a
+``VersionConflictError``: nothing is created), renames the temporary file into
+place, flushes the folder and only then releases the lock; the temporary file is
+written and flushed before the lock is taken. Compare-and-swap writers of a folder
+(threads or processes) are serialized, so among themselves they never lose an
+update. Unconditional writes and deletes take no lock: one landing between a
+compare-and-swap writer's check and its rename is silently replaced (a delete
+undone) by the compare-and-swap write. ``flock`` must work on folders and be shared
+by every writer: NFS emulates it with byte-range locks that need a file open for
+writing, so compare-and-swap writes fail there with a ``StorageError`` (and a mount
+with ``local_lock=flock`` would not share the lock between machines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import os
 import platform
 import re
 import secrets
 import stat
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import xxhash
+
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
     InvalidKeyError,
     StorageError,
+    VersionConflictError,
 )
 from resultstore.keys import RESERVED_SUFFIX, validate_key, validate_prefix
 from resultstore.serializers import Buffer
-from resultstore.stores.base import Payload, RangeReader, Reader, Store, run_blocking
+from resultstore.stores.base import Payload, Reader, Stat, Store, run_blocking
 
 __all__ = ["FileStore"]
 
@@ -64,6 +107,7 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # Errors meaning "not there (any more)" while walking a tree: skipped by list and gc.
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+_READS = ("read", "stat")  # actions whose odd files are IntegrityErrors (a damaged record)
 
 _KINDS = {
     stat.S_IFDIR: "a directory",
@@ -81,6 +125,24 @@ _OPENAT2_MACHINES = frozenset(
 )
 _AT_FDCWD = -100
 _RESOLVE_NO_SYMLINKS = 0x04
+
+_HEAD = 4096  # the first bytes of a record, hashed into its version
+_WHOLE = 64 * 1024  # records up to this size are read in one call and served from memory
+_TOKEN = struct.Struct("<QIqQ")  # inode number, generation, mtime (ns), size
+# FS_IOC_GETVERSION = _IOR('v', 1, long) in the generic Linux ioctl encoding (not on the
+# architectures with their own: powerpc, mips, sparc, alpha, parisc).
+_GETVERSION: int | None = (
+    0x80000000 | (struct.calcsize("l") << 16) | (ord("v") << 8) | 1
+    if sys.platform == "linux"
+    and not platform.machine().startswith(("ppc", "mips", "sparc", "alpha", "parisc"))
+    else None
+)
+_NO_GENERATION_ERRNOS = frozenset(
+    {errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM, errno.EACCES}
+)
+_GENERATION = struct.Struct("=I")
+_GENERATION_ARG = bytes(8)  # room for a long; the kernel fills the first unsigned int
+_no_generation: set[int] = set()  # st_dev of file systems without FS_IOC_GETVERSION
 
 
 def _root_from_url(url: str) -> Path:
@@ -146,6 +208,43 @@ def _openat2() -> Callable[[str, int], int] | None:
     return openat2
 
 
+def _generation(fd: int, device: int) -> int:
+    """The inode generation of ``fd`` (``FS_IOC_GETVERSION``), 0 where the file system has none."""
+    if _GETVERSION is None or device in _no_generation:
+        return 0
+    try:
+        raw = fcntl.ioctl(fd, _GETVERSION, _GENERATION_ARG)
+    except OSError as exc:
+        if exc.errno not in _NO_GENERATION_ERRNOS:
+            raise
+        _no_generation.add(device)  # asked once per file system: every file answers alike
+        return 0
+    generation: int = _GENERATION.unpack_from(raw)[0]  # the kernel writes an unsigned int
+    return generation
+
+
+def _version(fd: int, info: os.stat_result, head: bytes) -> str:
+    """The version token of the file open as ``fd``; ``head`` is its first bytes (_HEAD at most).
+
+    See the module docstring: every write makes a new inode, and the token tells
+    them apart by number, generation, mtime, size and first bytes.
+    """
+    fields = _TOKEN.pack(info.st_ino, _generation(fd, info.st_dev), info.st_mtime_ns, info.st_size)
+    return xxhash.xxh3_64_hexdigest(fields + head[:_HEAD])
+
+
+def _head(buffers: list[Buffer]) -> bytes:
+    """The first ``_HEAD`` bytes of ``buffers`` back to back (what the file will start with)."""
+    parts, left = [], _HEAD
+    for buffer in buffers:
+        view = memoryview(buffer).cast("B")
+        parts.append(view[:left])
+        left -= len(parts[-1])
+        if not left:
+            break
+    return b"".join(parts)
+
+
 def _write_all(fd: int, buffers: list[Buffer]) -> None:
     views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
     while views:
@@ -187,17 +286,53 @@ def _is_valid_folder(folder: str) -> bool:
     return True
 
 
-class _FileReader(Reader):
-    """Reads a record through its file descriptor: no buffering layer, no extra copies.
+class _MemoryReader(Reader):
+    """Bytes ``[start, stop)`` of a small record, read whole when it was opened.
 
-    ``size`` is the file's size when it was opened: a record file is never written to
-    after its rename, so reads stop there without asking the kernel for an end.
+    Its file is already closed: nothing to release, no system call per read.
     """
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, data: bytes, version: str, start: int, stop: int) -> None:
+        self.size = len(data)
+        self.version = version
+        self._data = data
+        self._pos = start
+        self._stop = min(stop, len(data))
+
+    async def read(self, n: int = -1) -> bytes:
+        pos = self._pos
+        end = self._stop if n < 0 else min(pos + n, self._stop)
+        if end <= pos:
+            return b""
+        self._pos = end
+        return self._data[pos:end]  # the whole value itself when the range is all of it
+
+    async def readinto(self, buffer: memoryview) -> int:
+        pos = self._pos
+        n = min(len(buffer), self._stop - pos)
+        if n <= 0:
+            return 0
+        buffer[:n] = memoryview(self._data)[pos : pos + n]
+        self._pos = pos + n
+        return n
+
+
+class _FileReader(Reader):
+    """Reads bytes ``[start, end)`` of a record through its file descriptor: no buffering
+    layer, no extra copies.
+
+    ``size`` is the file's size when it was opened: a record file is never written to
+    after its rename, so reads stop there without asking the kernel for an end. The
+    descriptor is positioned at ``start`` once, when the reader is made.
+    """
+
+    def __init__(self, fd: int, size: int, version: str, start: int, end: int) -> None:
         self._fd: int | None = fd
         self.size = size
-        self._left = size
+        self.version = version
+        self._left = max(0, end - start)
+        if start and self._left:
+            os.lseek(fd, start, os.SEEK_SET)
 
     def _descriptor(self) -> int:
         if self._fd is None:
@@ -252,9 +387,12 @@ class FileStore(Store):
 
     ``fsync`` (default ``True``): a write returns once the record and its directory
     entries are on disk; ``False`` keeps writes across a process crash only.
+    Ranged reads and conditional writes are native (see the module docstring).
     """
 
     interface_version = 2
+    supports_ranged_read = True
+    supports_conditional_write = True
 
     def __init__(self, url: str, *, fsync: bool = True) -> None:
         self.root = _root_from_url(url)
@@ -277,7 +415,7 @@ class FileStore(Store):
     def _error(self, action: str, key: str, exc: OSError) -> StorageError | IntegrityError:
         """The one-line error for a failed ``action``; links and odd files say what they are."""
         if exc.errno == errno.ELOOP:
-            kind = IntegrityError if action == "read" else StorageError
+            kind = IntegrityError if action in _READS else StorageError
             return kind(
                 f"cannot {action} key {key!r} in {self.url}: {exc.filename} is a symbolic "
                 "link, which the file store does not follow below its root; remove it",
@@ -291,24 +429,37 @@ class FileStore(Store):
                 key=key,
                 url=self.url,
             )
-        if action == "read":  # e.g. ENXIO: a socket cannot be opened
+        if action in _READS:  # e.g. ENXIO: a socket cannot be opened
             with contextlib.suppress(OSError):
                 mode = os.stat(self._path(key), follow_symlinks=False).st_mode
                 if not stat.S_ISREG(mode):
-                    return self._not_regular(key, mode)
+                    return self._not_regular(key, mode, action)
         return StorageError(
             f"cannot {action} key {key!r} in {self.url}: {exc.strerror or exc}",
             key=key,
             url=self.url,
         )
 
-    def _not_regular(self, key: str, mode: int) -> IntegrityError:
-        return IntegrityError(
-            f"cannot read key {key!r} in {self.url}: {self._path(key)} is not a regular file "
-            f"({_kind(mode)}); remove it",
+    def _not_regular(
+        self, key: str, mode: int, action: str = "read"
+    ) -> StorageError | IntegrityError:
+        """What an odd file at a record's path raises: IntegrityError when reading it."""
+        kind = IntegrityError if action in _READS else StorageError
+        return kind(
+            f"cannot {action} key {key!r} in {self.url}: {self._path(key)} is not a regular "
+            f"file ({_kind(mode)}); remove it",
             key=key,
             url=self.url,
         )
+
+    def _in_the_way(self, key: str, mode: int) -> StorageError | IntegrityError:
+        """What a conditional write raises for something other than a record at its path."""
+        path = self._path(key)
+        if stat.S_ISDIR(mode):
+            return self._error("write", key, OSError(errno.EISDIR, "is a directory", path))
+        if stat.S_ISLNK(mode):
+            return self._error("write", key, OSError(errno.ELOOP, "is a symbolic link", path))
+        return self._not_regular(key, mode, "write")
 
     # -- folders, never through a symlink ------------------------------------------
 
@@ -405,14 +556,22 @@ class FileStore(Store):
 
     # -- the store interface ---------------------------------------------------------
 
-    def _write(self, key: str, buffers: list[Buffer]) -> None:
+    def _write(
+        self, key: str, buffers: list[Buffer], if_absent: bool, if_version: str | None
+    ) -> str:
         folders, name = self._split(key)
         tmp = f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        swap = if_version is not None
         vanished: OSError | None = None
         for _ in range(_WRITE_ATTEMPTS):
             try:
-                folder = self._folder(folders, create=True)
-            except FileNotFoundError as exc:
+                # A compare-and-swap needs its record there, so it makes no folder.
+                folder = self._folder(folders, create=not swap)
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                if swap:
+                    raise self._conflict(key, if_version) from None
+                if isinstance(exc, NotADirectoryError):
+                    raise self._error("write", key, exc) from None
                 vanished = exc  # a delete removed a folder on the way as it was made: again
                 continue
             except OSError as exc:
@@ -421,23 +580,34 @@ class FileStore(Store):
                 try:
                     fd = os.open(tmp, _CREATE_FLAGS, 0o644, dir_fd=folder)
                 except FileNotFoundError as exc:
+                    if swap:  # the folder was emptied and removed, so its record is gone
+                        raise self._conflict(key, if_version) from None
                     vanished = exc  # the folder was emptied and removed by a delete since
                     continue
+                renamed = False
                 try:
                     try:
                         _write_all(fd, buffers)
                         if self.fsync:
                             os.fsync(fd)
+                        version = _version(fd, os.fstat(fd), _head(buffers))
                     finally:
                         os.close(fd)
-                    os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp, dir_fd=folder)
-                    raise
+                    if swap:
+                        self._swap(key, folder, tmp, name, if_version, if_absent)
+                        return version  # the folder was flushed under the lock
+                    if if_absent:
+                        self._create(key, folder, tmp, name)  # then the temporary name goes
+                    else:
+                        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                        renamed = True
+                finally:
+                    if not renamed:
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp, dir_fd=folder)
                 if self.fsync:
                     os.fsync(folder)
-                return
+                return version
             except OSError as exc:
                 raise self._error("write", key, exc) from None
             finally:
@@ -445,19 +615,95 @@ class FileStore(Store):
         assert vanished is not None
         raise self._error("write", key, vanished)
 
+    def _conflict(self, key: str, expected: str | None) -> VersionConflictError:
+        assert expected is not None
+        return self.conflict_error(key, expected)
+
+    def _create(self, key: str, folder: int, tmp: str, name: str) -> None:
+        """Link the written temporary file ``tmp`` to ``name``, which must not exist yet."""
+        try:
+            os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            try:
+                mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                mode = stat.S_IFREG  # deleted since: it was there when the link was refused
+            if stat.S_ISREG(mode):
+                raise self.exists_error(key) from None
+            raise self._in_the_way(key, mode) from None
+
+    def _swap(
+        self, key: str, folder: int, tmp: str, name: str, expected: str | None, if_absent: bool
+    ) -> None:
+        """Rename ``tmp`` over ``name`` if its record is still at version ``expected``.
+
+        Under an exclusive ``flock`` of the folder, held until the folder is flushed, so
+        every compare-and-swap writer sees the last one's record, and a durable one.
+        """
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write key {key!r} in {self.url}: cannot lock its folder for a "
+                f"compare-and-swap write ({exc.strerror or exc}); this file system does not "
+                "support flock on folders",
+                key=key,
+                url=self.url,
+            ) from None
+        try:
+            current = self._current_version(key, folder, name)
+            if current is not None and if_absent:
+                raise self.exists_error(key)
+            if current is None or current != expected:
+                raise self._conflict(key, expected)
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            if self.fsync:
+                os.fsync(folder)
+        finally:
+            fcntl.flock(folder, fcntl.LOCK_UN)
+
+    def _current_version(self, key: str, folder: int, name: str) -> str | None:
+        """The version of the record ``name`` in ``folder``; None if there is none."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=folder)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # ENXIO: a socket cannot be opened
+                mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+                if not stat.S_ISREG(mode):
+                    raise self._in_the_way(key, mode) from None
+            exc.filename = self._path(key)
+            raise
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._in_the_way(key, info.st_mode)
+            return _version(fd, info, os.pread(fd, min(info.st_size, _HEAD), 0))
+        finally:
+            os.close(fd)
+
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
-    ) -> str | None:
-        if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes")
-        await run_blocking(self._write, key, payload.buffers, nbytes=payload.size)
-        return None
+    ) -> str:
+        """Store ``payload`` under ``key`` atomically; returns its version.
 
-    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+        ``if_absent`` creates the record or raises ``ResultExistsError``; ``if_version``
+        replaces it only at that version, else ``VersionConflictError`` (see the module
+        docstring for how, and what unconditional writers racing them do).
+        """
+        return await run_blocking(
+            self._write,
+            key,
+            payload.buffers,
+            if_absent,
+            if_version,
+            nbytes=payload.size,
+            may_wait=if_version is not None,  # waits for the folder's lock
+        )
 
-    async def _open_whole(self, key: str) -> Reader:
+    def _open_record(self, key: str, action: str) -> tuple[int, os.stat_result]:
+        """An fd of ``key``'s record file, a regular file, and its ``fstat``."""
         path = f"{self._prefix}{key}{RESERVED_SUFFIX}"
         try:
             # Without folders the root (resolved) is all there is above: O_NOFOLLOW suffices.
@@ -465,16 +711,52 @@ class FileStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             raise self.not_found(key) from None
         except OSError as exc:
-            raise self._error("read", key, exc) from None
+            raise self._error(action, key, exc) from None
         try:
             info = os.fstat(fd)
         except OSError as exc:
             os.close(fd)
-            raise self._error("read", key, exc) from None
+            raise self._error(action, key, exc) from None
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
-            raise self._not_regular(key, info.st_mode)
-        return _FileReader(fd, info.st_size)
+            raise self._not_regular(key, info.st_mode, action)
+        return fd, info
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        """Open bytes ``[start, end)`` of ``key``'s record, reading only those from the file.
+
+        A record up to 64 KiB is read whole, in one call, and its file closed at once.
+        """
+        fd, info = self._open_record(key, "read")
+        size = info.st_size
+        start = max(start, 0)
+        stop = size if end is None else max(start, min(end, size))
+        try:
+            if size <= _WHOLE:
+                try:
+                    data = os.pread(fd, size, 0)
+                    return _MemoryReader(data, _version(fd, info, data), start, stop)
+                finally:
+                    os.close(fd)
+            try:
+                version = _version(fd, info, os.pread(fd, _HEAD, 0))
+                return _FileReader(fd, size, version, start, stop)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            raise self._error("read", key, exc) from None
+
+    async def stat(self, key: str) -> Stat:
+        """The record's size and version: one open, ``fstat`` and read of its first 4 KiB."""
+        fd, info = self._open_record(key, "stat")
+        try:
+            head = os.pread(fd, min(info.st_size, _HEAD), 0)
+            return Stat(info.st_size, _version(fd, info, head))
+        except OSError as exc:
+            raise self._error("stat", key, exc) from None
+        finally:
+            os.close(fd)
 
     async def exists(self, key: str) -> bool:
         """True when something is stored under ``key`` (reading tells whether it is a record)."""
@@ -614,7 +896,10 @@ class FileStore(Store):
                             os.unlink(name, dir_fd=folder)
                     except FileNotFoundError:
                         continue  # renamed into place or removed meanwhile
-                    count, size = count + 1, size + info.st_size
+                    # A create-only writer killed between its link and its unlink leaves its
+                    # temporary name linked to the record: removing it frees nothing.
+                    freed = info.st_size if info.st_nlink == 1 else 0
+                    count, size = count + 1, size + freed
             finally:
                 os.close(folder)
         return count, size

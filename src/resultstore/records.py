@@ -213,7 +213,9 @@ def _instant(value: object) -> datetime.datetime:
     return utc(datetime.datetime.fromisoformat(_text(value)))
 
 
-def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _Header:
+def _parse_header(
+    raw: bytes, header_hash: int, key: str, url: str | None, version: str | None = None
+) -> _Header:
     if xxhash.xxh3_64_intdigest(raw) != header_hash:
         raise _damaged(key, url, "header checksum mismatch")
     try:
@@ -238,6 +240,7 @@ def _parse_header(raw: bytes, header_hash: int, key: str, url: str | None) -> _H
             created=_instant(fields["created"]),
             expiration=None if expiration is None else _instant(expiration),
             signed=signature is not None,
+            version=version,
         )
         digest = fields.get("sha256")
         if digest is not None:
@@ -288,9 +291,7 @@ async def read_header(
         first += more
         if len(first) < end:
             raise _damaged(key, url, "truncated inside the header")
-    header = _parse_header(first[_PREFIX.size : end], header_hash, key, url)
-    if reader.version is not None:
-        header.metadata = header.metadata._replace(version=reader.version)
+    header = _parse_header(first[_PREFIX.size : end], header_hash, key, url, reader.version)
     if stored is not None and end + header.metadata.size != stored:
         claimed, held = header.metadata.size, stored - end
         why = "payload truncated" if held < claimed else "trailing bytes after the payload"

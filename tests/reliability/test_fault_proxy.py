@@ -335,7 +335,7 @@ def test_the_proxy_is_transparent_with_faults_off(
         key = store.write(b"\x00" * 3_000_000, key="plain")
         assert store.read(key).result == b"\x00" * 3_000_000
         assert store.exists(key) and store.keys() == [key]
-        assert store.delete(key) and not store.exists(key)
+        assert store.delete(key) is not False and not store.exists(key)
     assert proxy.faults == 0 and proxy.counts["requests"] >= 5
 
 
@@ -360,7 +360,7 @@ def test_a_connection_reset_while_streaming_a_body_is_unavailable_and_retried(
     for error in (once.value, retried.value):
         message = str(error)
         assert len(message.splitlines()) == 1
-        assert message.startswith(f"cannot read key 'big' in {scheme}://")
+        assert message.startswith("cannot read key 'big' in s3://")  # the alias's too
         assert "unavailable" in message
     assert "gave up after 3 attempts" in str(retried.value)
     assert proxy.counts["reset_mid"] == 4
@@ -385,8 +385,8 @@ def test_a_delete_cut_off_by_the_network_is_retried_by_the_obstore_store(
             store.delete("k")
 
         assert proxy.counts["reset_before"] == 3  # one attempt and two retries
-        assert str(caught.value).startswith("cannot delete key 'k' in s3+obstore://")
+        assert str(caught.value).startswith("cannot delete key 'k' in s3://")
         assert "\n" not in str(caught.value)
         proxy.fault_rate = 0.0
-        assert store.delete("k") is True
+        assert store.delete("k") is None  # one request: S3 does not say
         assert not store.exists("k")

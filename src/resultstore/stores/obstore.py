@@ -1,15 +1,16 @@
-"""``s3+obstore://BUCKET/PREFIX``: the S3 store on obstore's Rust client (optional).
+"""``s3://BUCKET/PREFIX`` with ``client="obstore"``: the S3 store on obstore's Rust client.
 
-Same layout as ``s3://`` (key ``a/b`` lives at ``PREFIX/a/b`` in ``BUCKET``), so
-either store reads what the other wrote; only the client differs. obstore
+``s3+obstore://BUCKET/PREFIX`` is an alias of it (references record ``s3://``). Same layout
+as the s3fs client (key ``a/b`` lives at ``PREFIX/a/b`` in ``BUCKET``), so either reads
+what the other wrote; only the client differs. obstore
 (Rust's ``object_store`` crate) does the HTTP work outside the GIL: in
 ``benchmarks/run.py`` it moves many small results several times faster than
 s3fs. Install it with ``pip install "resultstore[obstore]"``.
 
 Options are obstore's S3 settings (``access_key_id``, ``endpoint``, ``region``,
 ... and ``client_options`` / ``retry_config``); the s3fs names the ``s3://``
-store takes (``key``, ``secret``, ``token``, ``endpoint_url``, ``client_kwargs``)
-are accepted too, so switching is a change of URL. Unset settings come from
+client takes (``key``, ``secret``, ``token``, ``endpoint_url``, ``client_kwargs``)
+are accepted too, so switching is a change of one option. Unset settings come from
 the standard ``AWS_*`` environment. Credentials never appear in the URL, repr
 or errors; an unknown option is refused when the store is made.
 
@@ -17,31 +18,61 @@ obstore retries nothing (``max_retries: 0``): :class:`~resultstore.ResultStore`'
 retry policy is the one retry loop, bounded by its timeout. A connection attempt
 gives up after 5 s (never more than ``RESULTSTORE_TIMEOUT``) and a response that
 sends nothing for ``RESULTSTORE_STALL_TIMEOUT`` seconds fails.
+
+Interface v2: ranged reads are obstore range gets (an empty range is a HEAD), ``stat`` a
+HEAD, versions ETags; ``if_absent`` is obstore's create mode and ``if_version`` its update
+mode with the ETag (``If-None-Match: *`` / ``If-Match``, always one PUT), once the
+endpoint has shown it honours them; ``delete`` is one request and ``delete_many``
+DeleteObjects batches of 1,000. The process waits at exit until obstore's threads have
+handed back their last results (see the end of this module).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import datetime
+import os
 import re
-from collections.abc import AsyncIterator
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from resultstore.errors import (
     AccessDeniedError,
     ConfigurationError,
     ContainerMissingError,
+    ResultNotFoundError,
     ResultStoreError,
     StorageError,
     StorageUnavailableError,
+    store_error,
 )
 from resultstore.settings import get_settings
-from resultstore.stores.base import Payload, RangeReader, Reader, Store, check_options
-from resultstore.stores.s3 import s3_location
+from resultstore.stores._s3common import (
+    PROBE_FOLDER,
+    BaseS3Store,
+    check_endpoint,
+    s3_location,
+)
+from resultstore.stores.base import BytesReader, Payload, Reader, Stat, check_options
 
 __all__ = ["ObstoreS3Store"]
 
-_SCHEME = "s3+obstore"
+_ALIAS = "s3+obstore"
 _CHUNK = 8 << 20  # bytes per streamed chunk: fewer Rust->Python hand-offs, bounded memory
+_SMALL = 1 << 20  # a body up to this is fetched whole, in one hand-off
+_DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's maximum)
+_PROBE_BODY = b"resultstore conditional-write probe"
+# The HTTP status in obstore's error text, and the bare ones only a server other than S3
+# sends to a GET, PUT or POST (a wrong port, a web server); a HEAD's errors have no body.
+_STATUS = re.compile(r"status code: (\d{3})")
+_NOT_S3_STATUSES = {"400", "404", "405", "501"}
+_FAILED_KEY = re.compile(r"(?:location|path|key)[: ]+'?([^\s':]+)", re.IGNORECASE)
+_ENDPOINT_SETTINGS = ("endpoint", "endpoint_url")
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 _S3FS_NAMES = {"key": "access_key_id", "secret": "secret_access_key", "token": "session_token"}
 _UNAVAILABLE = re.compile(
     r"error sending request|timed ?out|kind: Timeout|connection|response body error"
@@ -85,7 +116,6 @@ _OWN_OPTIONS = frozenset(
 )
 _S3FS_OPTIONS = frozenset({*_S3FS_NAMES, "endpoint_url", "client_kwargs", "config_kwargs"})
 _RETRY_KEYS = frozenset({"backoff", "max_retries", "retry_timeout"})
-_PROBE = "bucket-check.rsr"  # a folder no key can be in: listing it only checks the bucket
 
 
 def _unknown_key(message: str) -> str | None:
@@ -114,7 +144,7 @@ def _check_options(url: str, options: dict[str, Any]) -> None:
 
 def _no_equivalent(option: str) -> ConfigurationError:
     return ConfigurationError(
-        f"storage option {option} has no {_SCHEME} equivalent; use obstore's S3 settings, "
+        f"storage option {option} has no obstore equivalent; use obstore's S3 settings, "
         "client_options or retry_config"
     )
 
@@ -144,14 +174,33 @@ def _obstore_config(options: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _endpoint(config: dict[str, Any]) -> str | None:
+    """The endpoint obstore will use (a setting, else the environment), checked.
+
+    obstore panics on an endpoint without a scheme (a Rust backtrace, at the first
+    request): refuse it here in one line instead.
+    """
+    for name, value in config.items():
+        if name.lower().removeprefix("aws_") in _ENDPOINT_SETTINGS:
+            return check_endpoint(value, f"storage option {name}")
+    for variable in _ENDPOINT_VARIABLES:
+        if os.environ.get(variable):
+            return check_endpoint(os.environ[variable], variable)
+    return None
+
+
 class _StreamReader(Reader):
     """A GET's body as obstore streams it, each chunk copied once into the caller's buffers."""
 
-    def __init__(self, stream: Any, store: ObstoreS3Store, key: str) -> None:
+    def __init__(
+        self, stream: Any, store: ObstoreS3Store, key: str, size: int, version: str | None
+    ) -> None:
         self._stream = stream
         self._store = store
         self._key = key
         self._chunk = memoryview(b"")
+        self.size = size
+        self.version = version
 
     async def _fill(self) -> bool:
         """Make the current chunk non-empty; False at the end of the body."""
@@ -190,10 +239,10 @@ class _StreamReader(Reader):
         self._stream, self._chunk = None, memoryview(b"")
 
 
-class ObstoreS3Store(Store):
+class ObstoreS3Store(BaseS3Store):
     """Records stored as S3 objects, moved by obstore."""
 
-    interface_version = 2
+    client_name = "obstore"
 
     def __init__(
         self,
@@ -203,6 +252,7 @@ class ObstoreS3Store(Store):
         max_concurrency: int = 8,
         client_options: dict[str, Any] | None = None,
         retry_config: dict[str, Any] | None = None,
+        client: object = None,
         **options: Any,
     ) -> None:
         try:
@@ -211,19 +261,25 @@ class ObstoreS3Store(Store):
             raise ConfigurationError(
                 f"{url!r} needs obstore: pip install 'resultstore[obstore]'", url=url
             ) from None
-        self.bucket, self.prefix = s3_location(url, _SCHEME, part_size)
-        base = f"{_SCHEME}://{self.bucket}"
+        self.bucket, self.prefix = s3_location(url, ("s3", _ALIAS), part_size)
+        base = f"s3://{self.bucket}"  # the alias too: references record s3://
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
+        if client not in (None, "obstore"):
+            raise ConfigurationError(
+                f"ObstoreS3Store is the obstore client of s3://, not client={client!r}; "
+                "open s3:// URLs with resolve_store() to choose the client",
+                url=self.url,
+            )
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
         _check_options(self.url, options)
         check_options(f"{self.url} (retry_config)", retry_config or {}, _RETRY_KEYS)
         limits = get_settings()
         # An http:// endpoint is the user's explicit choice (a local server, say), as with s3fs.
-        # Timeouts match the s3:// store's: a stall fails after RESULTSTORE_STALL_TIMEOUT
+        # Timeouts match the s3fs client's: a stall fails after RESULTSTORE_STALL_TIMEOUT
         # without data, not obstore's 30 s for a whole request (too short for a large record
         # on a slow link); ResultStore's timeout bounds the whole operation.
-        client = {
+        client_settings = {
             "allow_http": True,
             "connect_timeout": datetime.timedelta(seconds=min(_CONNECT_TIMEOUT, limits.timeout)),
             "read_timeout": datetime.timedelta(seconds=limits.stall_timeout),
@@ -235,11 +291,13 @@ class ObstoreS3Store(Store):
         if isinstance(retry.get("retry_timeout"), (int, float)):  # seconds, as JSON gives it
             retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
         self._bucket_exists = False
+        config = _obstore_config(options)
+        self.endpoint = _endpoint(config) or "aws"
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
-            "client_options": {**client, **(client_options or {})},
+            "client_options": {**client_settings, **(client_options or {})},
             "retry_config": retry,
-            **_obstore_config(options),
+            **config,
         }
         try:
             self._client = _ObstoreS3(self.bucket, **settings)
@@ -251,11 +309,14 @@ class ObstoreS3Store(Store):
             raise ConfigurationError(
                 f"invalid storage options for {self.url}: {detail}", url=self.url
             ) from None
+        _guard_exit()
 
     def __repr__(self) -> str:
         return f"ObstoreS3Store({self.url!r})"
 
-    def _translate(self, exc: BaseException, action: str, key: str) -> ResultStoreError:
+    def _translate(
+        self, exc: BaseException, action: str, key: str, *, head: bool = False
+    ) -> ResultStoreError:
         from obstore.exceptions import PermissionDeniedError, UnauthenticatedError
 
         text = str(exc)
@@ -263,6 +324,15 @@ class ObstoreS3Store(Store):
         if "NoSuchBucket" in text:
             return ContainerMissingError(
                 f"cannot {where}: bucket {self.bucket!r} does not exist; create it or fix the URL",
+                key=key,
+                url=self.url,
+            )
+        status = _STATUS.search(text)
+        if status and not head and status.group(1) in _NOT_S3_STATUSES and "<Code>" not in text:
+            return StorageError(
+                f"cannot {where}: {self.endpoint} is not an S3 endpoint (it answered HTTP "
+                f"{status.group(1)} without an S3 error code); check the endpoint URL "
+                "(AWS_ENDPOINT_URL or storage options) and its port",
                 key=key,
                 url=self.url,
             )
@@ -285,78 +355,166 @@ class ObstoreS3Store(Store):
         detail = text.splitlines()[0] if text else type(exc).__name__
         return StorageError(f"cannot {where}: {detail}", key=key, url=self.url)
 
+    # -- writing -------------------------------------------------------------------------
+
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
     ) -> str | None:
-        if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes")
         import obstore
 
-        multipart = payload.size > self.part_size
+        mode: Any = "create" if if_absent else None
+        if if_version is not None and not if_absent:
+            mode = {"e_tag": if_version}
+        if mode is not None:
+            # obstore sends a conditional write as one PUT, whatever its size.
+            await self._require(key, if_absent=if_absent)
+        multipart = mode is None and payload.size > self.part_size
         try:
-            await obstore.put_async(
+            done = await obstore.put_async(
                 self._client,
                 key,
                 payload.buffers if multipart else payload.join(),
                 use_multipart=multipart,
                 chunk_size=self.part_size,
                 max_concurrency=self.max_concurrency,
+                mode=mode,
             )
         except Exception as exc:
+            if mode is not None:
+                refused = self._condition_failed(exc, key, if_version)
+                if refused is not None:
+                    raise refused from None
             raise self._translate(exc, "write", key) from exc
+        return done.get("e_tag") if isinstance(done, dict) else None
+
+    def _condition_failed(
+        self, exc: BaseException, key: str, if_version: str | None
+    ) -> ResultStoreError | None:
+        """The error of a write whose condition S3 refused, or None for another failure."""
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        conflict = "409 Conflict" in str(exc) and "ConditionalRequestConflict" in str(exc)
+        if if_version is not None:
+            # If-Match on a key deleted meanwhile: 412 (SeaweedFS) or 404 (AWS).
+            if isinstance(exc, (PreconditionError, AlreadyExistsError)) or conflict:
+                return self.conflict_error(key, if_version)
+            if _is_missing(exc):
+                return self.conflict_error(key, if_version)
+            return None
+        if isinstance(exc, (AlreadyExistsError, PreconditionError)):
+            return self.exists_error(key)
+        if conflict:
+            return store_error(
+                StorageUnavailableError,
+                "write",
+                key,
+                self.url,
+                "another conditional write of this key was in progress (409 "
+                "ConditionalRequestConflict)",
+                hint="read the key, then try again",
+            )
         return None
 
+    # -- reading -------------------------------------------------------------------------
+
     async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
-
-    async def _open_whole(self, key: str) -> Reader:
         import obstore
 
+        start = max(0, start)
+        if end is not None and end <= start:  # nothing to fetch: a HEAD says size and version
+            return await self._empty(key)
+        options: Any = {}
+        if end is not None:
+            options["range"] = (start, end)
+        elif start > 0:
+            options["range"] = {"offset": start}
         try:
-            result = await obstore.get_async(self._client, key)
+            result = await obstore.get_async(self._client, key, options=options or None)
         except Exception as exc:
+            if options and "416" in str(exc):  # the range starts at or after the end
+                return await self._empty(key)
             raise self._translate(exc, "read", key) from exc
-        return _StreamReader(result.stream(min_chunk_size=_CHUNK), self, key)
+        meta = result.meta
+        size, version = int(meta["size"]), meta.get("e_tag")
+        low, high = result.range
+        if high - low <= _SMALL:  # one hand-off for the whole body, as a raw get does
+            try:
+                body = await result.bytes_async()
+            except Exception as exc:
+                raise self._translate(exc, "read", key) from exc
+            reader: Reader = BytesReader(memoryview(body), version=version)
+            reader.size = size
+            return reader
+        return _StreamReader(result.stream(min_chunk_size=_CHUNK), self, key, size, version)
 
-    async def exists(self, key: str) -> bool:
+    async def _empty(self, key: str) -> Reader:
+        stat = await self.stat(key)
+        reader = BytesReader(b"", version=stat.version)
+        reader.size = stat.size
+        return reader
+
+    async def stat(self, key: str) -> Stat:
         import obstore
 
         try:
-            await obstore.head_async(self._client, key)
+            meta = await obstore.head_async(self._client, key)
         except Exception as exc:
             if not _is_missing(exc) or "NoSuchBucket" in str(exc):
-                raise self._translate(exc, "check", key) from exc
-            # A HEAD has no error body: its 404 means no such key or no such bucket.
+                raise self._translate(exc, "check", key, head=True) from exc
+            # A HEAD has no error body: its 404 means no such key, no such bucket, or no S3.
             await self._check_bucket("check", key)
+            raise self.not_found(key) from None
+        return Stat(int(meta["size"]), meta.get("e_tag"))
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self.stat(key)
+        except ResultNotFoundError:
             return False
         return True
 
     async def _check_bucket(self, action: str, key: str) -> None:
-        """Raise if the bucket does not exist; checked once (a tiny listing), then remembered."""
+        """Raise if the bucket does not exist or the endpoint is not S3; checked once."""
         if self._bucket_exists:
             return
         import obstore
         from obstore.exceptions import PermissionDeniedError
 
-        try:
-            await anext(aiter(obstore.list(self._client, _PROBE, chunk_size=1)), None)
+        try:  # a tiny listing of a folder no key can be in
+            await anext(aiter(obstore.list(self._client, PROBE_FOLDER, chunk_size=1)), None)
         except PermissionDeniedError:
             pass  # no s3:ListBucket permission: the bucket is there, the key is not
         except Exception as exc:
             raise self._translate(exc, action, key) from exc
         self._bucket_exists = True
 
-    async def delete(self, key: str) -> bool:
+    # -- deleting and listing ------------------------------------------------------------
+
+    async def delete(self, key: str) -> None:
         import obstore
 
-        if not await self.exists(key):
-            return False
+        # One request (obstore sends it as a one-key DeleteObjects); S3 does not say
+        # whether there was an object.
         try:
             await obstore.delete_async(self._client, key)
         except Exception as exc:
             raise self._translate(exc, "delete", key) from exc
-        return True
+        return None
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        import obstore
+
+        keys = list(keys)
+        for first in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[first : first + _DELETE_BATCH]
+            try:
+                await obstore.delete_async(self._client, batch)
+            except Exception as exc:
+                failed = _FAILED_KEY.search(str(exc))
+                key = failed.group(1) if failed else batch[0]
+                if self.prefix and key.startswith(f"{self.prefix}/"):
+                    key = key[len(self.prefix) + 1 :]
+                raise self._translate(exc, "delete", key) from exc
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         import obstore
@@ -366,7 +524,84 @@ class ObstoreS3Store(Store):
         try:
             async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
                 for meta in batch:
-                    if meta["path"].startswith(prefix):
-                        yield meta["path"]
+                    path = meta["path"]
+                    if path.startswith(prefix) and self._listed(path):
+                        yield path
         except Exception as exc:
             raise self._translate(exc, "list", prefix or "*") from exc
+
+    # -- the conditional-write probe (see _s3common) -------------------------------------
+
+    def _relative(self, name: str) -> str:
+        """A bucket-level object name as a path below this store's prefix (obstore's paths)."""
+        return name[len(self.prefix) + 1 :] if self.prefix else name
+
+    async def _probe_request(
+        self, name: str, key: str, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        mode: Any = "create" if if_none_match else {"e_tag": if_match}
+        try:
+            await obstore.put_async(self._client, self._relative(name), _PROBE_BODY, mode=mode)
+        except (AlreadyExistsError, PreconditionError):
+            return "precondition"
+        except Exception as exc:
+            status = _STATUS.search(str(exc))
+            if status and status.group(1) in ("400", "501"):
+                return f"rejected {status.group(1)}"
+            raise self._translate(exc, "write", key) from exc
+        return "ok"
+
+    async def _probe_cleanup(self, name: str, key: str) -> None:
+        import anyio
+        import obstore
+
+        with anyio.move_on_after(5.0, shield=True), contextlib.suppress(Exception):
+            await obstore.delete_async(self._client, self._relative(name))
+
+
+# -- interpreter exit ---------------------------------------------------------------------
+#
+# obstore's async calls complete on its Rust (tokio) threads: a thread hands the result to
+# the event loop with ``loop.call_soon_threadsafe`` (a write to the loop's self-pipe, the
+# GIL released around it), then takes the GIL back to return. The loop may run the
+# callback, and a short program may reach ``Py_FinalizeEx``, before that thread has
+# returned; taking the GIL during finalization ends the thread with ``pthread_exit``,
+# whose unwinding through Rust frames aborts the process ("Fatal Python error: Aborted",
+# exit 134, in about 5 of 100 runs of ``resultstore get`` here). So at exit, before
+# finalization, wait (bounded) until no thread is inside that hand-off: while this hook
+# holds the GIL such a thread shows a Python frame of ``call_soon_threadsafe``, and each
+# ``time.sleep`` lets it take the GIL, return and let go.
+
+_HAND_OFF = frozenset({"call_soon_threadsafe", "_write_to_self"})
+_EXIT_WAIT = 2.0  # seconds at most that exit waits for hand-offs to finish
+_guarded = False
+
+
+def _in_hand_off() -> bool:
+    """True while a thread other than this one is inside an event loop's thread-safe call."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        seen: Any = frame
+        while ident != me and seen is not None:
+            if seen.f_code.co_name in _HAND_OFF:
+                return True
+            seen = seen.f_back
+    return False
+
+
+def _settle_hand_offs() -> None:
+    """Wait until obstore's threads have handed back every result (atexit, bounded)."""
+    deadline = time.monotonic() + _EXIT_WAIT
+    time.sleep(0.001)  # let a thread waiting for the GIL take it
+    while _in_hand_off() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _guard_exit() -> None:
+    global _guarded
+    if not _guarded:
+        _guarded = True
+        atexit.register(_settle_hand_offs)

@@ -1,12 +1,21 @@
-"""``s3://BUCKET/PREFIX``: records as S3 objects, through s3fs's async API.
+"""``s3://BUCKET/PREFIX`` with ``client="s3fs"``: records as S3 objects, through s3fs's async API.
 
-Key ``a/b`` lives at ``s3://BUCKET/PREFIX/a/b``. A record up to ``part_size``
+Key ``a/b`` lives at ``s3://BUCKET/PREFIX/a/b`` (the layout, the ``s3://`` scheme and the
+choice of client are in :mod:`resultstore.stores._s3common`). A record up to ``part_size``
 is one PUT; a larger one is a multipart upload whose parts are cut from the
 record's buffers and sent a few at a time, so memory stays bounded by
 ``part_size * max_concurrency`` whatever the record's size. S3 makes both
 atomic for readers: a GET sees the old object or the new one, never a part.
 An upload left unfinished by a killed writer is aborted by ``clean_abandoned``
 (``resultstore gc``).
+
+Interface v2 on S3's own terms: ``open(key, start=, end=)`` is one ranged GET (an empty
+range is a HEAD), ``stat`` a HEAD, versions are ETags (quoted, as S3 returns them),
+``write(if_absent=True)`` sends ``If-None-Match: *`` on the PUT or on the
+CompleteMultipartUpload, ``write(if_version=etag)`` sends ``If-Match``, once the
+endpoint has shown it honours them (see ``_s3common``); ``delete`` is one DeleteObject
+(S3 does not say whether there was an object) and ``delete_many`` DeleteObjects batches
+of 1,000.
 
 Credentials and endpoint come from storage options (``key``, ``secret``,
 ``endpoint_url``, ``client_kwargs``, ... as for ``s3fs.S3FileSystem``) or the
@@ -31,12 +40,10 @@ import atexit
 import contextlib
 import datetime
 import functools
-import re
 import sys
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 
@@ -48,22 +55,48 @@ from resultstore.errors import (
     ResultStoreError,
     StorageError,
     StorageUnavailableError,
+    store_error,
 )
 from resultstore.serializers import Buffer
 from resultstore.settings import get_settings
-from resultstore.stores.base import Payload, RangeReader, Reader, Store, check_options
+from resultstore.stores._s3common import (
+    PROBE_FOLDER,
+    BaseS3Store,
+    Verdict,
+    check_endpoint,
+    endpoint_from_environment,
+    judge,
+    s3_location,
+)
+from resultstore.stores.base import (
+    BytesReader,
+    Payload,
+    RangeReader,
+    Reader,
+    Stat,
+    check_options,
+)
 from states.concurrency import in_async_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["S3Store", "s3_location"]
+__all__ = ["S3Store", "s3_location"]  # s3_location: from _s3common, kept here
 
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_MIN_PART = 5 * 1024 * 1024
 _UNAVAILABLE_CODES = {"500", "502", "503", "504", "SlowDown", "ServiceUnavailable", "InternalError"}
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+# Bare HTTP statuses (no S3 error code in the body) that only a server other than S3 sends
+# to a GET, PUT or POST: a wrong port, a web server. A HEAD's errors never have a body.
+_NOT_S3_STATUSES = {"400", "404", "405", "501"}
+# What a refused condition looks like: 412, AWS's 409 for a concurrent conditional write,
+# and (AWS) 404 for an If-Match on a key that is gone.
+_CONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_CAS_CODES = _CONDITION_CODES | {"NoSuchKey"}
+# What a server that does not know the conditional headers answers to them.
+_REFUSED_CONDITION = {"NotImplemented", "501", "InvalidRequest", "InvalidArgument", "400"}
+_PROBE_BODY = b"resultstore conditional-write probe"
+_DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's maximum)
 _CONNECT_TIMEOUT = 5.0  # seconds to open a connection (never above RESULTSTORE_TIMEOUT)
 _ABORT_SECONDS = 5.0  # an abandoned multipart upload is aborted within this, or left to gc
 # What S3Store sets itself on its s3fs clients: not storage options.
@@ -86,27 +119,6 @@ def _s3fs_option_names() -> frozenset[str]:
     names |= {"use_listings_cache", "listings_expiry_time", "max_paths"}
     names |= set(inspect.signature(aiobotocore.session.AioSession.__init__).parameters)
     return frozenset(names - _OWN_FS_ARGUMENTS)
-
-
-def s3_location(url: str, scheme: str, part_size: int) -> tuple[str, str]:
-    """The (bucket, prefix) of an S3 store URL, checked; shared by the S3 stores."""
-    parts = urlsplit(url)
-    if parts.scheme != scheme:
-        raise ConfigurationError(f"not an {scheme}:// URL: {url!r}", url=url)
-    if "@" in parts.netloc or parts.query or parts.fragment:
-        raise ConfigurationError(
-            f"{scheme} URLs take the form {scheme}://bucket/prefix; pass credentials as "
-            "storage options or AWS_* environment variables, never in the URL"
-        )
-    if not _BUCKET.match(parts.netloc):
-        raise ConfigurationError(
-            f"invalid S3 bucket name {parts.netloc!r} in {url!r}: use 3-63 lowercase letters, "
-            "digits, dots or dashes",
-            url=url,
-        )
-    if part_size < _MIN_PART:
-        raise ConfigurationError(f"part_size must be at least {_MIN_PART} bytes (S3's minimum)")
-    return parts.netloc, parts.path.strip("/")
 
 
 def _client_error_code(exc: BaseException) -> str | None:
@@ -167,10 +179,14 @@ def _parts(buffers: list[Buffer], part_size: int) -> Iterator[bytes]:
 class _S3Reader(Reader):
     """A GET's body; a connection lost while streaming it is translated like any S3 error."""
 
-    def __init__(self, body: Any, store: S3Store, key: str) -> None:
+    def __init__(
+        self, body: Any, store: S3Store, key: str, size: int | None, version: str | None
+    ) -> None:
         self._body = body
         self._store = store
         self._key = key
+        self.size = size
+        self.version = version
 
     async def _chunk(self, n: int) -> bytes:
         try:
@@ -204,10 +220,25 @@ class _S3Reader(Reader):
         self._body.close()
 
 
-class S3Store(Store):
-    """Records stored as objects under a bucket and prefix."""
+class _Refused(Exception):
+    """An S3 error code the caller asked to handle itself (a condition, a range)."""
 
-    interface_version = 2
+    def __init__(self, code: str, exc: BaseException) -> None:
+        super().__init__(code)
+        self.code = code
+        self.exc = exc
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """The whole object's size from a ``Content-Range: bytes a-b/total`` header."""
+    total = (value or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else None
+
+
+class S3Store(BaseS3Store):
+    """Records stored as objects under a bucket and prefix, moved by s3fs."""
+
+    client_name = "s3fs"
 
     def __init__(
         self,
@@ -215,14 +246,27 @@ class S3Store(Store):
         *,
         part_size: int = 16 * 1024 * 1024,
         max_concurrency: int = 4,
+        client: object = None,
         **options: Any,
     ) -> None:
         self.bucket, self.prefix = s3_location(url, "s3", part_size)
         base = f"s3://{self.bucket}"
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
+        if client not in (None, "s3fs"):
+            raise ConfigurationError(
+                f"S3Store is the s3fs client of s3://, not client={client!r}; "
+                "open s3:// URLs with resolve_store() to choose the client",
+                url=self.url,
+            )
         self.part_size = part_size
         self.max_concurrency = max(1, max_concurrency)
-        check_options(self.url, options, {"part_size", "max_concurrency", *_s3fs_option_names()})
+        check_options(
+            self.url, options, {"part_size", "max_concurrency", "client", *_s3fs_option_names()}
+        )
+        endpoint = check_endpoint(
+            (options.get("client_kwargs") or {}).get("endpoint_url"), "client_kwargs.endpoint_url"
+        ) or check_endpoint(options.get("endpoint_url"), "storage option endpoint_url")
+        self.endpoint = endpoint or endpoint_from_environment()[0] or "aws"
         settings = get_settings()
         config = dict(options.pop("config_kwargs", None) or {})
         # Our own xxh3 checksum covers every record; botocore's CRC on top costs CPU only.
@@ -264,10 +308,18 @@ class S3Store(Store):
             await client.start()
         return client.fs
 
-    def _object(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if self.prefix else key
+    def _not_s3(self, where: str, code: str, key: str) -> StorageError:
+        return StorageError(
+            f"cannot {where}: {self.endpoint} is not an S3 endpoint (it answered HTTP {code} "
+            "without an S3 error code); check the endpoint URL (AWS_ENDPOINT_URL or storage "
+            "options) and its port",
+            key=key,
+            url=self.url,
+        )
 
-    def _translate(self, exc: BaseException, action: str, key: str) -> ResultStoreError:
+    def _translate(
+        self, exc: BaseException, action: str, key: str, *, head: bool = False
+    ) -> ResultStoreError:
         code = _client_error_code(exc)
         where = f"{action} key {key!r} in {self.url}"
         if code == "NoSuchBucket":
@@ -276,6 +328,8 @@ class S3Store(Store):
                 key=key,
                 url=self.url,
             )
+        if code in _NOT_S3_STATUSES and not head:
+            return self._not_s3(where, code, key)
         if code in _MISSING_CODES:
             return self.not_found(key)
         if code in _DENIED_CODES:
@@ -298,24 +352,83 @@ class S3Store(Store):
             f"cannot {where}: {code or type(exc).__name__}: {detail}", key=key, url=self.url
         )
 
-    async def _call(self, method: str, action: str, key: str, **kwargs: Any) -> Any:
+    async def _call(
+        self,
+        method: str,
+        action: str,
+        key: str,
+        *,
+        refused: frozenset[str] | set[str] = frozenset(),
+        **kwargs: Any,
+    ) -> Any:
+        """One S3 request; an error whose code is in ``refused`` raises :class:`_Refused`."""
         try:
             fs = await self._fs()
             return await fs._call_s3(method, Bucket=self.bucket, **kwargs)
         except ResultStoreError:
             raise
         except Exception as exc:
-            raise self._translate(exc, action, key) from exc
+            code = _client_error_code(exc)
+            if code is not None and code in refused:
+                raise _Refused(code, exc) from None
+            raise self._translate(exc, action, key, head=method.startswith("head")) from exc
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _condition_failed(self, key: str, code: str, if_version: str | None) -> ResultStoreError:
+        """The error of a write whose condition S3 refused with ``code``."""
+        if if_version is not None:
+            return self.conflict_error(key, if_version)
+        if code in ("ConditionalRequestConflict", "409"):
+            return store_error(
+                StorageUnavailableError,
+                "write",
+                key,
+                self.url,
+                "another conditional write of this key was in progress (409 "
+                "ConditionalRequestConflict)",
+                hint="read the key, then try again",
+            )
+        return self.exists_error(key)
 
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
     ) -> str | None:
-        if if_absent or if_version is not None:
-            raise self.unsupported("conditional writes")
         name = self._object(key)
-        if payload.size <= self.part_size:
-            await self._call("put_object", "write", key, Key=name, Body=payload.join())
-            return None
+        condition: dict[str, str] = {}
+        if if_absent:
+            condition["IfNoneMatch"] = "*"
+        elif if_version is not None:
+            condition["IfMatch"] = if_version
+        refused = (_CONDITION_CODES if if_absent else _CAS_CODES) if condition else set()
+        multipart = payload.size > self.part_size
+        if condition:
+            await self._require(key, if_absent=if_absent, multipart=multipart)
+        if not multipart:
+            try:
+                done = await self._call(
+                    "put_object",
+                    "write",
+                    key,
+                    refused=refused,
+                    Key=name,
+                    Body=payload.join(),
+                    **condition,
+                )
+            except _Refused as refusal:
+                raise self._condition_failed(key, refusal.code, if_version) from None
+            return _etag(done)
+        return await self._write_multipart(key, name, payload, condition, refused, if_version)
+
+    async def _write_multipart(
+        self,
+        key: str,
+        name: str,
+        payload: Payload,
+        condition: dict[str, str],
+        refused: frozenset[str] | set[str],
+        if_version: str | None,
+    ) -> str | None:
         upload = await self._call("create_multipart_upload", "write", key, Key=name)
         upload_id = upload["UploadId"]
         etags: dict[int, str] = {}
@@ -344,65 +457,141 @@ class S3Store(Store):
                         tg.start_soon(send, number, body)
             except BaseExceptionGroup as group:
                 raise group.exceptions[0] from None
-            await self._call(
-                "complete_multipart_upload",
-                "write",
-                key,
-                Key=name,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-                },
-            )
+            try:
+                done = await self._call(
+                    "complete_multipart_upload",
+                    "write",
+                    key,
+                    refused=refused,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={
+                        "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+                    },
+                    **condition,
+                )
+            except _Refused as refusal:
+                raise self._condition_failed(key, refusal.code, if_version) from None
         except BaseException:
             # Shielded from cancellation (a timeout, say) but bounded: gc aborts the rest.
-            with anyio.move_on_after(_ABORT_SECONDS, shield=True):
-                with contextlib.suppress(ResultStoreError):
-                    await self._call(
-                        "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
-                    )
+            await self._abort_upload(key, name, upload_id)
             raise
-        return None
+        return _etag(done)
+
+    async def _abort_upload(self, key: str, name: str, upload_id: str) -> None:
+        with anyio.move_on_after(_ABORT_SECONDS, shield=True):
+            with contextlib.suppress(ResultStoreError):
+                await self._call(
+                    "abort_multipart_upload", "write", key, Key=name, UploadId=upload_id
+                )
+
+    # -- reading -------------------------------------------------------------------------
 
     async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+        start = max(0, start)
+        if end is not None and end <= start:  # nothing to fetch: a HEAD says size and version
+            return await self._empty(key)
+        ranged = start > 0 or end is not None
+        request: dict[str, Any] = {"Key": self._object(key)}
+        if ranged:
+            request["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        try:
+            response = await self._call(
+                "get_object", "read", key, refused={"InvalidRange", "416"}, **request
+            )
+        except _Refused:  # the range starts at or after the end: nothing to read
+            return await self._empty(key)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        partial = ranged and status == 206
+        size = (
+            _content_range_total(response.get("ContentRange"))
+            if partial
+            else response.get("ContentLength")
+        )
+        reader = _S3Reader(response["Body"], self, key, size, response.get("ETag"))
+        if ranged and not partial:  # the server sent the whole object: cut the range
+            return RangeReader(reader, start, end)
+        return reader
 
-    async def _open_whole(self, key: str) -> Reader:
-        response = await self._call("get_object", "read", key, Key=self._object(key))
-        return _S3Reader(response["Body"], self, key)
+    async def _empty(self, key: str) -> Reader:
+        stat = await self.stat(key)
+        reader = BytesReader(b"", version=stat.version)
+        reader.size = stat.size
+        return reader
+
+    async def stat(self, key: str) -> Stat:
+        try:
+            head = await self._call(
+                "head_object",
+                "check",
+                key,
+                refused={"404", "NoSuchKey", "NotFound"},
+                Key=self._object(key),
+            )
+        except _Refused:
+            # A HEAD has no error body: its 404 means no such key, no such bucket, or no S3.
+            await self._check_bucket("check", key)
+            raise self.not_found(key) from None
+        return Stat(int(head.get("ContentLength") or 0), head.get("ETag"))
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._call("head_object", "check", key, Key=self._object(key))
+            await self.stat(key)
         except ResultNotFoundError:
-            # A HEAD has no error body: its 404 means no such key or no such bucket.
-            await self._check_bucket("check", key)
             return False
         return True
 
     async def _check_bucket(self, action: str, key: str) -> None:
-        """Raise if the bucket does not exist; checked once, then remembered."""
+        """Raise if the bucket does not exist or the endpoint is not S3; checked once."""
         if self._bucket_exists:
             return
-        try:
-            await self._call("head_bucket", action, key)
-        except ResultNotFoundError:
-            raise ContainerMissingError(
-                f"cannot {action} key {key!r} in {self.url}: bucket {self.bucket!r} does not "
-                "exist; create it or fix the URL",
-                key=key,
-                url=self.url,
-            ) from None
-        except AccessDeniedError:
-            pass  # no s3:ListBucket permission: the bucket is there, the key is not
+        # A GET, whose errors have a body (a HEAD's 404 says nothing); without
+        # s3:ListBucket permission the bucket is there, the key is not.
+        with contextlib.suppress(AccessDeniedError):
+            await self._call(
+                "list_objects_v2",
+                action,
+                key,
+                Prefix=self._object(PROBE_FOLDER) + "/",
+                MaxKeys=1,
+            )
         self._bucket_exists = True
 
-    async def delete(self, key: str) -> bool:
-        if not await self.exists(key):
-            return False
+    # -- deleting and listing ------------------------------------------------------------
+
+    async def delete(self, key: str) -> None:
+        # One request: S3 answers 204 whether or not there was an object.
         await self._call("delete_object", "delete", key, Key=self._object(key))
-        return True
+        return None
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        keys = list(keys)
+        for first in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[first : first + _DELETE_BATCH]
+            done = await self._call(
+                "delete_objects",
+                "delete",
+                batch[0],
+                Delete={"Objects": [{"Key": self._object(k)} for k in batch], "Quiet": True},
+            )
+            errors = done.get("Errors") or []
+            if errors:
+                raise self._batch_error(errors, len(keys))
+
+    def _batch_error(self, errors: list[dict[str, Any]], total: int) -> ResultStoreError:
+        """The first per-key error of a DeleteObjects answer, in one line, counting the rest."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        first = errors[0]
+        key = str(first.get("Key", ""))[len(base) :]
+        code = str(first.get("Code") or "error")
+        kind: type[StorageError] = StorageError
+        if code in _DENIED_CODES:
+            kind = AccessDeniedError
+        elif code in _UNAVAILABLE_CODES:
+            kind = StorageUnavailableError
+        more = f"; {len(errors) - 1} more of the {total} keys failed too" if len(errors) > 1 else ""
+        why = f"{code}: {first.get('Message') or 'refused'}"
+        return store_error(kind, "delete", key, self.url, why + more)
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -410,11 +599,92 @@ class S3Store(Store):
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
             for item in page.get("Contents", []):
-                yield item["Key"][len(base) :]
+                key = item["Key"][len(base) :]
+                if self._listed(key):
+                    yield key
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
             request["ContinuationToken"] = token
+
+    # -- the conditional-write probe (see _s3common) -------------------------------------
+
+    async def _probe_request(
+        self, name: str, key: str, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        condition = {"IfNoneMatch": "*"} if if_none_match else {}
+        if if_match is not None:
+            condition["IfMatch"] = if_match
+        try:
+            await self._call(
+                "put_object",
+                "write",
+                key,
+                refused=_CONDITION_CODES | _REFUSED_CONDITION,
+                Key=name,
+                Body=_PROBE_BODY,
+                **condition,
+            )
+        except _Refused as refusal:
+            if refusal.code in _CONDITION_CODES:
+                return "precondition"
+            return f"rejected {refusal.code}"
+        return "ok"
+
+    async def _probe_cleanup(self, name: str, key: str) -> None:
+        with anyio.move_on_after(_ABORT_SECONDS, shield=True):
+            with contextlib.suppress(ResultStoreError):
+                await self._call("delete_object", "write", key, Key=name)
+
+    async def _probe_multipart(self, name: str, key: str) -> Verdict:
+        """Complete an upload over an existing probe object, create-only, then with a wrong
+        If-Match: both must be refused."""
+        await self._call("put_object", "write", key, Key=name, Body=_PROBE_BODY)
+        upload_id: str | None = None
+        try:
+            upload = await self._call("create_multipart_upload", "write", key, Key=name)
+            upload_id = upload["UploadId"]
+            part = await self._call(
+                "upload_part",
+                "write",
+                key,
+                Key=name,
+                UploadId=upload_id,
+                PartNumber=1,
+                Body=_PROBE_BODY,
+            )
+            parts = {"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]}
+            outcomes = []
+            for condition in ({"IfNoneMatch": "*"}, {"IfMatch": '"0"'}):
+                try:
+                    await self._call(
+                        "complete_multipart_upload",
+                        "write",
+                        key,
+                        refused=_CONDITION_CODES | _REFUSED_CONDITION,
+                        Key=name,
+                        UploadId=upload_id,
+                        MultipartUpload=parts,
+                        **condition,
+                    )
+                except _Refused as refusal:
+                    precondition = refusal.code in _CONDITION_CODES
+                    outcomes.append("precondition" if precondition else f"rejected {refusal.code}")
+                else:
+                    outcomes.append("ok")
+                    upload_id = None  # completed: nothing left to abort
+                    break
+        finally:
+            if upload_id is not None:
+                await self._abort_upload(key, name, upload_id)
+            await self._probe_cleanup(name, key)
+        create = judge(outcomes[0], "If-None-Match", "a create-only CompleteMultipartUpload")
+        if len(outcomes) < 2:  # the create went through: If-Match was not tried
+            return Verdict(create=create, replace=create)
+        replace = judge(outcomes[1], "If-Match", "a CompleteMultipartUpload with a wrong If-Match")
+        return Verdict(create=create, replace=replace)
+
+    # -- the rest ------------------------------------------------------------------------
 
     async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Abort multipart uploads under the prefix begun over ``older_than`` s ago.
@@ -465,6 +735,11 @@ class S3Store(Store):
         client = self._clients.pop(loop, None)
         if client is not None:
             await client.close()
+
+
+def _etag(response: Any) -> str | None:
+    etag = response.get("ETag") if isinstance(response, dict) else None
+    return str(etag) if etag else None
 
 
 class _Client:

@@ -1,0 +1,338 @@
+"""What the two S3 stores share: the ``s3://`` scheme, the client choice, URL and endpoint
+checks, and the once-per-process check that a server really honours conditional writes.
+
+One scheme, two clients. ``s3://BUCKET/PREFIX`` is served by s3fs (aiobotocore) or by
+obstore (Rust's ``object_store``), chosen by the ``client`` storage option or
+``RESULTSTORE_S3_CLIENT`` (``s3fs`` or ``obstore``), default :data:`DEFAULT_CLIENT`. Both
+keep records as the same objects under the same keys, so either reads what the other
+wrote, and both record ``s3://`` in references. ``s3+obstore://`` is an alias kept so
+State JSON written by earlier releases still resolves: it selects obstore.
+
+Conditional writes. Some S3-compatible servers accept ``If-None-Match``/``If-Match`` and
+ignore them, so a create-only write would silently overwrite. Before the first
+conditional write to an (endpoint, bucket), a store checks, once per process, that a
+second create of a probe object fails and that a replace of it with a wrong ETag fails
+(and, before the first conditional multipart upload, the same for
+CompleteMultipartUpload). The probe object lives under :data:`PROBE_FOLDER` below the
+store's prefix, a name no valid key can start with (its segment ends with the reserved
+``.rsr``), is never listed, and is deleted afterwards. A server that ignores a condition
+makes that kind of conditional write raise :class:`UnsupportedOperationError` saying so,
+in one line; the verdict is cached, a failed probe (unreachable, denied) is not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from resultstore.errors import (
+    ConfigurationError,
+    ResultStoreError,
+    UnsupportedOperationError,
+    store_error,
+)
+from resultstore.stores.base import Store
+
+__all__ = [
+    "CLIENTS",
+    "CLIENT_VARIABLE",
+    "DEFAULT_CLIENT",
+    "PROBE_FOLDER",
+    "BaseS3Store",
+    "Verdict",
+    "check_endpoint",
+    "choose_client",
+    "judge",
+    "s3_location",
+]
+
+CLIENTS = ("s3fs", "obstore")
+CLIENT_VARIABLE = "RESULTSTORE_S3_CLIENT"
+DEFAULT_CLIENT = "s3fs"
+"""The client of ``s3://`` when neither ``client=`` nor ``RESULTSTORE_S3_CLIENT`` says."""
+ALIASES = {"s3+obstore": "obstore"}
+"""Older schemes that select a client; references made through them record ``s3://``."""
+
+PROBE_FOLDER = ".resultstore.rsr/probe"
+"""Where (below a store's prefix) the conditional-write probe writes; never listed."""
+_RESERVED = PROBE_FOLDER.split("/", 1)[0] + "/"
+_WRONG_ETAG = '"00000000000000000000000000000000"'
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+MIN_PART = 5 * 1024 * 1024
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def choose_client(client: object, scheme: str) -> str:
+    """The client a store of ``scheme`` uses: the alias's, ``client``, the variable, the default."""
+    if scheme in ALIASES:
+        if client not in (None, ALIASES[scheme]):
+            raise ConfigurationError(
+                f"{scheme}:// always uses the {ALIASES[scheme]} client, not client={client!r}; "
+                f"use s3:// with client={client!r}"
+            )
+        return ALIASES[scheme]
+    source = "storage option client"
+    if client is None:
+        client, source = os.environ.get(CLIENT_VARIABLE) or None, CLIENT_VARIABLE
+    if client is None:
+        return DEFAULT_CLIENT
+    if not isinstance(client, str) or client.strip().lower() not in CLIENTS:
+        raise ConfigurationError(
+            f"invalid {source} {client!r} for s3://: use one of {', '.join(CLIENTS)}"
+        )
+    return client.strip().lower()
+
+
+def s3_location(url: str, scheme: str | tuple[str, ...], part_size: int) -> tuple[str, str]:
+    """The (bucket, prefix) of an S3 store URL, checked; shared by the S3 stores."""
+    schemes = (scheme,) if isinstance(scheme, str) else scheme
+    parts = urlsplit(url)
+    shown = schemes[0]
+    if parts.scheme not in schemes:
+        raise ConfigurationError(f"not an {shown}:// URL: {url!r}", url=url)
+    if "@" in parts.netloc or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{shown} URLs take the form {shown}://bucket/prefix; pass credentials as "
+            "storage options or AWS_* environment variables, never in the URL"
+        )
+    if not _BUCKET.match(parts.netloc):
+        raise ConfigurationError(
+            f"invalid S3 bucket name {parts.netloc!r} in {url!r}: use 3-63 lowercase letters, "
+            "digits, dots or dashes",
+            url=url,
+        )
+    if part_size < MIN_PART:
+        raise ConfigurationError(f"part_size must be at least {MIN_PART} bytes (S3's minimum)")
+    return parts.netloc, parts.path.strip("/")
+
+
+def check_endpoint(endpoint: object, source: str) -> str | None:
+    """``endpoint`` if it is a usable endpoint URL (``http(s)://host[:port]``), else one line.
+
+    Both clients take a scheme-less endpoint badly (botocore: "Invalid endpoint", obstore:
+    a Rust panic dump), so it is refused when the store is made.
+    """
+    if endpoint is None or endpoint == "":
+        return None
+    if not isinstance(endpoint, str):
+        raise ConfigurationError(f"{source} must be a URL string, not {type(endpoint).__name__}")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        example = endpoint if "://" in endpoint else f"http://{endpoint}"
+        raise ConfigurationError(
+            f"invalid S3 endpoint {_redact(endpoint)!r} in {source}: it needs a scheme and a "
+            f"host, e.g. {_redact(example)!r} (or https://...)"
+        )
+    return endpoint
+
+
+def endpoint_from_environment() -> tuple[str | None, str]:
+    """The endpoint the AWS variables name, checked, and the variable's name."""
+    for name in _ENDPOINT_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return check_endpoint(value, name), name
+    return None, ""
+
+
+def _redact(endpoint: str) -> str:
+    from resultstore.registry import redact_url
+
+    return redact_url(endpoint)
+
+
+# -- the conditional-write probe --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an (endpoint, bucket) does with conditions: None when honoured, else why not."""
+
+    create: str | None = None
+    replace: str | None = None
+
+
+class _Probes:
+    """Verdicts per (endpoint, bucket, kind), each found once per process.
+
+    Concurrent first uses (tasks of one loop, or threads with loops of their own) wait
+    for one probe instead of each running theirs; a probe that fails is forgotten, so the
+    next use tries again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[tuple[str, str, str], Verdict] = {}
+        self._running: dict[tuple[str, str, str], threading.Event] = {}
+
+    def forget(self) -> None:
+        with self._lock:
+            self._done.clear()
+
+    async def get(
+        self, key: tuple[str, str, str], probe: Callable[[], Awaitable[Verdict]]
+    ) -> Verdict:
+        import anyio
+
+        while True:
+            with self._lock:
+                done = self._done.get(key)
+                if done is not None:
+                    return done
+                event = self._running.get(key)
+                mine = event is None
+                if event is None:
+                    event = self._running[key] = threading.Event()
+            if not mine:
+                while not event.is_set():  # another task or thread probes: wait for it
+                    await anyio.sleep(0.002)
+                continue
+            try:
+                verdict = await probe()
+            except BaseException:
+                with self._lock:
+                    del self._running[key]
+                event.set()
+                raise
+            with self._lock:
+                self._done[key] = verdict
+                del self._running[key]
+            event.set()
+            return verdict
+
+
+PROBES = _Probes()
+
+
+class BaseS3Store(Store):
+    """``s3://``: made as the store of the chosen client (s3fs or obstore).
+
+    ``BaseS3Store(url, client=...)`` returns an :class:`~resultstore.stores.s3.S3Store`
+    or an :class:`~resultstore.stores.obstore.ObstoreS3Store`; each shares this class's
+    layout, probe and listing filter.
+    """
+
+    interface_version = 2
+    supports_ranged_read = True
+    supports_conditional_write = True
+    client_name: ClassVar[str] = ""
+    """``s3fs`` or ``obstore``."""
+
+    bucket: str
+    prefix: str
+    endpoint: str
+    """The endpoint URL requests go to, ``aws`` for AWS's own (for messages and the cache)."""
+
+    def __new__(cls, url: str = "", *args: Any, client: object = None, **options: Any) -> Any:
+        if cls is not BaseS3Store:
+            return super().__new__(cls)
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+        if choose_client(client, scheme) == "obstore":
+            from resultstore.stores.obstore import ObstoreS3Store
+
+            return super().__new__(ObstoreS3Store)
+        from resultstore.stores.s3 import S3Store
+
+        return super().__new__(S3Store)
+
+    def _object(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @staticmethod
+    def _listed(key: str) -> bool:
+        """False for the store's own bookkeeping (the probe folder)."""
+        return not key.startswith(_RESERVED)
+
+    # Conditions --------------------------------------------------------------------
+
+    async def _require(self, key: str, *, if_absent: bool, multipart: bool = False) -> None:
+        """Raise unless this endpoint honours the condition (probed once per process)."""
+        kind = "multipart" if multipart else "put"
+        verdict = await PROBES.get(
+            (self.endpoint, self.bucket, kind), lambda: self._run_probe(key, multipart)
+        )
+        why = verdict.create if if_absent else verdict.replace
+        if why is not None:
+            what = "create-only" if if_absent else "compare-and-swap"
+            raise store_error(
+                UnsupportedOperationError,
+                "write",
+                key,
+                self.url,
+                f"the S3 endpoint {self.endpoint} {why}, so a {what} write could silently "
+                "overwrite; conditional writes are refused there",
+                hint="use a server that honours If-None-Match and If-Match (AWS S3, SeaweedFS)",
+            )
+
+    async def _run_probe(self, key: str, multipart: bool) -> Verdict:
+        name = f"{self._object(PROBE_FOLDER)}/{uuid.uuid4().hex}"
+        try:
+            if multipart:
+                return await self._probe_multipart(name, key)
+            return await self._probe_put(name, key)
+        except ResultStoreError as exc:
+            raise _while_probing(exc, self.endpoint, name) from exc.__cause__
+
+    async def _probe_put(self, name: str, key: str) -> Verdict:
+        """Create ``name`` twice and replace it with a wrong ETag: both must be refused."""
+        first = await self._probe_request(name, key, if_none_match=True)
+        try:
+            if first != "ok":
+                return Verdict(
+                    create=f"refused a create-only PUT of a new object ({first})",
+                    replace=f"refused a conditional PUT ({first})",
+                )
+            again = await self._probe_request(name, key, if_none_match=True)
+            wrong = await self._probe_request(name, key, if_match=_WRONG_ETAG)
+        finally:
+            await self._probe_cleanup(name, key)
+        return Verdict(
+            create=judge(again, "If-None-Match", "a second create-only PUT"),
+            replace=judge(wrong, "If-Match", "a PUT with a wrong If-Match"),
+        )
+
+    async def _probe_multipart(self, name: str, key: str) -> Verdict:
+        raise NotImplementedError  # only the s3fs store sends conditional multipart uploads
+
+    async def _probe_request(
+        self, name: str, key: str, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        """One conditional PUT of a tiny body to object ``name``: ``ok``, ``precondition``,
+        or ``rejected <code>`` (the server refuses the header itself); other failures raise."""
+        raise NotImplementedError
+
+    async def _probe_cleanup(self, name: str, key: str) -> None:
+        """Delete the probe object; a failure leaves a few bytes under the probe folder."""
+        raise NotImplementedError
+
+    # Listing ----------------------------------------------------------------------------
+
+    def list(self, prefix: str = "") -> AsyncIterator[str]:
+        raise NotImplementedError
+
+
+def judge(outcome: str, header: str, what: str) -> str | None:
+    if outcome == "precondition":
+        return None
+    if outcome == "ok":
+        return f"ignores {header} ({what} of a probe object succeeded)"
+    return f"does not support {header} ({what} was answered {outcome.removeprefix('rejected ')})"
+
+
+def _while_probing(exc: ResultStoreError, endpoint: str, name: str) -> ResultStoreError:
+    """``exc``, saying it happened while checking the endpoint's conditions."""
+    suffix = (
+        f" (while checking that {endpoint} honours conditional writes with probe object "
+        f"{name!r}: allow s3:PutObject and s3:DeleteObject there)"
+        if exc.reason.value == "denied"
+        else f" (while checking that {endpoint} honours conditional writes with probe "
+        f"object {name!r})"
+    )
+    return exc._with_suffix(suffix)

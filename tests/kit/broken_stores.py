@@ -1,0 +1,303 @@
+"""Stores broken on purpose, each in one way a real plugin has been: the kit must fail them.
+
+Two correct stores to depart from: :class:`DictStore` below (records in a dict, a complete
+interface-2 store in fifty lines) and ``kvstore.KVStore`` (a network plugin). Every class
+here changes one thing, and its docstring says what; ``test_kit_catches_broken_stores.py``
+names the check that catches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+from typing import Any
+
+import anyio
+from kvstore import KVStore
+
+from resultstore.errors import ResultNotFoundError, StorageError, store_error
+from resultstore.registry import redact_url
+from resultstore.stores.base import BytesReader, Payload, Reader, Stat, Store, run_blocking
+
+_versions = itertools.count(1)
+
+
+class DictStore(Store):
+    """A correct store: records in a dict, conditional writes atomic under a lock."""
+
+    interface_version = 2
+    supports_ranged_read = True
+    supports_conditional_write = True
+
+    def __init__(self, url: str = "dict://kit") -> None:
+        super().__init__(redact_url(url))
+        self.records: dict[str, tuple[bytes, str]] = {}
+        self.lock = threading.Lock()
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        data, version = payload.join(), str(next(_versions))
+        with self.lock:
+            current = self.records.get(key)
+            if if_absent and current is not None:
+                raise self.exists_error(key)
+            if if_version is not None and (current is None or current[1] != if_version):
+                raise self.conflict_error(key, if_version)
+            self.records[key] = (data, version)
+        return version
+
+    def _get(self, key: str) -> tuple[bytes, str]:
+        try:
+            return self.records[key]
+        except KeyError:
+            raise self.not_found(key) from None
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        data, version = self._get(key)
+        return BytesReader(data, start=start, end=end, version=version)
+
+    async def stat(self, key: str) -> Stat:
+        data, version = self._get(key)
+        return Stat(len(data), version)
+
+    async def exists(self, key: str) -> bool:
+        return key in self.records
+
+    async def delete(self, key: str) -> bool:
+        with self.lock:
+            return self.records.pop(key, None) is not None
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        with self.lock:
+            keys = sorted(key for key in self.records if key.startswith(prefix))
+        for key in keys:
+            yield key
+
+
+# -- writes that are not atomic --------------------------------------------------------
+
+
+class DeletesThenWrites(DictStore):
+    """Replaces a value in two statements, DELETE then INSERT: in between the key is missing."""
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        if if_absent or if_version is not None:
+            return await super().write(key, payload, if_absent=if_absent, if_version=if_version)
+        await self.delete(key)
+        await anyio.sleep(0)  # the round trip between the two statements
+        return await super().write(key, payload)
+
+
+class WritesInPlace(DictStore):
+    """Writes the new value over the old one chunk by chunk (no temporary + rename)."""
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        if if_absent or if_version is not None:
+            return await super().write(key, payload, if_absent=if_absent, if_version=if_version)
+        data = payload.join()
+        version = await super().write(key, Payload([]))
+        for start in range(0, len(data), 1 << 16):
+            with self.lock:
+                written, _ = self.records[key]
+                self.records[key] = (written + data[start : start + (1 << 16)], version)
+            await anyio.sleep(0)  # the next chunk's write call
+        return version
+
+
+class ChecksThenCreates(DictStore):
+    """A create-only write that SELECTs, then INSERTs: two writers can both find no record."""
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        if if_absent:
+            if await self.exists(key):
+                raise self.exists_error(key)
+            await anyio.sleep(0)  # the round trip between the check and the write
+            return await super().write(key, payload)
+        return await super().write(key, payload, if_version=if_version)
+
+
+class ChecksVersionThenWrites(DictStore):
+    """A compare-and-swap that reads the version, then writes: concurrent swaps both succeed."""
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        if if_version is not None:
+            current = self.records.get(key)
+            if current is None or current[1] != if_version:
+                raise self.conflict_error(key, if_version)
+            await anyio.sleep(0)  # the round trip between the check and the write
+            return await super().write(key, payload)
+        return await super().write(key, payload, if_absent=if_absent)
+
+
+class KeepsOneVersion(DictStore):
+    """Versions from a column nobody bumps: every write reports, and stores, version "1"."""
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        with self.lock:
+            current = self.records.get(key)
+            if if_absent and current is not None:
+                raise self.exists_error(key)
+            if if_version is not None and (current is None or current[1] != if_version):
+                raise self.conflict_error(key, if_version)
+            self.records[key] = (payload.join(), "1")
+        return "1"
+
+
+class OverwritesDespiteConditions(DictStore):
+    """Says it has no conditional writes, then ignores ``if_absent``/``if_version``: overwrites."""
+
+    supports_conditional_write = False
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        return await super().write(key, payload)
+
+
+# -- wrong answers ------------------------------------------------------------------------
+
+
+class SaysDeletedForMissingKeys(DictStore):
+    """``delete`` answers whether the table holds rows, not whether the key did."""
+
+    async def delete(self, key: str) -> bool:
+        with self.lock:
+            had_rows = bool(self.records)
+            self.records.pop(key, None)
+        return had_rows
+
+
+class IgnoresRanges(DictStore):
+    """Claims ranged reads, and returns the whole value whatever ``start`` and ``end`` say."""
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        data, version = self._get(key)
+        return BytesReader(data, version=version)
+
+
+class MiscountsSizes(DictStore):
+    """Records the size of a payload's first buffer as the value's size (``stat`` is wrong)."""
+
+    def __init__(self, url: str = "dict://kit") -> None:
+        super().__init__(url)
+        self.sizes: dict[str, int] = {}
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str:
+        version = await super().write(key, payload, if_absent=if_absent, if_version=if_version)
+        self.sizes[key] = memoryview(payload.buffers[0]).nbytes if payload.buffers else 0
+        return version
+
+    async def stat(self, key: str) -> Stat:
+        data, version = self._get(key)
+        return Stat(self.sizes.get(key, len(data)), version)
+
+
+class ListsPageBoundariesTwice(DictStore):
+    """Lists in pages of 100 and resumes at the last key seen (``key >= last``), not after it."""
+
+    page_size = 100
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        with self.lock:
+            keys = sorted(key for key in self.records if key.startswith(prefix))
+        start = 0
+        while start < len(keys):
+            page = keys[start : start + self.page_size]
+            for key in page:
+                yield key
+            if len(page) < self.page_size:
+                return
+            start += self.page_size - 1
+
+
+class SkipsKeysAtPageBoundaries(DictStore):
+    """Lists in pages of 100 and skips one key between pages (an off-by-one cursor)."""
+
+    page_size = 100
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        with self.lock:
+            keys = sorted(key for key in self.records if key.startswith(prefix))
+        for start in range(0, len(keys), self.page_size + 1):
+            for key in keys[start : start + self.page_size]:
+                yield key
+
+
+class StatLetsKeyErrorEscape(DictStore):
+    """``stat`` indexes the dict without translating: a missing key raises a raw KeyError."""
+
+    async def stat(self, key: str) -> Stat:
+        data, version = self.records[key]
+        return Stat(len(data), version)
+
+
+# -- network plugins: errors, secrets, processes -----------------------------------------
+
+
+class LetsClientErrorsEscape(KVStore):
+    """Calls its client without translating its exceptions: ConnectionRefusedError escapes."""
+
+    async def _call(self, action: str, key: str, *request: Any, nbytes: int = 0) -> tuple[Any, ...]:
+        reply = await run_blocking(self._request, *request, nbytes=nbytes, may_wait=True)
+        if reply[0] == "error":
+            raise store_error(StorageError, action, key, self.url, str(reply[1]))
+        return reply
+
+
+class ReportsUnreachableAsStorageError(KVStore):
+    """Translates every client failure into a plain StorageError: unreachable is not retried."""
+
+    def _fail(self, exc: BaseException, action: str, key: str) -> StorageError:
+        return store_error(StorageError, action, key, self.url, f"{type(exc).__name__}: {exc}")
+
+
+class ShowsPasswordInRepr(KVStore):
+    """A repr made from the connection string it was given, password and all."""
+
+    def __repr__(self) -> str:
+        host, port = self._address
+        return f"{type(self).__name__}('kv://:{self._password}@{host}:{port}/{self.namespace}')"
+
+
+class ShowsPasswordInErrors(KVStore):
+    """Clean ``url`` and repr, but errors name the connection string, password and all."""
+
+    def _dsn(self) -> str:
+        host, port = self._address
+        return f"kv://:{self._password}@{host}:{port}/{self.namespace}"
+
+    def not_found(self, key: str) -> ResultNotFoundError:
+        return ResultNotFoundError(
+            f"no result under key {key!r} at {self._dsn()}", key=key, url=self.url
+        )
+
+
+class SharesConnectionsAcrossFork(KVStore):
+    """Keeps a connection per thread without checking ``os.getpid()``: after ``fork`` the
+    child speaks on the parent's socket. (Simulated: a connection used from another process
+    than the one that opened it fails, as a server does once two processes share a session.)
+    """
+
+    def _connection(self) -> Connection:
+        held: tuple[int, Connection] | None = getattr(self._local, "held", None)
+        if held is None or held[1].closed:
+            return super()._connection()
+        if held[0] != os.getpid():
+            raise ConnectionResetError("connection reset: two processes spoke on one session")
+        return held[1]

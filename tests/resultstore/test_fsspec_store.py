@@ -151,3 +151,13 @@ def test_unknown_options_of_a_backend_without_kwargs_are_refused() -> None:
     assert str(caught.value) == (
         "unknown storage option 'blok_size' for strictmem://x/y; valid options: block_size"
     )
+
+
+def test_a_misspelled_ftp_option_is_refused_before_connecting() -> None:
+    # FTP's **kwargs only reach fsspec's base class, so its options are known: no server
+    # is contacted (port 1 would refuse) before the typo is reported.
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_store("ftp://127.0.0.1:1/results", fsnyc=False)
+    message = str(caught.value)
+    assert message.startswith("unknown storage option 'fsnyc' for ftp://127.0.0.1:1/results")
+    assert "timeout" in message and "username" in message

@@ -52,6 +52,18 @@ def fsspec_store_class(scheme: str) -> type[Store] | None:
     return None
 
 
+_NAMED = ("POSITIONAL_OR_KEYWORD", "KEYWORD_ONLY")
+# Backends whose ``**kwargs`` go only to fsspec's AbstractFileSystem, which reads just these
+# (others, such as sftp, hand theirs to a client library that validates them).
+_KWARGS_ONLY_TO_FSSPEC = frozenset({"ftp"})
+_FSSPEC_BASE_OPTIONS = (
+    "use_listings_cache",
+    "listings_expiry_time",
+    "max_paths",
+    "skip_instance_cache",
+)
+
+
 class FsspecStore(Store):
     """Records stored through an fsspec filesystem, under the URL's path."""
 
@@ -73,8 +85,11 @@ class FsspecStore(Store):
         settings = get_settings()
         self._stall = min(settings.stall_timeout, settings.timeout)
         parameters = inspect.signature(cls.__init__).parameters
+        named = [name for name, p in parameters.items() if name != "self" and p.kind.name in _NAMED]
         if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-            check_options(shown, options, [name for name in parameters if name != "self"])
+            check_options(shown, options, named)
+        elif protocol in _KWARGS_ONLY_TO_FSSPEC:  # its **kwargs reach fsspec's base alone
+            check_options(shown, options, [*named, *_FSSPEC_BASE_OPTIONS])
         if "timeout" in parameters and "timeout" not in options:
             options = {**options, "timeout": self._stall}  # FTP's socket timeout, say
         self._source = (url, options)

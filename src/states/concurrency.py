@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
@@ -96,6 +97,29 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     if holder is None or holder.loop.is_closed():
         holder = _local.holder = _LoopHolder()
     return holder.loop
+
+
+_inherited: list[_LoopHolder] = []  # a forking thread's loop, in the child: never run or closed
+
+
+def _forget_parent_loops() -> None:
+    """In a child after ``fork``: set the parent's loop aside, make new ones on demand.
+
+    The inherited loop shares its selector (an epoll instance) with the parent, so
+    running it here could take the parent's events; closing it could run its async
+    generators. It is kept, untouched, and the worker pool (whose threads did not
+    survive the fork) is started anew when needed.
+    """
+    global _worker_pool
+    holder: _LoopHolder | None = getattr(_local, "holder", None)
+    if holder is not None:
+        _inherited.append(holder)
+        del _local.holder
+    _worker_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_loops)
 
 
 @atexit.register

@@ -534,3 +534,29 @@ def test_the_first_sync_calls_of_many_threads_at_once_all_work() -> None:
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "0 []"
+
+
+def test_a_forked_child_runs_sync_calls_on_a_loop_of_its_own() -> None:
+    """After fork the parent's private loop (its selector shared with the parent) is set aside."""
+    import os
+
+    from states.concurrency import _local, run_sync
+
+    async def answer() -> int:
+        return 42
+
+    assert run_sync(answer()) == 42  # this thread now has a private loop
+    parent_loop = _local.holder.loop
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        ok = run_sync(answer()) == 42 and _local.holder.loop is not parent_loop
+        os.write(write, b"ok" if ok else b"no")
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 2) == b"ok"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert run_sync(answer()) == 42 and _local.holder.loop is parent_loop

@@ -26,20 +26,48 @@ from resultstore import (
     resolve_store,
 )
 from resultstore.stores.base import Payload, Store
-from resultstore.testing import StoreConformance, read_all
+from resultstore.testing import (
+    MultiProcessConformance,
+    SecretConformance,
+    StoreConformance,
+    UnreachableConformance,
+    read_all,
+)
 from states.concurrency import run_sync
 
 from redis_testserver import PASSWORD, RedisServer, free_port
 from resultstore_redis import DEFAULT_PREFIX, RedisStore, escape_glob
 
 
-class TestRedisConformance(StoreConformance):
-    """The core's checks, unchanged, on a store opened by URL through the entry point."""
+class TestRedisConformance(
+    StoreConformance, UnreachableConformance, SecretConformance, MultiProcessConformance
+):
+    """The core's checks, unchanged, on a store opened by URL through the entry point.
+
+    With the opt-in checks: a server that is down, a password that must never show,
+    and a second process (and a forked child) using the same server at once.
+    """
+
+    @pytest.fixture
+    def secret(self) -> str:
+        return PASSWORD  # the password the server of secret_store requires
 
     @pytest.fixture
     def store(self, redis_store: Store) -> Store:
         assert isinstance(redis_store, RedisStore)
         return redis_store
+
+    @pytest.fixture
+    def unreachable_store(self) -> Iterator[Store]:
+        store = resolve_store(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+        yield store
+        run_sync(store.aclose())
+
+    @pytest.fixture
+    def secret_store(self, redis_with_password: RedisServer) -> Iterator[Store]:
+        store = resolve_store(redis_with_password.url(password=PASSWORD))
+        yield store
+        run_sync(store.aclose())
 
 
 class TestRedisConformanceWithGlobCharactersInThePrefix(StoreConformance):

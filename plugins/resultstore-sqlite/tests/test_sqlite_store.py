@@ -27,15 +27,19 @@ from resultstore import (
     resolve_store,
 )
 from resultstore.stores.base import Payload, Store
-from resultstore.testing import StoreConformance, read_all
+from resultstore.testing import MultiProcessConformance, StoreConformance, read_all
 from states.concurrency import run_sync
 
 import resultstore_sqlite
 from resultstore_sqlite import TABLE, SQLiteStore
 
 
-class TestSQLiteConformance(StoreConformance):
-    """The core's checks, unchanged, on a store opened by URL through the entry point."""
+class TestSQLiteConformance(StoreConformance, MultiProcessConformance):
+    """The core's checks, unchanged, on a store opened by URL through the entry point.
+
+    With the opt-in checks of a second process, and a forked child, using the same
+    database file at once.
+    """
 
     @pytest.fixture
     def store(self, sqlite_store: Store) -> Store:

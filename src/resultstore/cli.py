@@ -32,6 +32,7 @@ import typer
 
 from resultstore.errors import (
     ConfigurationError,
+    ConflictError,
     IntegrityError,
     InvalidKeyError,
     ResultNotFoundError,
@@ -75,12 +76,14 @@ class ExitCode(enum.IntEnum):
     BAD_INPUT = 3
     STORAGE = 4
     INTEGRITY = 5
+    CONFLICT = 6
     INTERRUPTED = 130
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 unexpected error, 2 not found, 3 bad input or usage, "
     "4 storage unreachable or failing, 5 integrity (damaged, unsigned or forged record), "
+    "6 conflict (a create-only or compare-and-swap write found another record), "
     "130 interrupted."
 )
 
@@ -107,6 +110,7 @@ _USAGE_ERROR = _click_exception("UsageError")
 # The one mapping from exceptions to exit codes; the first matching class wins.
 _EXIT_CODES: tuple[tuple[type[BaseException], ExitCode], ...] = (
     (ResultNotFoundError, ExitCode.NOT_FOUND),
+    (ConflictError, ExitCode.CONFLICT),  # ResultExistsError, VersionConflictError
     (IntegrityError, ExitCode.INTEGRITY),  # includes SignatureError
     (StorageError, ExitCode.STORAGE),  # includes StorageUnavailableError
     (InvalidKeyError, ExitCode.BAD_INPUT),
@@ -478,6 +482,12 @@ def put(
         float | None,
         typer.Option("--expires-in", metavar="SECONDS", help="Expire the record after this."),
     ] = None,
+    if_absent: Annotated[
+        bool,
+        typer.Option(
+            "--if-absent", help="Create only: fail (exit 6) if a record exists under KEY."
+        ),
+    ] = False,
 ) -> None:
     """Store a JSON value or a file's bytes under KEY."""
     if (json_text is None) == (file is None):
@@ -511,7 +521,7 @@ def put(
         expiration = now + datetime.timedelta(seconds=expires_in)
     with _open_store(ctx, serializer) as store, _spinner(f"writing {key}", nbytes):
         try:
-            store.write(value, key=key, expiration=expiration)
+            store.write(value, key=key, expiration=expiration, if_absent=if_absent)
         except SerializationError as exc:  # its message names the type, not the key
             raise CliError(
                 f"cannot store key {key!r} in {store.storage_url}: {exc}", ExitCode.BAD_INPUT

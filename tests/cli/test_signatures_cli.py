@@ -1,4 +1,4 @@
-"""The command line never reports a signature nobody checked as if it were verified."""
+"""The command line at trust boundaries: verified signatures only, refused serializers, conditions."""
 
 from __future__ import annotations
 
@@ -65,3 +65,11 @@ def test_a_json_configured_cli_refuses_a_pickle_record(file_cli: Cli) -> None:
     )
     allowed = {"RESULTSTORE_SERIALIZER": "json", "RESULTSTORE_ALLOWED_SERIALIZERS": "pickle"}
     assert json.loads(file_cli.run("get", "pickled", env=allowed).stdout) == {"a": 1}
+
+
+def test_put_if_absent_creates_once_and_exits_6_after(file_cli: Cli) -> None:
+    file_cli.run("put", "once", "--json", "1", "--if-absent")
+    file_cli.fails(
+        "put", "once", "--json", "2", "--if-absent", code=6, says=["'once'", "already exists"]
+    )
+    assert file_cli.run("get", "once").stdout == "1\n"

@@ -1,4 +1,4 @@
-"""The command line at trust boundaries: verified signatures only, refused serializers, conditions."""
+"""The command line at trust boundaries: verified signatures, refused serializers, conditions."""
 
 from __future__ import annotations
 

@@ -31,6 +31,12 @@ limits the faults to requests of those HTTP methods:
     valid response with an S3 XML error body (``InternalError`` /
     ``ServiceUnavailable``); the connection stays usable.
 
+``strip_headers`` (e.g. ``{"if-none-match", "if-match"}``) makes the proxy play an
+S3-compatible server that accepts conditional headers and ignores them: it removes those
+request headers before forwarding, and, since S3 clients sign every header (SigV4), signs
+the request again with ``resign=(access_key, secret_key, region)``. ``counts["stripped"]``
+tallies the requests it changed. Only requests with a ``Content-Length`` body are changed.
+
 The seed fixes the sequence of decisions; which request gets which decision still
 depends on the order in which concurrent requests arrive. ``counts`` tallies the
 faults injected by kind (plus ``requests``); ``fault_rate`` may be changed at any time
@@ -57,6 +63,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 __all__ = ["FAULT_KINDS", "FaultProxy", "HostileServer"]
 
@@ -213,6 +220,8 @@ class FaultProxy:
         stall_seconds: float = 3.0,
         methods: Collection[str] = (),
         seed: int = 0,
+        strip_headers: Collection[str] = (),
+        resign: tuple[str, str, str] | None = None,
     ) -> None:
         if not ipaddress.ip_address(socket.gethostbyname(upstream_host)).is_loopback:
             raise ValueError(f"FaultProxy only forwards to loopback, not {upstream_host!r}")
@@ -224,6 +233,10 @@ class FaultProxy:
         self.kinds = tuple(kinds)
         self.stall_seconds = stall_seconds
         self.methods = frozenset(methods)
+        self.strip_headers = frozenset(name.lower() for name in strip_headers)
+        if self.strip_headers and resign is None:
+            raise ValueError("strip_headers needs resign=(access_key, secret_key, region)")
+        self.resign = resign
         self._rng = random.Random(seed)
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -241,7 +254,7 @@ class FaultProxy:
     def counts(self) -> dict[str, int]:
         """Faults injected so far by kind (every kind listed), and ``requests`` seen."""
         with self._lock:
-            return {kind: self._counts[kind] for kind in (*FAULT_KINDS, "requests")}
+            return {kind: self._counts[kind] for kind in (*FAULT_KINDS, "requests", "stripped")}
 
     @property
     def faults(self) -> int:
@@ -368,6 +381,22 @@ class FaultProxy:
             await writer.drain()
             return not request.wants_close
 
+        if self.strip_headers.intersection(request.headers) and not request.chunked:
+            if expects_continue:  # answered here: the changed request goes whole
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = await _read_body(reader, request)
+            request = self._stripped(request, body)
+            with self._lock:
+                self._counts["stripped"] += 1
+            up_reader, up_writer = await upstream.connect()
+            up_writer.write(request.raw + body)
+            await up_writer.drain()
+            response = await _read_head(up_reader)
+            keep = await self._relay_response(request, response, up_reader, writer, fault)
+            if not keep:
+                upstream.close()
+            return keep and not request.wants_close
+
         up_reader, up_writer = await upstream.connect()
         up_writer.write(request.raw)
         if expects_continue:
@@ -384,6 +413,30 @@ class FaultProxy:
         if not keep:
             upstream.close()
         return keep and not request.wants_close
+
+    def _stripped(self, request: _Head, body: bytes) -> _Head:
+        """``request`` without the headers to strip (and ``Expect``), signed again."""
+        assert self.resign is not None
+        from botocore.auth import S3SigV4Auth  # type: ignore[import-untyped]
+        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+        from botocore.credentials import Credentials  # type: ignore[import-untyped]
+
+        class _KeepPayloadHash(S3SigV4Auth):  # type: ignore[misc]
+            def payload(self, req: Any) -> str:
+                return str(request.headers.get("x-amz-content-sha256") or super().payload(req))
+
+        method, target, version = request.start_line.split(" ", 2)
+        dropped = self.strip_headers | {"expect", "authorization", "x-amz-date"}
+        headers = {k: v for k, v in request.headers.items() if k not in dropped}
+        signed = AWSRequest(
+            method=method, url=f"http://{headers['host']}{target}", data=body, headers=headers
+        )
+        access_key, secret_key, region = self.resign
+        _KeepPayloadHash(Credentials(access_key, secret_key), "s3", region).add_auth(signed)
+        lines = [f"{method} {target} {version}"]
+        lines += [f"{name}: {value}" for name, value in signed.headers.items()]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return _Head(raw, lines[0], {k.lower(): v for k, v in signed.headers.items()})
 
     async def _relay_response(
         self,

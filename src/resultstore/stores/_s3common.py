@@ -261,13 +261,16 @@ class BaseS3Store(Store):
         why = verdict.create if if_absent else verdict.replace
         if why is not None:
             what = "create-only" if if_absent else "compare-and-swap"
+            risk = (
+                f", so a {what} write could silently overwrite" if why.startswith("ignores") else ""
+            )
             raise store_error(
                 UnsupportedOperationError,
                 "write",
                 key,
                 self.url,
-                f"the S3 endpoint {self.endpoint} {why}, so a {what} write could silently "
-                "overwrite; conditional writes are refused there",
+                f"the S3 endpoint {self.endpoint} {why}{risk}; conditional writes are refused "
+                "there",
                 hint="use a server that honours If-None-Match and If-Match (AWS S3, SeaweedFS)",
             )
 
@@ -285,17 +288,19 @@ class BaseS3Store(Store):
         first = await self._probe_request(name, key, if_none_match=True)
         try:
             if first != "ok":
-                return Verdict(
-                    create=f"refused a create-only PUT of a new object ({first})",
-                    replace=f"refused a conditional PUT ({first})",
+                answer = "412" if first == "precondition" else first.removeprefix("rejected ")
+                why = (
+                    "does not support If-None-Match (a create-only PUT of a new probe object "
+                    f"was answered {answer})"
                 )
+                return Verdict(create=why, replace=why)
             again = await self._probe_request(name, key, if_none_match=True)
             wrong = await self._probe_request(name, key, if_match=_WRONG_ETAG)
         finally:
             await self._probe_cleanup(name, key)
         return Verdict(
-            create=judge(again, "If-None-Match", "a second create-only PUT"),
-            replace=judge(wrong, "If-Match", "a PUT with a wrong If-Match"),
+            create=judge(again, "If-None-Match", "a second create-only PUT of a probe object"),
+            replace=judge(wrong, "If-Match", "a PUT of a probe object with a wrong If-Match"),
         )
 
     async def _probe_multipart(self, name: str, key: str) -> Verdict:
@@ -322,7 +327,7 @@ def judge(outcome: str, header: str, what: str) -> str | None:
     if outcome == "precondition":
         return None
     if outcome == "ok":
-        return f"ignores {header} ({what} of a probe object succeeded)"
+        return f"ignores {header} ({what} succeeded)"
     return f"does not support {header} ({what} was answered {outcome.removeprefix('rejected ')})"
 
 

@@ -55,6 +55,7 @@ from resultstore.stores._s3common import (
     PROBE_FOLDER,
     BaseS3Store,
     check_endpoint,
+    choose_client,
     s3_location,
 )
 from resultstore.stores.base import BytesReader, Payload, Reader, Stat, check_options
@@ -174,13 +175,16 @@ def _obstore_config(options: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _endpoint(config: dict[str, Any]) -> str | None:
-    """The endpoint obstore will use (a setting, else the environment), checked.
+def _endpoint(options: dict[str, Any]) -> str | None:
+    """The endpoint obstore will use (a storage option, else the environment), checked.
 
     obstore panics on an endpoint without a scheme (a Rust backtrace, at the first
     request): refuse it here in one line instead.
     """
-    for name, value in config.items():
+    inner = (options.get("client_kwargs") or {}).get("endpoint_url")
+    if inner:
+        return check_endpoint(inner, "client_kwargs.endpoint_url")
+    for name, value in options.items():
         if name.lower().removeprefix("aws_") in _ENDPOINT_SETTINGS:
             return check_endpoint(value, f"storage option {name}")
     for variable in _ENDPOINT_VARIABLES:
@@ -264,7 +268,9 @@ class ObstoreS3Store(BaseS3Store):
         self.bucket, self.prefix = s3_location(url, ("s3", _ALIAS), part_size)
         base = f"s3://{self.bucket}"  # the alias too: references record s3://
         super().__init__(f"{base}/{self.prefix}" if self.prefix else base)
-        if client not in (None, "obstore"):
+        if url.startswith(f"{_ALIAS}://"):
+            choose_client(client, _ALIAS)  # the alias is obstore: refuses another client
+        elif client not in (None, "obstore"):
             raise ConfigurationError(
                 f"ObstoreS3Store is the obstore client of s3://, not client={client!r}; "
                 "open s3:// URLs with resolve_store() to choose the client",
@@ -292,7 +298,7 @@ class ObstoreS3Store(BaseS3Store):
             retry["retry_timeout"] = datetime.timedelta(seconds=retry["retry_timeout"])
         self._bucket_exists = False
         config = _obstore_config(options)
-        self.endpoint = _endpoint(config) or "aws"
+        self.endpoint = _endpoint(options) or "aws"
         settings: dict[str, Any] = {
             "prefix": self.prefix or None,
             "client_options": {**client_settings, **(client_options or {})},

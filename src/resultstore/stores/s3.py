@@ -128,7 +128,7 @@ def _client_error_code(exc: BaseException) -> str | None:
         response = getattr(seen, "response", None)
         if isinstance(response, dict):
             code = response.get("Error", {}).get("Code")
-            if code is None:
+            if not code:  # no S3 error in the body (a HEAD, or not an S3 server): the status
                 code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             return None if code is None else str(code)
         seen = seen.__cause__ or seen.__context__
@@ -678,10 +678,16 @@ class S3Store(BaseS3Store):
             if upload_id is not None:
                 await self._abort_upload(key, name, upload_id)
             await self._probe_cleanup(name, key)
-        create = judge(outcomes[0], "If-None-Match", "a create-only CompleteMultipartUpload")
+        create = judge(
+            outcomes[0], "If-None-Match", "a create-only CompleteMultipartUpload of a probe object"
+        )
         if len(outcomes) < 2:  # the create went through: If-Match was not tried
             return Verdict(create=create, replace=create)
-        replace = judge(outcomes[1], "If-Match", "a CompleteMultipartUpload with a wrong If-Match")
+        replace = judge(
+            outcomes[1],
+            "If-Match",
+            "a CompleteMultipartUpload of a probe object with a wrong If-Match",
+        )
         return Verdict(create=create, replace=replace)
 
     # -- the rest ------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The limit is what a program could do by hand: ``cloudpickle.dumps`` plus a file
 write (temporary file, fsync, rename, as our file store does) and
 ``read`` plus ``cloudpickle.loads``; for S3, raw s3fs calls on the same server
-(and, for the optional ``s3+obstore://`` store, raw calls of its obstore client).
+(and, for the obstore client of ``s3://``, raw calls of obstore on the same server).
 Every figure is a ratio measured in one run, so machines compare.
 
     python benchmarks/run.py                       # everything, 200 MB large value
@@ -258,12 +258,12 @@ def _s3_target(url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
         yield "s3://bench/run", server.storage_options()
 
 
-def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row]:
+def bench_s3(url: str | None, size_mb: int, small: int, repeat: int, meta_mb: int) -> list[Row]:
     import obstore
     import s3fs
 
     with _s3_target(url) as (base, options):
-        store = ResultStore(f"{base}/ours", storage_options=options)
+        store = ResultStore(f"{base}/ours", storage_options={**options, "client": "s3fs"})
         bucket_prefix = base.removeprefix("s3://") + "/raw"
         value = os.urandom(size_mb * 1024 * 1024)
         cloudpickle.dumps(value)
@@ -317,11 +317,26 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 await store.aread(f"seq/{i}")
             return time.perf_counter() - started
 
-        # The optional s3+obstore:// store, against raw calls of the same obstore client.
+        # The obstore client of s3://, against raw calls of the same obstore client.
         ob_store = ResultStore(
-            base.replace("s3://", "s3+obstore://", 1) + "/ours-obstore", storage_options=options
+            f"{base}/ours-obstore", storage_options={**options, "client": "obstore"}
         )
         ob_raw = ob_store.store._client  # type: ignore[attr-defined]
+        meta_value = os.urandom(meta_mb * 1024 * 1024)
+
+        async def metadata_ms(store: ResultStore, key: str, calls: int = 20) -> float:
+            """The best time of one read_metadata of ``key``, in ms."""
+            best = float("inf")
+            for _ in range(calls):
+                started = time.perf_counter()
+                await store.aread_metadata(key)
+                best = min(best, time.perf_counter() - started)
+            return best * 1e3
+
+        async def metadata(store: ResultStore) -> tuple[float, float]:
+            await store.awrite(small_value, key="meta/small")
+            await store.awrite(meta_value, key="meta/large")
+            return await metadata_ms(store, "meta/large"), await metadata_ms(store, "meta/small")
 
         async def ob_raw_large() -> tuple[float, float]:
             started = time.perf_counter()
@@ -366,6 +381,8 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 for name, run in runs if round_ % 2 == 0 else runs[::-1]:
                     best.setdefault(name, []).append(await run())
             best["seq"] = [(await ours_one_by_one(),)]
+            best["meta"] = [await metadata(store)]
+            best["ob_meta"] = [await metadata(ob_store)]
             await store.aclose()
             await ob_store.aclose()
             await fs._s3.close()  # s3fs has no public async close
@@ -406,25 +423,33 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 None,
                 1.5,
             ),
-            # s3+obstore:// (optional), against the same raw s3fs baseline and targets, then
-            # against raw calls of its own obstore client (shown, no target: records are
-            # streamed into writable buffers, where the raw call keeps obstore's one buffer).
+            # A metadata read fetches the header only: a large record costs what a small one
+            # does (speed of read_metadata of the large one vs of the 1 KB one).
             _row(
-                f"s3+obstore {size_mb} MB write",
+                f"S3 read_metadata {meta_mb} MB vs 1 KB record",
+                1e3 / t["meta"][0],
+                1e3 / t["meta"][1],
+                "ops/s",
+                0.67,
+            ),
+            # The obstore client of s3://, against the same raw s3fs baseline and targets,
+            # then against raw calls of obstore itself.
+            _row(
+                f"S3 obstore {size_mb} MB write",
                 mb / t["ob_ours_large"][0],
                 mb / t["raw_large"][0],
                 "MB/s",
                 0.8,
             ),
             _row(
-                f"s3+obstore {size_mb} MB read",
+                f"S3 obstore {size_mb} MB read",
                 mb / t["ob_ours_large"][1],
                 mb / t["raw_large"][1],
                 "MB/s",
                 0.8,
             ),
             _row(
-                f"s3+obstore {small} small, concurrent",
+                f"S3 obstore {small} small, concurrent",
                 2 * small / sum(t["ob_ours_small"]),
                 2 * small / raw_concurrent,
                 "ops/s",
@@ -442,17 +467,24 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int) -> list[Row
                 mb / t["ob_ours_large"][1],
                 mb / t["ob_raw_large"][1],
                 "MB/s",
-                None,
+                0.9,
             ),
             _row(
                 f"  vs raw obstore: {small} small",
                 2 * small / sum(t["ob_ours_small"]),
                 2 * small / sum(t["ob_raw_small"]),
                 "ops/s",
-                None,
+                0.9,
             ),
             _row(
-                f"  vs the s3:// store: {small} small",
+                f"S3 obstore read_metadata {meta_mb} MB vs 1 KB record",
+                1e3 / t["ob_meta"][0],
+                1e3 / t["ob_meta"][1],
+                "ops/s",
+                0.67,
+            ),
+            _row(
+                f"  vs the s3fs client: {small} small",
                 ours_concurrent / sum(t["ob_ours_small"]),
                 None,
                 "x faster",
@@ -575,6 +607,9 @@ def main() -> int:
     parser.add_argument("--s3-size-mb", type=int, default=100, help="large S3 value size")
     parser.add_argument("--small-ops", type=int, default=3000, help="sequential 1 KB file ops")
     parser.add_argument("--s3-small", type=int, default=1000, help="concurrent small S3 results")
+    parser.add_argument(
+        "--s3-meta-mb", type=int, default=200, help="large S3 record whose metadata is read"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
     parser.add_argument("--dir", default=None, help="folder for file benchmarks (default: temp)")
     parser.add_argument("--s3-url", default=None, help="existing s3://bucket/prefix (AWS_* env)")
@@ -607,7 +642,7 @@ def main() -> int:
             (Path(tmp) / "first").mkdir()
             first_use = bench_start_up(Path(tmp) / "first", 11)
     if "s3" in only and not args.skip_s3:
-        rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat)
+        rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat, args.s3_meta_mb)
     rows += first_use
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -656,15 +656,17 @@ def rm(
 ) -> None:
     """Delete records; exits 'not found' if any key had no record (the others are deleted).
 
-    Stores whose delete does not say whether there was a record (S3) report every key
-    as deleted, as 'aws s3 rm' does.
+    Where a store's delete does not say whether there was a record (S3), the key is
+    looked up first, so a missing one is still reported.
     """
     for key in keys:
         validate_key(key)
     missing: list[str] = []
     with _open_store(ctx) as store:
         for key in keys:
-            if store.delete(key) is False:
+            existed = store.exists(key)
+            deleted = store.delete(key)
+            if deleted is False or (deleted is None and not existed):
                 missing.append(key)
             else:
                 print(f"deleted {key}")

@@ -126,3 +126,34 @@ def test_obstore_setting_names_are_taken_in_any_spelling() -> None:
     store = resolve_store("s3+obstore://bucket/p", AWS_REGION="eu-west-1", aws_skip_signature=True)
     assert isinstance(store, ObstoreS3Store)
     assert store._client.config["region"] == "eu-west-1"
+
+
+def test_exit_waits_while_a_thread_is_handing_a_result_to_a_loop() -> None:
+    # What obstore's Rust threads do when a call completes: loop.call_soon_threadsafe. The
+    # exit hook (registered by the first store) waits, bounded, until none is inside it.
+    import threading
+    import time
+
+    from resultstore.stores import obstore as module
+
+    resolve_store("s3://bucket/p", client="obstore")
+    inside, release = threading.Event(), threading.Event()
+
+    def call_soon_threadsafe() -> None:  # the frame the hook looks for
+        inside.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=call_soon_threadsafe)
+    thread.start()
+    inside.wait(10)
+    try:
+        assert module._in_hand_off()
+        threading.Timer(0.2, release.set).start()
+        started = time.monotonic()
+        module._settle_hand_offs()
+        assert 0.15 < time.monotonic() - started < module._EXIT_WAIT
+    finally:
+        release.set()
+        thread.join(10)
+    assert not module._in_hand_off()
+    assert module._guarded

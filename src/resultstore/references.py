@@ -51,6 +51,7 @@ _registered: dict[_Location, ResultStore] = {}
 _cache: OrderedDict[tuple[str, tuple[str, ...] | None], ResultStore] = OrderedDict()
 _default: dict[str, _Location] = {}
 _lock = threading.Lock()
+_ALIASES = {"s3+obstore": "s3"}  # old State JSON names the client; the location is the same
 
 
 class _Location(NamedTuple):
@@ -87,7 +88,7 @@ def _refused(url: str, why: str) -> ReferenceNotAllowedError:
 
 def _location(url: str, *, trusted: bool) -> _Location:
     """The location ``url`` names, checked; ``trusted`` URLs (settings) may be plain paths."""
-    scheme = scheme_of(url)
+    scheme = _ALIASES.get(scheme_of(url), scheme_of(url))
     if "://" not in url:
         if not trusted:
             raise _refused(url, "it is not a URL")

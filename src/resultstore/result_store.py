@@ -80,6 +80,9 @@ def _check_expiration(expiration: object) -> datetime.datetime | None:
         raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
 
 
+_SCHEME_ALIASES = {"s3+obstore": "s3"}  # the alias of s3:// with client=obstore
+
+
 def _env_options(settings: Settings, scheme: str) -> dict[str, Any]:
     """The options ``RESULTSTORE_STORAGE_OPTIONS`` gives a store of ``scheme``.
 
@@ -95,7 +98,7 @@ def _env_options(settings: Settings, scheme: str) -> dict[str, Any]:
                 "invalid setting RESULTSTORE_STORAGE_OPTIONS: either key every entry by "
                 'scheme ({"s3://": {...}}) or none; fix or unset it'
             )
-        return dict(options.get(f"{scheme}://", {}))
+        return dict(options.get(f"{_SCHEME_ALIASES.get(scheme, scheme)}://", {}))
     if "storage_url" in settings.model_fields_set and scheme_of(settings.storage_url) != scheme:
         return {}
     return dict(options)

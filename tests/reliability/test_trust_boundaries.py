@@ -639,3 +639,14 @@ def test_expiration_dates_at_the_edges_stay_comparable(memory_url: str) -> None:
     far = datetime.datetime(9999, 12, 31, tzinfo=datetime.timezone.utc)
     store.write(1, key="k", expiration=far)
     assert store.read_metadata("k").is_expired() is False
+
+
+def test_old_s3_obstore_references_resolve_under_an_allowed_s3_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", "s3://team-bucket/results")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # made, never contacted
+    store = references_module.store_for_reference("s3+obstore://team-bucket/results/run1")
+    assert store.storage_url == "s3://team-bucket/results/run1"
+    with pytest.raises(ReferenceNotAllowedError):
+        references_module.store_for_reference("s3+obstore://other-bucket/results")

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from resultstore.errors import (
     ConfigurationError,
     ResultStoreError,
+    StorageUnavailableError,
     UnsupportedOperationError,
     store_error,
 )
@@ -229,6 +230,18 @@ class BaseS3Store(Store):
     prefix: str
     endpoint: str
     """The endpoint URL requests go to, ``aws`` for AWS's own (for messages and the cache)."""
+
+    def conditional_in_progress(self, key: str) -> StorageUnavailableError:
+        """S3's 409 ConditionalRequestConflict: another conditional write of ``key`` ran."""
+        return store_error(
+            StorageUnavailableError,
+            "write",
+            key,
+            self.url,
+            "another conditional write of this key was in progress (409 "
+            "ConditionalRequestConflict)",
+            hint="read the key, then try again",
+        )
 
     def __new__(cls, url: str = "", *args: Any, client: object = None, **options: Any) -> Any:
         if cls is not BaseS3Store:

@@ -48,7 +48,6 @@ from resultstore.errors import (
     ResultStoreError,
     StorageError,
     StorageUnavailableError,
-    store_error,
 )
 from resultstore.settings import get_settings
 from resultstore.stores._s3common import (
@@ -410,15 +409,7 @@ class ObstoreS3Store(BaseS3Store):
         if isinstance(exc, (AlreadyExistsError, PreconditionError)):
             return self.exists_error(key)
         if conflict:
-            return store_error(
-                StorageUnavailableError,
-                "write",
-                key,
-                self.url,
-                "another conditional write of this key was in progress (409 "
-                "ConditionalRequestConflict)",
-                hint="read the key, then try again",
-            )
+            return self.conditional_in_progress(key)
         return None
 
     # -- reading -------------------------------------------------------------------------

@@ -380,15 +380,7 @@ class S3Store(BaseS3Store):
         if if_version is not None:
             return self.conflict_error(key, if_version)
         if code in ("ConditionalRequestConflict", "409"):
-            return store_error(
-                StorageUnavailableError,
-                "write",
-                key,
-                self.url,
-                "another conditional write of this key was in progress (409 "
-                "ConditionalRequestConflict)",
-                hint="read the key, then try again",
-            )
+            return self.conditional_in_progress(key)
         return self.exists_error(key)
 
     async def write(

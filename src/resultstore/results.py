@@ -142,6 +142,27 @@ class PersistedResult:
             expiration=when,
         )
 
+    def __copy__(self) -> PersistedResult:
+        # Copies within this process keep the store: only pickles must leave it behind.
+        copied = PersistedResult(
+            self.storage_url,
+            self.key,
+            self.serializer,
+            self.expiration,
+            value=self._value,
+            result_store=self._store,
+        )
+        copied._written = self._written
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PersistedResult:
+        import copy
+
+        copied = self.__copy__()
+        if self._value is not _MISSING:
+            copied._value = copy.deepcopy(self._value, memo)
+        return copied
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # The store is not pickled (it holds keys and credentials): the receiving
         # process resolves the reference as it would one read from a State's JSON.

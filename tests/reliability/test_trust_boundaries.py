@@ -26,6 +26,7 @@ import zstandard
 from resultstore import (
     ConfigurationError,
     IntegrityError,
+    PersistedResult,
     ReferenceNotAllowedError,
     ResultStore,
     RetryPolicy,
@@ -650,3 +651,17 @@ def test_old_s3_obstore_references_resolve_under_an_allowed_s3_prefix(
     assert store.storage_url == "s3://team-bucket/results/run1"
     with pytest.raises(ReferenceNotAllowedError):
         references_module.store_for_reference("s3+obstore://other-bucket/results")
+
+
+def test_copies_within_the_process_keep_their_store(memory_url: str) -> None:
+    import copy
+
+    store = ResultStore(memory_url, signing_key=KEY)  # not registered for references
+    result = store.create_result([1, 2], key="kept")
+    result.write()
+    state: State[Any] = Completed(data=result)
+    for copied in (copy.copy(result), copy.deepcopy(result), state.model_copy(deep=True).data):
+        assert isinstance(copied, PersistedResult)
+        assert copied.get() == [1, 2]
+    fetched = copy.deepcopy(PersistedResult(store.storage_url, "kept", result_store=store))
+    assert fetched.get() == [1, 2]  # read through the same (signing) store

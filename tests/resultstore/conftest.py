@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from resultstore import ResultStore, RetryPolicy
+from resultstore.stores import file as file_module
 
 
 @pytest.fixture
@@ -44,3 +45,14 @@ def store(store_url: str) -> Iterator[ResultStore]:
     # A short retry policy: tests that read a missing key on purpose give up quickly.
     with ResultStore(store_url, retry=RetryPolicy(attempts=3, delay=0.01)) as results:
         yield results
+
+
+@pytest.fixture(params=["openat2", "walk"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How paths below the root are opened: one openat2 call, or folder by folder."""
+    if request.param == "openat2":
+        if file_module._openat2() is None:
+            pytest.skip("this kernel has no openat2 (Linux 5.6+)")
+    else:
+        monkeypatch.setattr(file_module, "_openat2", lambda: None)
+    return str(request.param)

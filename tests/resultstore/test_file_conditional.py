@@ -67,17 +67,6 @@ def _temp_files(folder: Path) -> list[str]:
     return [name for name in os.listdir(folder) if name.endswith(".tmp")]
 
 
-@pytest.fixture(params=["openat2", "walk"])
-def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How paths below the root are opened: one openat2 call, or folder by folder."""
-    if request.param == "openat2":
-        if file_module._openat2() is None:
-            pytest.skip("this kernel has no openat2 (Linux 5.6+)")
-    else:
-        monkeypatch.setattr(file_module, "_openat2", lambda: None)
-    return str(request.param)
-
-
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
     """Every fsync, replace, link and flock from now on, in order, as (call, path)."""

@@ -30,24 +30,12 @@ from resultstore import (
     RetryPolicy,
     StorageError,
 )
-from resultstore.stores import file as file_module
 from states.concurrency import run_sync
 
 T = TypeVar("T")
 Event = tuple[str, str]
 
 ONCE = RetryPolicy(attempts=1, delay=0)
-
-
-@pytest.fixture(params=["openat2", "walk"])
-def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How paths below the root are opened: one openat2 call, or folder by folder."""
-    if request.param == "openat2":
-        if file_module._openat2() is None:
-            pytest.skip("this kernel has no openat2 (Linux 5.6+)")
-    else:
-        monkeypatch.setattr(file_module, "_openat2", lambda: None)
-    return str(request.param)
 
 
 def _fd_path(fd: int) -> str:

@@ -56,3 +56,13 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     else:
         monkeypatch.setattr(file_module, "_openat2", lambda: None)
     return str(request.param)
+
+
+@pytest.fixture(params=["unnamed", "named"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How the file store makes a new file: unnamed (O_TMPFILE, then linked in), or named."""
+    if request.param == "unnamed":
+        assert file_module._unnamed_files(), "this system has no O_TMPFILE or no /proc/self/fd"
+    else:
+        monkeypatch.setattr(file_module, "_unnamed_files", lambda: False)
+    return str(request.param)

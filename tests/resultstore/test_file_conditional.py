@@ -322,7 +322,9 @@ def test_if_absent_creates_once_then_refuses_and_creates_again_after_a_delete(
     assert run(_read(store, "jobs/1")) == b"again"
 
 
-def test_if_absent_into_new_folders_is_durable(tmp_path: Path, events: list[Event]) -> None:
+def test_if_absent_into_new_folders_is_durable(
+    tmp_path: Path, events: list[Event], writer: str
+) -> None:
     root = tmp_path / "results"
     store = _store(root)
     record = root / "runs" / "7" / "k.rsr"
@@ -330,14 +332,19 @@ def test_if_absent_into_new_folders_is_durable(tmp_path: Path, events: list[Even
     flushed = [path for call, path in events if call == "fsync"]
     # Each folder made is flushed in its parent, then the record, then its folder.
     assert flushed[:3] == [str(tmp_path), str(root), str(root / "runs")]
-    assert re.fullmatch(r"\.k\.rsr\.[0-9a-f]{16}\.tmp", Path(flushed[3]).name)
+    new_file = Path(flushed[3])  # named, or unnamed (O_TMPFILE) in the record's folder
+    assert new_file.parent == record.parent
+    if writer == "named":
+        assert re.fullmatch(r"\.k\.rsr\.[0-9a-f]{16}\.tmp", new_file.name)
+    else:
+        assert new_file.name.endswith(" (deleted)")
     assert events[-2:] == [("link", str(record)), ("fsync", str(record.parent))]
     assert os.listdir(record.parent) == ["k.rsr"]
     assert run(_read(store, "runs/7/k")) == b"v"
 
 
 def test_conditional_writes_with_fsync_off_flush_nothing(
-    tmp_path: Path, events: list[Event]
+    tmp_path: Path, events: list[Event], writer: str
 ) -> None:
     store = _store(tmp_path, fsync=False)
     first = run(store.write("new/folder/k", Payload([b"1"]), if_absent=True))

@@ -10,6 +10,7 @@ folder as on systems without it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -25,12 +26,13 @@ import pytest
 from resultstore import (
     ConfigurationError,
     IntegrityError,
+    ResultExistsError,
     ResultNotFoundError,
     ResultStore,
     RetryPolicy,
     StorageError,
 )
-from states.concurrency import run_sync
+from resultstore._loops import run_sync
 
 T = TypeVar("T")
 Event = tuple[str, str]
@@ -44,22 +46,34 @@ def _fd_path(fd: int) -> str:
 
 @pytest.fixture
 def flushes(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
-    """Every os.fsync and os.replace from now on, in order, as (call, path)."""
+    """Every os.fsync, and every os.replace and os.link that names a file, in order.
+
+    As (call, path): a flush names the file or folder its descriptor refers to, a
+    rename or link the path it gave a file.
+    """
     events: list[Event] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
 
     def fsync(fd: int) -> None:
         events.append(("fsync", _fd_path(fd)))
         real_fsync(fd)
 
     def replace(src: str, dst: str, *, src_dir_fd: int | None = None, **kw: Any) -> None:
-        folder = _fd_path(kw["dst_dir_fd"]) if kw.get("dst_dir_fd") is not None else ""
-        events.append(("replace", os.path.join(folder, dst)))
         real_replace(src, dst, src_dir_fd=src_dir_fd, **kw)
+        events.append(("replace", _in_folder(kw.get("dst_dir_fd"), dst)))
+
+    def link(src: str, dst: str, **kw: Any) -> None:
+        real_link(src, dst, **kw)
+        events.append(("link", _in_folder(kw.get("dst_dir_fd"), dst)))
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
     return events
+
+
+def _in_folder(folder: int | None, name: str) -> str:
+    return os.path.join(_fd_path(folder), name) if folder is not None else name
 
 
 def _is_temp_of(path: str, record: Path) -> bool:
@@ -67,6 +81,27 @@ def _is_temp_of(path: str, record: Path) -> bool:
         re.fullmatch(rf"\.{re.escape(record.name)}\.[0-9a-f]{{16}}\.tmp", Path(path).name)
         is not None
     )
+
+
+def _is_new_file_for(path: str, record: Path) -> bool:
+    """A file written for ``record``: its temporary name, or an unnamed file in its folder."""
+    unnamed = Path(path).parent == record.parent and path.endswith(" (deleted)")
+    return unnamed or _is_temp_of(path, record)
+
+
+def _steps(events: list[Event], record: Path) -> list[str]:
+    """What the events did for ``record``, in order; links to temporary names are not steps."""
+    steps = []
+    for call, path in events:
+        if call == "fsync" and _is_new_file_for(path, record):
+            steps.append("flush the new file")
+        elif call == "fsync":
+            steps.append(f"flush folder {path}")
+        elif path == str(record):
+            steps.append("name it")
+        else:
+            assert _is_temp_of(path, record), (call, path)
+    return steps
 
 
 def _within(seconds: float, fn: Callable[[], T]) -> T:
@@ -92,8 +127,8 @@ def _within(seconds: float, fn: Callable[[], T]) -> T:
 # -- Job 1: a write with fsync on is durable when it returns -----------------------------
 
 
-def test_a_write_flushes_the_record_then_renames_it_then_flushes_its_folder(
-    tmp_path: Path, flushes: list[Event]
+def test_a_write_flushes_the_record_then_names_it_then_flushes_its_folder(
+    tmp_path: Path, flushes: list[Event], writer: str
 ) -> None:
     root = tmp_path / "results"
     root.mkdir()
@@ -101,21 +136,30 @@ def test_a_write_flushes_the_record_then_renames_it_then_flushes_its_folder(
     record = root / "k.rsr"
 
     store.write("first", key="k")  # a new key
-    (flush_file, path), rename, flush_folder = flushes
-    assert flush_file == "fsync" and _is_temp_of(path, record)
-    assert rename == ("replace", str(record))
-    assert flush_folder == ("fsync", str(root))
+    assert _steps(flushes, record) == ["flush the new file", "name it", f"flush folder {root}"]
+    # An unnamed file is linked in as the record; a named one is renamed over it.
+    assert flushes[1] == ("link" if writer == "unnamed" else "replace", str(record))
 
     flushes.clear()
     store.write("second", key="k")  # an overwrite: the same three steps
-    assert [event[0] for event in flushes] == ["fsync", "replace", "fsync"]
-    assert _is_temp_of(flushes[0][1], record)
-    assert flushes[1:] == [("replace", str(record)), ("fsync", str(root))]
+    assert _steps(flushes, record) == ["flush the new file", "name it", f"flush folder {root}"]
+    assert flushes[-2] == ("replace", str(record))  # over the old record, atomically
     assert store.read("k").result == "second"
 
 
+def test_a_create_only_write_flushes_the_record_then_links_it_then_flushes_its_folder(
+    tmp_path: Path, flushes: list[Event], writer: str
+) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    record = tmp_path / "k.rsr"
+
+    store.write("first", key="k", if_absent=True)
+    assert _steps(flushes, record) == ["flush the new file", "name it", f"flush folder {tmp_path}"]
+    assert ("link", str(record)) in flushes  # a link fails if anything is there: never replaced
+
+
 def test_a_write_into_new_folders_also_flushes_the_parent_of_each_folder_it_made(
-    tmp_path: Path, flushes: list[Event], resolver: str
+    tmp_path: Path, flushes: list[Event], resolver: str, writer: str
 ) -> None:
     root = tmp_path / "results"
     root.mkdir()
@@ -125,23 +169,31 @@ def test_a_write_into_new_folders_also_flushes_the_parent_of_each_folder_it_made
 
     store.write(b"w", key="runs/7/model/weights")
     # "runs" existed; "runs/7" and "runs/7/model" are new, so their parents gain an entry.
-    assert flushes[:2] == [("fsync", str(root / "runs")), ("fsync", str(root / "runs" / "7"))]
-    assert flushes[2][0] == "fsync" and _is_temp_of(flushes[2][1], record)
-    assert flushes[3:] == [("replace", str(record)), ("fsync", str(record.parent))]
+    assert _steps(flushes, record) == [
+        f"flush folder {root / 'runs'}",
+        f"flush folder {root / 'runs' / '7'}",
+        "flush the new file",
+        "name it",
+        f"flush folder {record.parent}",
+    ]
     assert store.read("runs/7/model/weights").result == b"w"
 
 
 def test_the_first_write_flushes_the_folders_it_made_up_to_the_root_and_above(
-    tmp_path: Path, flushes: list[Event]
+    tmp_path: Path, flushes: list[Event], writer: str
 ) -> None:
     root = tmp_path / "new" / "results"  # neither exists yet
     store = ResultStore(root.as_uri())
 
     store.write(1, key="a/k")
-    flushed = [path for call, path in flushes if call == "fsync"]
-    assert flushed[:3] == [str(tmp_path), str(tmp_path / "new"), str(root)]
-    assert _is_temp_of(flushed[3], root / "a" / "k.rsr")
-    assert flushes[-2:] == [("replace", str(root / "a" / "k.rsr")), ("fsync", str(root / "a"))]
+    assert _steps(flushes, root / "a" / "k.rsr") == [
+        f"flush folder {tmp_path}",
+        f"flush folder {tmp_path / 'new'}",
+        f"flush folder {root}",
+        "flush the new file",
+        "name it",
+        f"flush folder {root / 'a'}",
+    ]
 
 
 def test_a_delete_with_fsync_on_flushes_the_folder_it_deleted_from(
@@ -156,13 +208,20 @@ def test_a_delete_with_fsync_on_flushes_the_folder_it_deleted_from(
     assert flushes == [("fsync", str(tmp_path / "jobs"))]  # so a returned delete stays done
 
 
-def test_with_fsync_off_nothing_is_flushed(tmp_path: Path, flushes: list[Event]) -> None:
+def test_with_fsync_off_nothing_is_flushed(
+    tmp_path: Path, flushes: list[Event], writer: str
+) -> None:
     store = ResultStore(tmp_path.as_uri(), storage_options={"fsync": False})
     store.write(1, key="new/folders/k")
     store.write(2, key="new/folders/k")
     store.write(3, key="top")
     assert store.delete("top") is True
-    assert [call for call, _ in flushes] == ["replace"] * 3
+    assert [call for call, _ in flushes if call == "fsync"] == []
+    assert [path for call, path in flushes if path.endswith(".rsr")] == [
+        str(tmp_path / "new" / "folders" / "k.rsr"),
+        str(tmp_path / "new" / "folders" / "k.rsr"),
+        str(tmp_path / "top.rsr"),
+    ]
     assert store.read("new/folders/k").result == 2
 
 
@@ -171,7 +230,38 @@ def test_fsync_off_from_the_environment_reaches_the_writes(
 ) -> None:
     monkeypatch.setenv("RESULTSTORE_FSYNC", "false")
     ResultStore(tmp_path.as_uri()).write(1, key="k")
-    assert [call for call, _ in flushes] == ["replace"]
+    assert [call for call, _ in flushes if call == "fsync"] == []
+    assert [path for _, path in flushes] == [str(tmp_path / "k.rsr")]
+
+
+def test_a_new_record_leaves_no_temporary_name_behind_even_for_a_moment(
+    tmp_path: Path, flushes: list[Event]
+) -> None:
+    """Where the system allows unnamed files, a new record gets its name in one link."""
+    store = ResultStore(tmp_path.as_uri(), storage_options={"fsync": False})
+    store.write(1, key="k")
+    assert flushes == [("link", str(tmp_path / "k.rsr"))]
+
+
+def test_a_file_system_refusing_unnamed_files_gets_named_ones(
+    tmp_path: Path, flushes: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_tmpfile(path: str, flags: int, *args: Any, **kw: Any) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    store = ResultStore(tmp_path.as_uri(), storage_options={"fsync": False})
+    store.write(1, key="k")
+    store.write(2, key="k", if_absent=False)
+    with pytest.raises(ResultExistsError):
+        store.write(3, key="k", if_absent=True)
+    assert [call for call, _ in flushes] == ["replace", "replace"]
+    assert store.read("k").result == 2
+    assert sorted(os.listdir(tmp_path)) == ["k.rsr"]  # no temporary file left
 
 
 # -- storage options ---------------------------------------------------------------------
@@ -512,14 +602,15 @@ def test_a_delete_removes_the_folders_it_leaves_empty_up_to_the_root(
 
 
 def test_a_writer_whose_folder_a_delete_removed_makes_it_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
 ) -> None:
     store = ResultStore(tmp_path.as_uri())
     real_open = os.open
     removed: list[str] = []
 
     def open_after_a_concurrent_delete(path: str, flags: int, *args: Any, **kw: Any) -> int:
-        if not removed and str(path).endswith(".tmp") and kw.get("dir_fd") is not None:
+        new_file = str(path).endswith(".tmp") or flags & os.O_TMPFILE == os.O_TMPFILE
+        if not removed and new_file and kw.get("dir_fd") is not None:
             folder = _fd_path(kw["dir_fd"])
             os.rmdir(folder)  # what a delete of the folder's last record does meanwhile
             removed.append(folder)

@@ -3,11 +3,16 @@
 Key ``a/b`` lives at ``PATH/a/b.rsr``; the reserved suffix keeps a key ``a``
 and a key ``a/b`` from colliding as file and folder.
 
-**Writes** go to a unique temporary file in the target folder, which is then
-renamed over the target: readers see the old record or the new one, never a
-part, and concurrent writers of one key each leave a whole record. With
-``fsync`` (``RESULTSTORE_FSYNC``, the default) the temporary file is flushed
-before the rename and the folder after it, and so is the parent of every folder
+**Writes** go to a new file in the target folder that gets the record's name
+only once it is whole: readers see the old record or the new one, never a
+part, and concurrent writers of one key each leave a whole record. On Linux the
+new file is unnamed (``O_TMPFILE``) and a new record is one ``link`` into place
+(half the directory work of a temporary name renamed, and a crash leaves no
+temporary file); a record already there is replaced by linking the file to a
+temporary name renamed over it. Elsewhere (or on a file system refusing unnamed
+files) every write is a unique temporary file renamed over the target. With
+``fsync`` (``RESULTSTORE_FSYNC``, the default) the new file is flushed
+before it is named and the folder after it, and so is the parent of every folder
 the write created: a write returns only once the record and every directory
 entry leading to it are on disk. Without ``fsync`` a write that returned
 survives a crash of the process (the kernel holds it) but maybe not a power
@@ -30,7 +35,7 @@ reader's ``size`` is the whole file's.
 **Versions.** ``stat``, every reader and every write report the version of a
 record: an opaque token hashing (xxh3-64) the file's inode number, its inode
 generation (``FS_IOC_GETVERSION``), its modification time in nanoseconds, its size
-and its first 4 KiB. Every write makes a new file (the temporary one, renamed), so
+and its first 4 KiB. Every write makes a new file (linked or renamed into place), so
 the token changes with each write even when the kernel hands the freed inode number
 straight back and the timestamp has not ticked (ext4 timestamps can be several
 milliseconds coarse): ext4, XFS and btrfs give each new inode a fresh generation
@@ -44,22 +49,22 @@ microsecond of their creation and the payload's checksum); raw payloads differin
 only after their first 4 KiB can. Renaming, linking and ``fsync`` keep the token.
 
 **Conditional writes** are atomic on the file system, never check-then-write. With
-``if_absent`` the temporary file is written (and flushed) as usual, then hard-linked
-to the record's name (``link`` fails if anything is there: ``ResultExistsError``, or
-the error saying a folder, a symbolic link or another odd file is in the way), then
-unlinked, and the folder flushed. With ``if_version`` (compare-and-swap) the writer
-takes an exclusive ``flock`` on the record's folder, compares the current record's
-version with the expected one (a missing record or folder is a
-``VersionConflictError``: nothing is created), renames the temporary file into
-place, flushes the folder and only then releases the lock; the temporary file is
-written and flushed before the lock is taken. Compare-and-swap writers of a folder
-(threads or processes) are serialized, so among themselves they never lose an
-update. Unconditional writes and deletes take no lock: one landing between a
-compare-and-swap writer's check and its rename is silently replaced (a delete
-undone) by the compare-and-swap write. ``flock`` must work on folders and be shared
-by every writer: NFS emulates it with byte-range locks that need a file open for
-writing, so compare-and-swap writes fail there with a ``StorageError`` (and a mount
-with ``local_lock=flock`` would not share the lock between machines).
+``if_absent`` the new file is written (and flushed) as usual, then hard-linked to the
+record's name (``link`` fails if anything is there: ``ResultExistsError``, or the error
+saying a folder, a symbolic link or another odd file is in the way; a named temporary
+file is then unlinked), and the folder flushed. With ``if_version`` (compare-and-swap)
+the writer takes an exclusive ``flock`` on the record's folder, compares the current
+record's version with the expected one (a missing record or folder is a
+``VersionConflictError``: nothing is created), renames the temporary file into place,
+flushes the folder and only then releases the lock; the temporary file is written and
+flushed before the lock is taken. Compare-and-swap writers of a folder (threads or
+processes) are serialized, so among themselves they never lose an update. Unconditional
+writes and deletes take no lock: one landing between a compare-and-swap writer's check
+and its rename is silently replaced (a delete undone) by the compare-and-swap write.
+``flock`` must work on folders and be shared by every writer: NFS emulates it with
+byte-range locks that need a file open for writing, so compare-and-swap writes fail there
+with a ``StorageError`` (and a mount with ``local_lock=flock`` would not share the lock
+between machines).
 """
 
 from __future__ import annotations
@@ -86,6 +91,7 @@ from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
     InvalidKeyError,
+    ResultStoreError,
     StorageError,
     VersionConflictError,
 )
@@ -105,6 +111,10 @@ _DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 # O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; regular files ignore it.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# An unnamed file in a folder, linked in later (see FileStore._write_unnamed); Linux only.
+_UNNAMED_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_WRONLY | os.O_CLOEXEC
+# O_TMPFILE or linking it refused: not supported by this file system, kernel or /proc.
+_NO_UNNAMED = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.EPERM, errno.EXDEV)
 # Errors meaning "not there (any more)" while walking a tree: skipped by list and gc.
 _GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 _READS = ("read", "stat")  # actions whose odd files are IntegrityErrors (a damaged record)
@@ -206,6 +216,12 @@ def _openat2() -> Callable[[str, int], int] | None:
     except OSError:  # ENOSYS, or EPERM from a seccomp filter
         return None
     return openat2
+
+
+@functools.cache
+def _unnamed_files() -> bool:
+    """Whether writes may use unnamed files: ``O_TMPFILE``, and ``/proc/self/fd`` to link them."""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 
 
 def _generation(fd: int, device: int) -> int:
@@ -400,6 +416,7 @@ class FileStore(Store):
         self._prefix = self._root.rstrip(os.sep) + os.sep
         super().__init__(self.root.as_uri())
         self.fsync = fsync
+        self._unnamed = _unnamed_files()  # turned off on the first file system refusing them
 
     def _path(self, key: str) -> str:
         return f"{self._prefix}{key}{RESERVED_SUFFIX}"
@@ -577,6 +594,16 @@ class FileStore(Store):
             except OSError as exc:
                 raise self._error("write", key, exc) from None
             try:
+                if self._unnamed and not swap:
+                    try:
+                        version = self._write_unnamed(key, folder, tmp, name, buffers, if_absent)
+                    except FileNotFoundError as exc:
+                        vanished = exc  # the folder was emptied and removed by a delete since
+                        continue
+                    if version is not None:
+                        if self.fsync:
+                            os.fsync(folder)
+                        return version
                 try:
                     fd = os.open(tmp, _CREATE_FLAGS, 0o644, dir_fd=folder)
                 except FileNotFoundError as exc:
@@ -587,10 +614,7 @@ class FileStore(Store):
                 renamed = False
                 try:
                     try:
-                        _write_all(fd, buffers)
-                        if self.fsync:
-                            os.fsync(fd)
-                        version = _version(fd, os.fstat(fd), _head(buffers))
+                        version = self._fill(fd, buffers)
                     finally:
                         os.close(fd)
                     if swap:
@@ -615,6 +639,66 @@ class FileStore(Store):
         assert vanished is not None
         raise self._error("write", key, vanished)
 
+    def _fill(self, fd: int, buffers: list[Buffer]) -> str:
+        """Write ``buffers`` to the new file ``fd`` (flushed with fsync); returns its version."""
+        _write_all(fd, buffers)
+        if self.fsync:
+            os.fsync(fd)
+        return _version(fd, os.fstat(fd), _head(buffers))
+
+    def _write_unnamed(
+        self, key: str, folder: int, tmp: str, name: str, buffers: list[Buffer], if_absent: bool
+    ) -> str | None:
+        """Write an unnamed file (``O_TMPFILE``) in ``folder`` and link it in as ``name``.
+
+        Half the directory work of a named temporary file renamed into place: a new
+        record is one link, with no temporary name to add and remove, and a crash
+        leaves nothing behind. A record already there is replaced by linking the file
+        to the temporary name ``tmp`` and renaming that over it (``if_absent`` refuses
+        instead). Returns the version, or None where the file system (or a missing
+        ``/proc``) does not allow it: the store then uses named temporary files.
+        """
+        try:
+            fd = os.open(".", _UNNAMED_FLAGS, 0o644, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED:
+                raise
+            self._unnamed = False
+            return None
+        try:
+            version = self._fill(fd, buffers)
+            source = f"/proc/self/fd/{fd}"  # linkat(AT_SYMLINK_FOLLOW) of it needs no privilege
+            try:
+                os.link(source, name, dst_dir_fd=folder)
+            except FileExistsError:
+                if if_absent:
+                    raise self._taken(key, folder, name) from None
+                os.link(source, tmp, dst_dir_fd=folder)
+                try:
+                    os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=folder)
+                    raise
+            except OSError as exc:
+                if exc.errno not in _NO_UNNAMED:
+                    raise
+                self._unnamed = False
+                return None
+        finally:
+            os.close(fd)
+        return version
+
+    def _taken(self, key: str, folder: int, name: str) -> ResultStoreError:
+        """The error for a create-only write whose ``name`` in ``folder`` was there."""
+        try:
+            mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG  # deleted since: it was there when the link was refused
+        if stat.S_ISREG(mode):
+            return self.exists_error(key)
+        return self._in_the_way(key, mode)
+
     def _conflict(self, key: str, expected: str | None) -> VersionConflictError:
         assert expected is not None
         return self.conflict_error(key, expected)
@@ -624,13 +708,7 @@ class FileStore(Store):
         try:
             os.link(tmp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:
-            try:
-                mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
-            except FileNotFoundError:
-                mode = stat.S_IFREG  # deleted since: it was there when the link was refused
-            if stat.S_ISREG(mode):
-                raise self.exists_error(key) from None
-            raise self._in_the_way(key, mode) from None
+            raise self._taken(key, folder, name) from None
 
     def _swap(
         self, key: str, folder: int, tmp: str, name: str, expected: str | None, if_absent: bool

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 import anyio
 import typer
 
+from resultstore._loops import run_sync
 from resultstore.errors import (
     ConfigurationError,
     ConflictError,
@@ -46,7 +47,6 @@ from resultstore.records import ResultMetadata
 from resultstore.registry import available_stores
 from resultstore.result_store import ResultStore
 from resultstore.serializers import available_serializers
-from states.concurrency import run_sync
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup

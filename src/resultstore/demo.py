@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from resultstore._loops import run_sync
 from resultstore.errors import ResultStoreError
 from resultstore.result_store import ResultStore
 from resultstore.results import PersistedResult
@@ -42,7 +43,6 @@ from states import (
     exception_to_failed_state,
     get_state_result,
     return_value_to_state,
-    run_sync,
 )
 
 __all__ = ["DemoError", "DemoReport", "run_demo"]

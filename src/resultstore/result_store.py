@@ -22,6 +22,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from resultstore._loops import run_sync
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
@@ -49,7 +50,6 @@ from resultstore.serializers import Buffer, Serializer, get_serializer
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
 from resultstore.stores.base import BytesReader, Payload, Store
-from states.concurrency import run_sync
 
 if TYPE_CHECKING:
     from resultstore.results import PersistedResult

@@ -14,9 +14,9 @@ import datetime
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from resultstore._loops import run_sync
 from resultstore.errors import ConfigurationError
 from resultstore.keys import validate_key
-from states.concurrency import run_sync
 from states.results import REFERENCE_TAG
 
 if TYPE_CHECKING:

@@ -139,6 +139,7 @@ from urllib.parse import quote, quote_plus
 import anyio
 import pytest
 
+from resultstore._loops import run_sync
 from resultstore.errors import (
     ResultExistsError,
     ResultNotFoundError,
@@ -150,7 +151,6 @@ from resultstore.errors import (
 from resultstore.result_store import ResultStore
 from resultstore.retry import RetryPolicy
 from resultstore.stores.base import Payload, Reader, Store
-from states.concurrency import run_sync
 
 __all__ = [
     "AWKWARD_KEYS",

@@ -13,7 +13,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from states.concurrency import run_sync, sync_compatible
     from states.constructors import (
         AwaitingConcurrencySlot,
         AwaitingRetry,
@@ -99,15 +98,11 @@ __all__ = [
     # result storage seam
     "ResultFactory",
     "ResultReference",
-    # sync/async bridge
-    "run_sync",
-    "sync_compatible",
 ]
 
 # Names load on first access (PEP 562): ``import states`` stays cheap, and the
 # pydantic models are built only by a program that uses them.
 _EXPORTS: dict[str, tuple[str, ...]] = {
-    "states.concurrency": ("run_sync", "sync_compatible"),
     "states.constructors": (
         "AwaitingConcurrencySlot",
         "AwaitingRetry",

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from types import GeneratorType, TracebackType
 from typing import Any, TypeGuard, TypeVar, cast
 
-from states.concurrency import run_sync, sync_compatible
+from states._sync import read_result, run_without_loop, sync_compatible
 from states.constructors import Completed, Crashed, Failed
 from states.exceptions import (
     CancelledRun,
@@ -158,7 +158,7 @@ def get_state_result(
     """
     if fetch is False:
         return cast(R, state.data)
-    return run_sync(
+    return run_without_loop(  # reads the reference with its sync ``get``
         aget_state_result(
             state,
             raise_on_failure=raise_on_failure,
@@ -177,7 +177,8 @@ async def aget_state_result(
     Paused and unfinished states have no result yet (:class:`PausedRun`,
     :class:`UnfinishedRun`). Failed, crashed and cancelled states raise their
     exception, or return it when ``raise_on_failure`` is false and the state has
-    no data. ``retry_result_failure`` is passed on to the reference's ``aget``.
+    no data. ``retry_result_failure`` is passed on to the reference's ``aget``
+    (``get`` when called through :func:`get_state_result`).
     """
     if state.is_paused():
         raise PausedRun("Run is paused, its result is not available.", state=state)
@@ -188,7 +189,7 @@ async def aget_state_result(
 
     data = state.data
     if isinstance(data, ResultReference):
-        return cast(R, await data.aget(retry=retry_result_failure))
+        return cast(R, await read_result(data, retry=retry_result_failure))
     if data is None:
         if _is_unsuccessful(state):
             return cast(R, await _state_exception(state))
@@ -217,7 +218,7 @@ async def _state_exception(state: State[Any]) -> BaseException:
 
     result = state.data
     if isinstance(result, ResultReference):
-        result = await result.aget(retry=True)
+        result = await read_result(result, retry=True)
 
     if result is None:
         return wrapper(state.message or default_message)

@@ -36,11 +36,11 @@ from resultstore import (
 )
 from resultstore import references as references_module
 from resultstore import serializers as serializers_module
+from resultstore._loops import run_sync
 from resultstore.records import FORMAT_VERSION, MAGIC, encode_record
 from resultstore.serializers import Buffer, JSONSerializer, Serializer
 from resultstore.stores.base import BytesReader, Payload, Reader, Store
 from states import Completed, State, get_state_result
-from states.concurrency import run_sync
 
 KEY = "a" * 32
 OLD_KEY = "b" * 32

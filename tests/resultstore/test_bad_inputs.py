@@ -64,9 +64,9 @@ def test_memory_urls_drop_credentials() -> None:
 
 
 def test_a_record_of_an_uninstalled_serializer_names_the_key() -> None:
+    from resultstore._loops import run_sync
     from resultstore.records import encode_record
     from resultstore.stores.base import Payload
-    from states.concurrency import run_sync
 
     store = ResultStore("memory://foreign-serializer")
     run_sync(store.store.write("k/1", Payload(encode_record([b"x"], serializer="msgpack"))))

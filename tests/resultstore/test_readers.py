@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resultstore._loops import run_sync
 from resultstore.stores.base import BytesReader
-from states.concurrency import run_sync
 
 
 @given(

@@ -21,11 +21,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resultstore import IntegrityError, SignatureError
+from resultstore._loops import run_sync
 from resultstore.records import FORMAT_VERSION, MAGIC, encode_record, read_header, read_record
 from resultstore.serializers import Buffer
 from resultstore.signing import Signer
 from resultstore.stores.base import BytesReader
-from states.concurrency import run_sync
 
 KEY = "runs/42/result"
 URL = "memory://records"

@@ -30,11 +30,11 @@ from resultstore import (
     SignatureError,
     UnknownSchemeError,
 )
+from resultstore._loops import run_sync
 from resultstore.records import encode_record
 from resultstore.stores.base import Payload
 from resultstore.stores.file import FileStore
 from resultstore.stores.memory import MemoryStore
-from states.concurrency import run_sync
 
 UTC = datetime.timezone.utc
 

@@ -27,9 +27,9 @@ from resultstore import (
     StorageUnavailableError,
     result_store,
 )
+from resultstore._loops import run_sync
 from resultstore.stores.base import Payload, Reader
 from resultstore.stores.memory import MemoryStore
-from states.concurrency import run_sync
 
 
 class CountingStore(MemoryStore):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from resultstore import ResultStore
-from states.concurrency import run_sync
+from resultstore._loops import run_sync
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROUNDS, THREADS = 5, 16
@@ -33,8 +33,8 @@ def private_loops_shut_down_async_generators() -> bool:
     """Whether a thread's private loop closes its async generators when the thread ends.
 
     That is how the S3 store learns that a loop goes away (asyncio.run and anyio.run do
-    it too): ``states.concurrency`` must call ``loop.shutdown_asyncgens()`` before it
-    closes a thread's loop.
+    it too): the sync bridge (``resultstore._loops``) must call
+    ``loop.shutdown_asyncgens()`` before it closes a thread's loop.
     """
     finished: list[bool] = []
     kept: list[object] = []

@@ -31,10 +31,10 @@ from resultstore import (
     available_serializers,
     get_serializer,
 )
+from resultstore._loops import run_sync
 from resultstore.records import encode_record, read_record
 from resultstore.serializers import Buffer
 from resultstore.stores.base import BytesReader
-from states.concurrency import run_sync
 
 BUILTINS = ["json", "pickle", "pickle+zstd"]
 

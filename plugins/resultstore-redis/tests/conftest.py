@@ -8,7 +8,7 @@ import pytest
 from resultstore import resolve_store
 from resultstore.stores.base import Store
 from resultstore.testing import clean_resultstore_env  # noqa: F401 - autouse fixture
-from states.concurrency import run_sync
+from resultstore.testing import run as run_sync
 
 from redis_testserver import PASSWORD, RedisServer
 

@@ -328,7 +328,7 @@ def test_a_conditional_write_sent_twice_reports_the_write_it_made(redis_store: S
     keys = list(names(redis_store, "k"))
 
     async def resend() -> list[int]:
-        c = redis_store._connection()
+        c = await redis_store._connections.get()
         return [
             await c.create(keys=keys, args=[b"v1", "t1"]),
             await c.create(keys=keys, args=[b"v1", "t1"]),  # the resend

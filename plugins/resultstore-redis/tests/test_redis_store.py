@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import json
 import subprocess
@@ -33,7 +34,7 @@ from resultstore.testing import (
     UnreachableConformance,
     read_all,
 )
-from states.concurrency import run_sync
+from resultstore.testing import run as run_sync
 
 from redis_testserver import PASSWORD, RedisServer, free_port
 from resultstore_redis import DEFAULT_PREFIX, RedisStore, escape_glob
@@ -350,25 +351,27 @@ def test_another_interpreter_reads_what_this_one_wrote(redis_url: str) -> None:
 def test_one_client_per_event_loop(redis_store: Store) -> None:
     assert isinstance(redis_store, RedisStore)
     run_sync(redis_store.write("loop/sync", Payload([b"1"])))  # this thread's private loop
+    assert len(redis_store._connections) == 1
 
     async def on_a_fresh_loop() -> bytes:
         await redis_store.write("loop/anyio", Payload([b"2"]))
-        try:
-            return await read_all(redis_store, "loop/sync")
-        finally:
-            await redis_store.aclose()
+        assert len(redis_store._connections) == 2  # a client of its own
+        return await read_all(redis_store, "loop/sync")
 
     assert anyio.run(on_a_fresh_loop) == b"1"
+    assert len(redis_store._connections) == 1  # closed as anyio.run shut its loop down
 
     seen: list[bytes] = []
 
     def in_a_thread() -> None:  # a thread has its own private loop, hence its own client
         seen.append(run_sync(read_all(redis_store, "loop/anyio")))
-        run_sync(redis_store.aclose())
 
     thread = threading.Thread(target=in_a_thread)
     thread.start()
     thread.join()
+    gc.collect()
     assert seen == [b"2"]
-    assert len(redis_store._connections) == 1  # only this thread's loop keeps a client
+    assert len(redis_store._connections) == 1  # closed with the ended thread's loop
     assert run_sync(_keys(redis_store, "loop/")) == ["loop/anyio", "loop/sync"]
+    run_sync(redis_store.aclose())
+    assert len(redis_store._connections) == 0  # aclose() closes every loop's client

@@ -15,7 +15,8 @@ many lost, how many increments landed, how many conflicts were retried, and any 
 from __future__ import annotations
 
 # Imported before the threads start: the first sync calls of many threads at once otherwise
-# race on asyncio's first import in the core (states.concurrency looks it up in sys.modules).
+# race on asyncio's first import in the core (resultstore's sync bridge looks it up in
+# sys.modules).
 import asyncio  # noqa: F401
 import json
 import os

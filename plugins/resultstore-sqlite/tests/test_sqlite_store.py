@@ -28,7 +28,7 @@ from resultstore import (
 )
 from resultstore.stores.base import Payload, Store
 from resultstore.testing import MultiProcessConformance, StoreConformance, read_all
-from states.concurrency import run_sync
+from resultstore.testing import run as run_sync
 
 import resultstore_sqlite
 from resultstore_sqlite import TABLE, SQLiteStore

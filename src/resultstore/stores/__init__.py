@@ -3,6 +3,7 @@
 from resultstore.stores.base import (
     INTERFACE_VERSION,
     BytesReader,
+    LoopLocal,
     Payload,
     RangeReader,
     Reader,
@@ -14,6 +15,7 @@ from resultstore.stores.base import (
 __all__ = [
     "INTERFACE_VERSION",
     "BytesReader",
+    "LoopLocal",
     "Payload",
     "RangeReader",
     "Reader",

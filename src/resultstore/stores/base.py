@@ -38,6 +38,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from resultstore._loops import LoopLocal, on_private_loop
 from resultstore.errors import (
     ConfigurationError,
     ResultExistsError,
@@ -46,12 +47,12 @@ from resultstore.errors import (
     VersionConflictError,
 )
 from resultstore.serializers import Buffer
-from states.concurrency import on_private_loop
 
 __all__ = [
     "INTERFACE_VERSION",
     "OLDEST_INTERFACE_VERSION",
     "BytesReader",
+    "LoopLocal",
     "Payload",
     "RangeReader",
     "Reader",

@@ -28,21 +28,20 @@ policy is the one retry loop, bounded by its timeout. A connection attempt
 gives up after 5 s (never more than ``RESULTSTORE_TIMEOUT``) and a request
 that receives nothing for ``RESULTSTORE_STALL_TIMEOUT`` seconds fails.
 
-Each event loop gets its own s3fs client (aiohttp sessions belong to a loop),
-closed when the loop shuts down its async generators (``asyncio.run``,
-``anyio.run``), by :meth:`S3Store.aclose`, when the store is dropped, or at exit.
+Each event loop gets its own s3fs client (aiohttp sessions belong to a loop), kept by
+:class:`~resultstore.stores.base.LoopLocal`: closed when the loop shuts down its async
+generators (``asyncio.run``, ``anyio.run``, a thread's private loop), by
+:meth:`S3Store.aclose`, when the store is dropped, or at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import datetime
 import functools
 import sys
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -70,13 +69,13 @@ from resultstore.stores._s3common import (
 )
 from resultstore.stores.base import (
     BytesReader,
+    LoopLocal,
     Payload,
     RangeReader,
     Reader,
     Stat,
     check_options,
 )
-from states.concurrency import in_async_context
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -278,35 +277,17 @@ class S3Store(BaseS3Store):
         config.setdefault("retries", {"total_max_attempts": 1, "mode": "standard"})
         self._options = {"config_kwargs": config, **options}
         self._bucket_exists = False
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client] = (
-            weakref.WeakKeyDictionary()
+        # One s3fs client per event loop; a store dropped without aclose() still closes them.
+        self._clients: LoopLocal[Any] = LoopLocal(
+            functools.partial(_open_fs, self._options), _close_fs
         )
-        _open_stores.add(self)
-        # A store dropped without aclose() still closes its connections (at exit, the
-        # atexit hook below does it, before the loops go).
-        weakref.finalize(self, _close_clients, self._clients).atexit = False
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r})"
 
     async def _fs(self) -> Any:
         """The s3fs client of the running event loop (aiohttp sessions are per loop)."""
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            import s3fs
-
-            fs = s3fs.S3FileSystem(
-                asynchronous=True, loop=loop, skip_instance_cache=True, **self._options
-            )
-            fs.retries = 1  # no retry loop of s3fs's own
-            await fs.set_session()
-            if self._clients.get(loop) is not None:  # another task made one meanwhile
-                await fs._s3.close()
-                return self._clients[loop].fs
-            client = self._clients[loop] = _Client(fs, self._clients, loop)
-            await client.start()
-        return client.fs
+        return await self._clients.get()
 
     def _not_s3(self, where: str, code: str, key: str) -> StorageError:
         return StorageError(
@@ -726,13 +707,8 @@ class S3Store(BaseS3Store):
             request["PartNumberMarker"] = page["NextPartNumberMarker"]
 
     async def aclose(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.close()
+        """Close the s3fs clients of every loop; the store makes new ones on its next use."""
+        await self._clients.aclose()
 
 
 def _etag(response: Any) -> str | None:
@@ -740,89 +716,20 @@ def _etag(response: Any) -> str | None:
     return str(etag) if etag else None
 
 
-class _Client:
-    """One loop's s3fs client, closed when that loop shuts down its async generators.
+async def _open_fs(options: dict[str, Any]) -> Any:
+    """A new s3fs client on the running event loop, its aiohttp session open."""
+    import s3fs
 
-    ``asyncio.run``, ``anyio.run`` and ``asyncio.Runner`` call
-    ``loop.shutdown_asyncgens()`` before closing their loop: the suspended generator
-    made by :meth:`_keep` is then closed, and closes the client's connections with it.
-    """
-
-    __slots__ = ("_keeper", "clients", "fs", "loop")
-
-    def __init__(
-        self,
-        fs: Any,
-        clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.fs = fs
-        self.clients = weakref.ref(clients)
-        self.loop = loop
-        self._keeper = self._keep()
-
-    async def start(self) -> None:
-        await anext(self._keeper)  # now suspended, and known to the loop
-
-    async def _keep(self) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            clients = self.clients()
-            if clients is not None and clients.get(self.loop) is self:
-                del clients[self.loop]
-            s3 = getattr(self.fs, "_s3", None)
-            if s3 is not None:
-                await s3.close()
-
-    async def close(self) -> None:
-        """Close the connections; on this client's loop."""
-        await self._keeper.aclose()
+    fs = s3fs.S3FileSystem(
+        asynchronous=True, loop=asyncio.get_running_loop(), skip_instance_cache=True, **options
+    )
+    fs.retries = 1  # no retry loop of s3fs's own
+    await fs.set_session()
+    return fs
 
 
-_open_stores: weakref.WeakSet[S3Store] = weakref.WeakSet()
-_closing: set[asyncio.Task[None]] = set()
-_close_at_exit: list[_Client] = []
-
-
-def _close_on_loop(client: _Client) -> None:
-    """Run on its own loop: close a client there, keeping the task alive till done."""
-    task = asyncio.get_running_loop().create_task(client.close())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
-
-def _close_now(client: _Client) -> None:
-    """Close a client on its idle loop, from a thread where no loop runs."""
-    loop = client.loop
-    if not loop.is_closed() and not loop.is_running():
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(client.close())
-
-
-def _close_clients(clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client]) -> None:
-    """Close each s3fs client on its loop: now if the loop is idle, soon if it runs.
-
-    An idle loop cannot run while another loop runs in this thread (a store dropped
-    inside async code); its client is then kept and closed at exit.
-    """
-    for loop, client in list(clients.items()):
-        clients.pop(loop, None)
-        if loop.is_closed():
-            continue
-        if loop.is_running():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_close_on_loop, client)
-        elif in_async_context():
-            _close_at_exit.append(client)
-        else:
-            _close_now(client)
-
-
-@atexit.register
-def _close_clients_at_exit() -> None:
-    """Sync callers never await aclose(); close their connections before the loops go."""
-    for store in list(_open_stores):
-        _close_clients(store._clients)
-    while _close_at_exit:
-        _close_now(_close_at_exit.pop())
+async def _close_fs(fs: Any) -> None:
+    """Close an s3fs client's connections, on its loop."""
+    s3 = getattr(fs, "_s3", None)
+    if s3 is not None:
+        await s3.close()

@@ -21,8 +21,10 @@ Store interface 2, natively:
   conditional writes against it.
 
 It talks to Redis through ``redis.asyncio``; connections belong to the event loop that
-opened them, so the store keeps one client per running loop (the sync API of resultstore
-runs a private loop per thread).
+opened them, so the store keeps one client per running loop in a
+:class:`~resultstore.stores.base.LoopLocal` (the sync API of resultstore runs a private loop
+per thread): each client's pool is closed when its loop shuts down, and all of them by
+``aclose()``; a forked child opens its own.
 
 URLs::
 
@@ -45,7 +47,6 @@ import functools
 import os
 import re
 import secrets
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -62,7 +63,15 @@ from resultstore.errors import (
     store_error,
 )
 from resultstore.registry import redact_url
-from resultstore.stores.base import BytesReader, Payload, Reader, Stat, Store, check_options
+from resultstore.stores.base import (
+    BytesReader,
+    LoopLocal,
+    Payload,
+    Reader,
+    Stat,
+    Store,
+    check_options,
+)
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -295,31 +304,22 @@ class RedisStore(Store):
             **(client_kwargs or {}),
         }
         self._retries = int(retries)
-        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._connections: LoopLocal[_Connection] = LoopLocal(self._open, _close)
 
     # -- clients -----------------------------------------------------------------
 
-    def _connection(self) -> _Connection:
-        """The client of the running event loop, created on first use."""
-        loop = asyncio.get_running_loop()
-        connection = self._connections.get(loop)
-        if connection is None:
-            # Clients of loops that have since closed cannot be closed any more: drop them.
-            for old in [old for old in self._connections if old.is_closed()]:
-                del self._connections[old]
-            try:
-                client = redis.asyncio.Redis(
-                    retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), self._retries),
-                    **self._client_options,
-                )
-            except TypeError as exc:
-                raise ConfigurationError(
-                    f"bad Redis client_kwargs for {self.url}: {exc}", url=self.url
-                ) from None
-            connection = self._connections[loop] = _Connection(client)
-        return connection
+    async def _open(self) -> _Connection:
+        """A new client for the running event loop (it connects on its first command)."""
+        try:
+            client = redis.asyncio.Redis(
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), self._retries),
+                **self._client_options,
+            )
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"bad Redis client_kwargs for {self.url}: {exc}", url=self.url
+            ) from None
+        return _Connection(client)
 
     def _name(self, key: str) -> bytes:
         return (self.prefix + key).encode("utf-8")
@@ -383,7 +383,7 @@ class RedisStore(Store):
         self, action: str, key: str, command: Callable[[_Connection], Awaitable[T]]
     ) -> T:
         try:
-            return await command(self._connection())
+            return await command(await self._connections.get())
         except _BACKEND_ERRORS as exc:
             raise self._translate(exc, action, key) from None
 
@@ -548,11 +548,10 @@ class RedisStore(Store):
         return c.client.scan(cursor, match=pattern, count=self.scan_count)
 
     async def aclose(self) -> None:
-        """Close the running loop's client; the store reconnects on its next use."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        connection = self._connections.pop(loop, None)
-        if connection is not None:
-            await connection.client.aclose()
+        """Close the client of every event loop; the store reconnects on its next use."""
+        await self._connections.aclose()
+
+
+async def _close(connection: _Connection) -> None:
+    """Close a client's connection pool, on the loop that opened it."""
+    await connection.client.aclose()

@@ -146,7 +146,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 _lock = threading.Lock()  # guards every LoopLocal's table of slots and _retiring
 _instances: weakref.WeakSet[LoopLocal[Any]] = weakref.WeakSet()
-_retiring: set[_Slot[Any]] = set()  # closes scheduled on loops that were not running here
+_retiring: set[_Slot[Any]] = set()  # slots out of their table, their clients not closed yet
 _inherited: list[object] = []  # a forked child's parent loops and clients: never run or closed
 
 
@@ -167,7 +167,6 @@ class _Slot(Generic[C]):
         "finishing",
         "keeper",
         "loop",
-        "owner",
         "pid",
         "ready",
         "table",
@@ -182,7 +181,6 @@ class _Slot(Generic[C]):
         self.loop = loop
         self.table = table
         self.close_client = close_client
-        self.owner = threading.get_ident()  # the thread the loop ran in when the client was made
         self.pid = os.getpid()
         self.client: C | None = None
         self.ready: asyncio.Future[None] = loop.create_future()  # done once opening ended
@@ -354,9 +352,11 @@ class LoopLocal(Generic[C]):
             slot.ready.set_result(None)
             raise
         slot.client = client
-        if slot.closing is None:  # not closed meanwhile
-            await slot.start()
-        slot.ready.set_result(None)
+        try:
+            if slot.closing is None:  # not closed meanwhile
+                await slot.start()
+        finally:
+            slot.ready.set_result(None)
         return client
 
     def _drop_dead(self) -> None:

@@ -68,3 +68,26 @@ def test_a_bare_import_builds_no_pydantic_model_and_first_use_loads_what_it_need
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["False", "True", "False"], done.stderr
+
+
+def test_locks_and_compute_once_are_public() -> None:
+    """Prefect 3's lock names, with async twins, on ResultStore; their types at the top."""
+    assert [level.value for level in resultstore.IsolationLevel] == [
+        "READ_COMMITTED",
+        "SERIALIZABLE",
+    ]
+    for name in ("LockHeldError", "LockNotHeldError", "LockTimeoutError"):
+        assert issubclass(getattr(resultstore, name), resultstore.ConflictError)
+    sync_and_async = [
+        ("acquire_lock", "aacquire_lock"),
+        ("release_lock", "arelease_lock"),
+        ("is_locked", "ais_locked"),
+        ("is_lock_holder", "ais_lock_holder"),
+        ("wait_for_lock", "await_for_lock"),
+        ("lock", "alock"),
+        ("get_or_compute", "aget_or_compute"),
+    ]
+    for sync_name, async_name in sync_and_async:
+        assert callable(getattr(resultstore.ResultStore, sync_name))
+        assert callable(getattr(resultstore.ResultStore, async_name))
+    assert callable(resultstore.ResultStore.supports_isolation_level)

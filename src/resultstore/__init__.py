@@ -23,6 +23,9 @@ if TYPE_CHECKING:
         ContainerMissingError,
         IntegrityError,
         InvalidKeyError,
+        LockHeldError,
+        LockNotHeldError,
+        LockTimeoutError,
         PluginError,
         Reason,
         ReferenceNotAllowedError,
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
         VersionConflictError,
     )
     from resultstore.keys import validate_key
+    from resultstore.locks import IsolationLevel
     from resultstore.records import ResultMetadata, ResultRecord
     from resultstore.registry import available_stores, redact_url, resolve_store
     from resultstore.result_store import ResultStore
@@ -57,6 +61,10 @@ __all__ = [
     "ContainerMissingError",
     "IntegrityError",
     "InvalidKeyError",
+    "IsolationLevel",
+    "LockHeldError",
+    "LockNotHeldError",
+    "LockTimeoutError",
     "Payload",
     "PersistedResult",
     "PluginError",
@@ -102,6 +110,9 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ContainerMissingError",
         "IntegrityError",
         "InvalidKeyError",
+        "LockHeldError",
+        "LockNotHeldError",
+        "LockTimeoutError",
         "PluginError",
         "Reason",
         "ReferenceNotAllowedError",
@@ -119,6 +130,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "VersionConflictError",
     ),
     "resultstore.keys": ("validate_key",),
+    "resultstore.locks": ("IsolationLevel",),
     "resultstore.records": ("ResultMetadata", "ResultRecord"),
     "resultstore.registry": ("available_stores", "redact_url", "resolve_store"),
     "resultstore.result_store": ("ResultStore",),

@@ -9,7 +9,9 @@ State through the ``states`` API (``return_value_to_state`` /
 1. the aggregate's State travels as JSON to a second Python process, which
    fetches the value with ``get_state_result``, knowing nothing but the JSON;
 2. a State is sent *before* its result is written: the second process's read is
-   retried until the result lands about a second later.
+   retried until the result lands about a second later;
+3. two worker processes ask for one result at the same moment with
+   ``get_or_compute``: one computes it while the other waits, then reads it.
 
 It needs no configuration (the local default ``~/.resultstore/storage``, or
 ``RESULTSTORE_STORAGE_URL``), prints each step and where the records live, and
@@ -230,6 +232,56 @@ def _child_failed(child: subprocess.Popen[str]) -> None:
     raise DemoError(f"the second process (pid {child.pid}) could not fetch the result: {why}")
 
 
+_COMPUTE_IN_CHILD = textwrap.dedent(
+    """
+    import datetime, json, os, sys, time
+    from resultstore import ResultStore
+
+    store = ResultStore(sys.argv[1])
+    store.exists(sys.argv[2])  # connected before the start signal
+    print("reading", flush=True)
+    sys.stdin.readline()  # both workers start together
+    computed = []
+
+    def summarize():
+        computed.append(True)
+        time.sleep(%(seconds)s)  # an expensive computation
+        return {"computed by pid": os.getpid()}
+
+    started = time.monotonic()
+    expiration = datetime.datetime.fromisoformat(sys.argv[3])
+    value = store.get_or_compute(sys.argv[2], summarize, expiration=expiration)
+    print(json.dumps({
+        "pid": os.getpid(),
+        "computed": bool(computed),
+        "value": value,
+        "seconds": round(time.monotonic() - started, 2),
+    }), flush=True)
+    """
+)
+COMPUTE_SECONDS = 0.5
+"""How long the shared result takes to compute in the compute-once step."""
+
+
+def _start_worker(
+    storage_url: str, key: str, expiration: datetime.datetime, env: Mapping[str, str]
+) -> subprocess.Popen[str]:
+    """Start a worker process that asks for ``key`` with get_or_compute once told to go."""
+    code = _COMPUTE_IN_CHILD % {"seconds": COMPUTE_SECONDS}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code, storage_url, key, expiration.isoformat()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(env),
+    )
+    assert worker.stdout is not None
+    if worker.stdout.readline().strip() != "reading":
+        _child_failed(worker)
+    return worker
+
+
 def _child_result(child: subprocess.Popen[str]) -> dict[str, Any]:
     stdout, _ = child.communicate(timeout=60)
     if child.returncode != 0 or not stdout.strip():
@@ -250,6 +302,7 @@ class DemoReport:
     keys: list[str] = field(default_factory=list)
     fetched: Any = None
     late_fetched: Any = None
+    computed_once: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _short(value: Any, limit: int = 90) -> str:
@@ -358,10 +411,31 @@ def run_demo(
         )
 
         say()
+        shared_key = f"demo/{run_id}-shared"  # beside the run's folder, not in it
+        say(f"4. Compute once: two worker processes ask for {shared_key} at the same moment")
+        workers = [_start_worker(store.storage_url, shared_key, expiration, env) for _ in range(2)]
+        try:
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write("go\n")
+                worker.stdin.flush()
+            report.computed_once = [_child_result(worker) for worker in workers]
+        finally:
+            for worker in workers:
+                if worker.poll() is None:  # only when something above failed
+                    worker.kill()
+                    worker.communicate()
+        for seen in report.computed_once:
+            did = "computed it" if seen["computed"] else "waited, then read it"
+            say(f"   worker pid {seen['pid']:<7} {did:<21} in {seen['seconds']}s")
+        count = sum(seen["computed"] for seen in report.computed_once)
+        say(f"   computed {count} time(s); the lock was a lease record in the store itself")
+
+        say()
         if folder is not None:
-            say(f"4. The records are files in the folder {folder / prefix}")
+            say(f"5. The records are files in the folder {folder / prefix}")
         else:
-            say(f"4. The records are in {store.storage_url}/{prefix}")
+            say(f"5. The records are in {store.storage_url}/{prefix}")
         for metadata in store.list(prefix):
             name = metadata.storage_key[len(prefix) :] + (".rsr" if folder is not None else "")
             say(f"   {name:<16} {metadata.size:>5} bytes of {metadata.serializer}")

@@ -19,6 +19,9 @@ __all__ = [
     "ContainerMissingError",
     "IntegrityError",
     "InvalidKeyError",
+    "LockHeldError",
+    "LockNotHeldError",
+    "LockTimeoutError",
     "PluginError",
     "ReferenceNotAllowedError",
     "Reason",
@@ -63,6 +66,10 @@ class Reason(str, enum.Enum):
     """A key, URL, option, setting or argument is wrong."""
     UNSUPPORTED = "unsupported"
     """The store cannot do this (conditional writes on a store without them, say)."""
+    LOCKED = "locked"
+    """Another holder holds the key's lock."""
+    NOT_HELD = "not_held"
+    """The holder does not hold the lock it tried to release or renew."""
     FAILED = "failed"
     """The backend failed for another reason."""
 
@@ -202,6 +209,22 @@ class ResultExistsError(ConflictError):
 
 class VersionConflictError(ConflictError):
     """``write(..., if_version=v)`` found another version than ``v`` (or no record)."""
+
+
+class LockHeldError(ConflictError):
+    """Another holder holds the key's lock: ``write(..., holder=h)`` was refused."""
+
+    reason = Reason.LOCKED
+
+
+class LockTimeoutError(LockHeldError, TimeoutError):
+    """``ResultStore.lock(...)`` could not take the lock within its ``acquire_timeout``."""
+
+
+class LockNotHeldError(ConflictError):
+    """A holder released (or renewed) a lock it does not hold, or no longer holds."""
+
+    reason = Reason.NOT_HELD
 
 
 E = TypeVar("E", bound=ResultStoreError)

@@ -5,6 +5,10 @@ same key addresses the same record on every backend and can never leave a
 store's root: no absolute paths, no ``.``/``..`` segments, no backslashes, no
 control characters, bounded lengths, and no segment ending in the reserved
 record suffix (which the file store uses to keep ``a`` and ``a/b`` apart).
+
+Keys whose first segment is ``.resultstore`` (:data:`RESERVED_PREFIX`) belong to
+`resultstore` itself (lock leases, indexes): user keys may not use them, and
+listings never show them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from resultstore.errors import InvalidKeyError
 __all__ = [
     "MAX_KEY_BYTES",
     "MAX_SEGMENT_BYTES",
+    "RESERVED_PREFIX",
     "RESERVED_SUFFIX",
+    "is_reserved",
     "validate_key",
     "validate_prefix",
 ]
@@ -24,6 +30,13 @@ __all__ = [
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 200
 RESERVED_SUFFIX = ".rsr"
+RESERVED_PREFIX = ".resultstore/"
+"""The one namespace of `resultstore`'s own records: ``.resultstore/locks/<key>`` holds
+the lease of ``<key>``. A dot-name, so no plain key can start with it (the file store
+keeps it as a folder; its temporary files are named ``.<name>.rsr.<hex>.tmp``, never
+``.resultstore``). :func:`validate_key` refuses user keys under it, and
+``ResultStore.keys``/``list`` (so ``resultstore ls``, ``gc`` and ``check``) skip it."""
+_RESERVED_SEGMENT = RESERVED_PREFIX[:-1]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 # Keys of plain segments (letters, digits, '_', '-', inner dots) are valid without the
@@ -32,6 +45,11 @@ _PLAIN = re.compile(
     r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*(?:/[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*)*"
 )
 _PLAIN_MAX = MAX_SEGMENT_BYTES
+
+
+def is_reserved(key: str) -> bool:
+    """True for keys (or prefixes) inside :data:`RESERVED_PREFIX`, `resultstore`'s own."""
+    return key.startswith(RESERVED_PREFIX) or key == _RESERVED_SEGMENT
 
 
 def _problem(key: str, *, allow_empty: bool, allow_trailing_slash: bool) -> str | None:
@@ -78,6 +96,12 @@ def validate_key(key: object) -> str:
     problem = _problem(key, allow_empty=False, allow_trailing_slash=False)
     if problem:
         raise InvalidKeyError(f"invalid key {key!r}: {problem}", key=key)
+    if key.split("/", 1)[0] == _RESERVED_SEGMENT:
+        raise InvalidKeyError(
+            f"invalid key {key!r}: keys under {RESERVED_PREFIX!r} are reserved for "
+            "resultstore's own records (lock leases); choose another first segment",
+            key=key,
+        )
     return key
 
 

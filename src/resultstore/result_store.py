@@ -34,6 +34,7 @@ from resultstore.errors import (
     UnknownSerializerError,
 )
 from resultstore.keys import validate_key, validate_prefix
+from resultstore.locks import DEFAULT_COMPUTE_HOLD_TIMEOUT, DEFAULT_HOLD_TIMEOUT
 from resultstore.records import (
     HEADER_PROBE,
     HeaderBeyond,
@@ -52,6 +53,9 @@ from resultstore.signing import Signer, check_old_signing_keys, check_signing_ke
 from resultstore.stores.base import BytesReader, Payload, Store
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager, AbstractContextManager
+
+    from resultstore.locks import IsolationLevel, LockManager
     from resultstore.results import PersistedResult
 
 __all__ = ["ResultStore"]
@@ -150,6 +154,19 @@ def _reopen(storage_url: str, serializer: str) -> ResultStore:
     from resultstore.references import store_for_reference
 
     return store_for_reference(storage_url)
+
+
+def _holder(holder: object) -> str:
+    """A lock holder's name, checked; the default (``host:pid:thread``) for None."""
+    from resultstore.locks import _check_holder, default_holder
+
+    return default_holder() if holder is None else _check_holder(holder)
+
+
+def _lock_seconds(name: str, value: object, *, positive: bool) -> float | None:
+    from resultstore.locks import _check_seconds
+
+    return _check_seconds(name, value, positive=positive)
 
 
 def _check_timeout(timeout: object) -> float:
@@ -283,6 +300,23 @@ class ResultStore:
     def __deepcopy__(self, memo: dict[int, Any]) -> ResultStore:
         return self
 
+    lock_clock_margin: float = 1.0
+    """Seconds a lock's lease is still honoured by others past its expiry time.
+
+    The clock skew tolerated between machines sharing the store; see "Compute
+    once" in the README. Raise it for hosts without time synchronization.
+    """
+
+    @property
+    def _locks(self) -> LockManager:
+        """The lease logic of this store (:mod:`resultstore.locks`), made on first use."""
+        manager: LockManager | None = self.__dict__.get("_lock_manager")
+        if manager is None:
+            from resultstore.locks import LockManager
+
+            manager = self.__dict__["_lock_manager"] = LockManager(self)
+        return manager
+
     def _guard(self, action: str, key: str) -> _Guard:
         """A context that turns non-resultstore exceptions from a store into one-line errors."""
         return _Guard(self.storage_url, action, key)
@@ -300,6 +334,7 @@ class ResultStore:
         *,
         if_absent: bool = False,
         if_version: str | None = None,
+        holder: str | None = None,
     ) -> str:
         """Serialize ``obj`` and store it under ``key`` (or a new key); returns the key.
 
@@ -311,8 +346,17 @@ class ResultStore:
         :class:`UnsupportedOperationError` before any I/O), and are not retried:
         a conditional write whose answer was lost may have landed, so the caller
         decides (read the key back).
+
+        With ``holder``, the write is refused with :class:`LockHeldError` while
+        another holder holds the key's lock (see :meth:`lock`), as Prefect 3's
+        ``ResultStore`` does. That check is advisory: it is not atomic with the
+        write, so it keeps out writers that check, while a lock taken between
+        the check and the write is not seen. Writers that all take the lock
+        first (or use :meth:`get_or_compute`) are serialized.
         """
         key = self._new_key(key)
+        if holder is not None:
+            await self._locks.check_writer(key, _holder(holder))
         conditional = if_absent or if_version is not None
         if if_version is not None and (not isinstance(if_version, str) or not if_version):
             raise ConfigurationError(f"if_version must be a version string, not {if_version!r}")
@@ -349,11 +393,17 @@ class ResultStore:
         *,
         if_absent: bool = False,
         if_version: str | None = None,
+        holder: str | None = None,
     ) -> str:
         """Sync twin of :meth:`awrite`."""
         return run_sync(
             self.awrite(
-                obj, key=key, expiration=expiration, if_absent=if_absent, if_version=if_version
+                obj,
+                key=key,
+                expiration=expiration,
+                if_absent=if_absent,
+                if_version=if_version,
+                holder=holder,
             )
         )
 
@@ -585,7 +635,16 @@ class ResultStore:
         listing cut off by unreachable storage is retried from the start, skipping
         the keys already yielded (so it holds those in memory).
         """
+        from resultstore.errors import InvalidKeyError
+        from resultstore.keys import RESERVED_PREFIX, is_reserved
+
         prefix = validate_prefix(prefix)
+        if is_reserved(prefix):
+            raise InvalidKeyError(
+                f"invalid prefix {prefix!r}: keys under {RESERVED_PREFIX!r} are reserved for "
+                "resultstore's own records (lock leases) and never listed",
+                key=prefix,
+            )
         guard = self._guard("list", prefix or "*")
         seen: set[str] = set()
         listing: list[AsyncIterator[str]] = []  # the pass under way, if any
@@ -601,7 +660,7 @@ class ResultStore:
                             key = await anext(listing[0])
                         except StopAsyncIteration:
                             break
-                        if key not in seen:
+                        if key not in seen and not is_reserved(key):
                             seen.add(key)
                             keys.append(key)
             except BaseException:
@@ -654,6 +713,210 @@ class ResultStore:
     ) -> tuple[int, int]:
         """Sync twin of :meth:`aclean_abandoned`."""
         return run_sync(self.aclean_abandoned(older_than, dry_run=dry_run))
+
+    # -- locks and compute-once (resultstore.locks) ---------------------------------------
+
+    def supports_isolation_level(self, level: IsolationLevel | str) -> bool:
+        """True when this store offers ``level``.
+
+        ``READ_COMMITTED`` always; ``SERIALIZABLE`` (locks, :meth:`get_or_compute`)
+        only on stores with atomic conditional writes (``supports_conditional_write``).
+        """
+        from resultstore.locks import IsolationLevel
+
+        try:
+            level = IsolationLevel(level)
+        except ValueError:
+            names = ", ".join(member.value for member in IsolationLevel)
+            raise ConfigurationError(
+                f"unknown isolation level {level!r}; choose one of {names}"
+            ) from None
+        if level is IsolationLevel.SERIALIZABLE:
+            return self.store.supports_conditional_write
+        return True
+
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str | None = None,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Take the lock on ``key`` for ``holder``; False if ``acquire_timeout`` ran out.
+
+        ``holder`` defaults to ``host:pid:thread``. ``acquire_timeout``: None waits
+        as long as it takes, 0 tries once. ``hold_timeout``: seconds the lock lasts
+        unless released or acquired again (which renews it: acquiring a lock one
+        holds is idempotent); None lasts until released, even if its holder dies.
+        Stores without conditional writes raise :class:`UnsupportedOperationError`.
+        """
+        key = validate_key(key)
+        held = await self._locks.acquire(
+            key,
+            _holder(holder),
+            _lock_seconds("acquire_timeout", acquire_timeout, positive=False),
+            _lock_seconds("hold_timeout", hold_timeout, positive=True),
+        )
+        return held is not None
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str | None = None,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Sync twin of :meth:`aacquire_lock`."""
+        return run_sync(self.aacquire_lock(key, _holder(holder), acquire_timeout, hold_timeout))
+
+    async def arelease_lock(self, key: str, holder: str | None = None) -> None:
+        """Release ``holder``'s lock on ``key``.
+
+        Raises :class:`LockNotHeldError` if ``holder`` does not hold it (another
+        does, or nobody, or its lease expired and was taken over).
+        """
+        key = validate_key(key)
+        await self._locks.release(key, _holder(holder))
+
+    def release_lock(self, key: str, holder: str | None = None) -> None:
+        """Sync twin of :meth:`arelease_lock`."""
+        run_sync(self.arelease_lock(key, _holder(holder)))
+
+    async def ais_locked(self, key: str) -> bool:
+        """True while some holder holds the lock on ``key`` (its lease has not expired)."""
+        return await self._locks.is_locked(validate_key(key))
+
+    def is_locked(self, key: str) -> bool:
+        """Sync twin of :meth:`ais_locked`."""
+        return run_sync(self.ais_locked(key))
+
+    async def ais_lock_holder(self, key: str, holder: str | None = None) -> bool:
+        """True when ``holder`` (default: this thread) holds the lock on ``key``."""
+        return await self._locks.is_holder(validate_key(key), _holder(holder))
+
+    def is_lock_holder(self, key: str, holder: str | None = None) -> bool:
+        """Sync twin of :meth:`ais_lock_holder`."""
+        return run_sync(self.ais_lock_holder(key, _holder(holder)))
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until ``key`` is not locked; False if ``timeout`` seconds passed first."""
+        key = validate_key(key)
+        return await self._locks.wait(key, _lock_seconds("timeout", timeout, positive=False))
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Sync twin of :meth:`await_for_lock`."""
+        return run_sync(self.await_for_lock(key, timeout))
+
+    def alock(
+        self,
+        key: str,
+        *,
+        holder: str | None = None,
+        hold_timeout: float | None = DEFAULT_HOLD_TIMEOUT,
+        acquire_timeout: float | None = None,
+    ) -> AbstractAsyncContextManager[None]:
+        """``async with store.alock(key):`` holds the lock on ``key`` for the block.
+
+        Waits up to ``acquire_timeout`` seconds (None: as long as it takes), then
+        raises :class:`LockTimeoutError`. The lease lasts ``hold_timeout`` seconds
+        and is not renewed: a block that runs longer may lose it, and then its
+        exit raises :class:`LockNotHeldError` (if the block itself raised, that
+        error wins and the release failure is logged).
+        """
+        return self._locks.alock(
+            validate_key(key),
+            _holder(holder),
+            _lock_seconds("hold_timeout", hold_timeout, positive=True),
+            _lock_seconds("acquire_timeout", acquire_timeout, positive=False),
+        )
+
+    def lock(
+        self,
+        key: str,
+        *,
+        holder: str | None = None,
+        hold_timeout: float | None = DEFAULT_HOLD_TIMEOUT,
+        acquire_timeout: float | None = None,
+    ) -> AbstractContextManager[None]:
+        """``with store.lock(key):`` holds the lock on ``key`` for the block; see :meth:`alock`."""
+        return self._locks.lock(
+            validate_key(key),
+            _holder(holder),
+            _lock_seconds("hold_timeout", hold_timeout, positive=True),
+            _lock_seconds("acquire_timeout", acquire_timeout, positive=False),
+        )
+
+    async def _ahit(self, key: str) -> ResultRecord[Any] | None:
+        """The record under ``key`` if it exists and has not expired: get_or_compute's hit.
+
+        As cheap as :meth:`aread` (unreachable storage retried, a missing record not).
+        """
+        try:
+            record = await _Guard.bounded(self, "read", key, lambda: self._read_once(key))
+        except ResultStoreError as exc:
+            if exc.reason != "not_found":
+                raise
+            return None
+        return None if record.metadata.is_expired() else record
+
+    async def aget_or_compute(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        expiration: datetime.datetime | None = None,
+        hold_timeout: float = DEFAULT_COMPUTE_HOLD_TIMEOUT,
+        **kwargs: Any,
+    ) -> Any:
+        """The value under ``key``; if there is none, ``fn(*args, **kwargs)`` computed once.
+
+        A record that exists and has not expired is read (an expired one counts as
+        absent). Otherwise one caller across all processes and machines takes the
+        key's lock, computes, writes (with ``expiration``) and releases; the others
+        wait and read what it wrote. ``fn`` may be sync (run in a worker thread) or
+        async. The lease lasts ``hold_timeout`` seconds and is renewed every third
+        of it while ``fn`` runs; if the computing process dies, a waiter takes over
+        once the lease expires. If ``fn`` raises, the lock is released, the error
+        reaches this caller, and the waiters compete again. See "Compute once" in
+        the README for when ``fn`` may run twice (never with a torn result).
+        """
+        key = validate_key(key)
+        hit = await self._ahit(key)
+        if hit is not None:
+            return hit.result
+        hold = _lock_seconds("hold_timeout", hold_timeout, positive=True)
+        if hold is None:
+            raise ConfigurationError("hold_timeout of get_or_compute must be a number of seconds")
+        if not callable(fn):
+            raise ConfigurationError(f"fn must be callable, not {type(fn).__name__}")
+        return await self._locks.aget_or_compute(
+            key, fn, args, kwargs, _check_expiration(expiration), hold
+        )
+
+    def get_or_compute(
+        self,
+        key: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        expiration: datetime.datetime | None = None,
+        hold_timeout: float = DEFAULT_COMPUTE_HOLD_TIMEOUT,
+        **kwargs: Any,
+    ) -> Any:
+        """Sync twin of :meth:`aget_or_compute`: ``fn`` runs in the calling thread."""
+        key = validate_key(key)
+        hit = run_sync(self._ahit(key))
+        if hit is not None:
+            return hit.result
+        hold = _lock_seconds("hold_timeout", hold_timeout, positive=True)
+        if hold is None:
+            raise ConfigurationError("hold_timeout of get_or_compute must be a number of seconds")
+        if not callable(fn):
+            raise ConfigurationError(f"fn must be callable, not {type(fn).__name__}")
+        return self._locks.get_or_compute(
+            key, fn, args, kwargs, _check_expiration(expiration), hold
+        )
 
     def use_for_references(self) -> ResultStore:
         """Read persisted results that point into this store through it; returns ``self``.

@@ -10,6 +10,7 @@ Every figure is a ratio measured in one run, so machines compare.
     python benchmarks/run.py --size-mb 50 --skip-s3
     python benchmarks/run.py --s3-url s3://bucket/prefix   # an existing server (AWS_* env)
     python benchmarks/run.py --only small,fsync            # only the 1 KB file rows
+    python benchmarks/run.py --only metadata               # read_metadata, every local store
 
 Prints a table and writes JSON (default ``benchmarks/results/latest.json``).
 """
@@ -239,6 +240,101 @@ def bench_fsync(folder: Path, ops: int, repeat: int) -> list[Row]:
         rows.append(
             _row(f"file 1 KB write x{ops}, fsync {label}", ops / ours_s, ops / raw_s, "ops/s", 0.8)
         )
+    return rows
+
+
+def _metadata_ms(store: ResultStore, large: str, small: str, calls: int) -> tuple[float, float]:
+    """Best times of one ``read_metadata`` of key ``large`` and of key ``small``, in ms.
+
+    The two take turns call by call, so a slow moment of the shared machine hits both.
+    """
+    best_large = best_small = float("inf")
+
+    async def measure() -> None:
+        nonlocal best_large, best_small
+        for turn in range(2 * calls):
+            key = large if turn % 2 == 0 else small
+            started = time.perf_counter()
+            await store.aread_metadata(key)
+            elapsed = time.perf_counter() - started
+            if key == large:
+                best_large = min(best_large, elapsed)
+            else:
+                best_small = min(best_small, elapsed)
+
+    asyncio.run(measure())
+    return best_large * 1e3, best_small * 1e3
+
+
+@contextmanager
+def _redis_url(folder: Path) -> Iterator[str | None]:
+    """A fresh local redis-server's URL (as the redis plugin's tests start one), or None.
+
+    None, with the reason printed, when the plugin or a redis-server binary is missing.
+    """
+    try:
+        import resultstore_redis  # noqa: F401 - only whether the plugin is installed
+    except ImportError:
+        print("metadata: no redis row: the resultstore-redis plugin is not installed")
+        yield None
+        return
+    sys.path.insert(0, str(HERE.parent / "plugins" / "resultstore-redis" / "tests"))
+    import pytest
+    from redis_testserver import RedisServer, redis_server_binary
+
+    try:
+        redis_server_binary()
+    except pytest.fail.Exception as exc:
+        print(f"metadata: no redis row: {exc}")
+        yield None
+        return
+    server = RedisServer(folder).start()
+    try:
+        yield server.url(prefix="bench:")
+    finally:
+        server.stop()
+
+
+def bench_metadata(folder: Path, meta_mb: int, calls: int) -> list[Row]:
+    """``read_metadata`` of a ``meta_mb`` MB record against that of a 1 KB one, per store.
+
+    A metadata read opens the header's range alone (``open(key, end=HEADER_PROBE)``),
+    so on a store with ranged reads a large record costs what a small one does. The
+    S3 stores have their rows in the s3 group (same server as their other rows).
+    """
+    small_value = {"values": list(range(150))}
+    large_value = os.urandom(meta_mb * 1024 * 1024)
+    targets: list[tuple[str, str, dict[str, Any]]] = [
+        ("file", f"file://{folder}/file", {}),
+        # A scheme no plugin claims but fsspec knows: the generic fsspec store.
+        ("fsspec local://", f"local://{folder}/fsspec", {}),
+    ]
+    try:
+        import resultstore_sqlite  # noqa: F401 - only whether the plugin is installed
+
+        targets.append(("sqlite plugin", f"sqlite://{folder}/results.db", {}))
+    except ImportError:
+        print("metadata: no sqlite row: the resultstore-sqlite plugin is not installed")
+    rows: list[Row] = []
+    with _redis_url(folder / "redis") as redis_url:
+        if redis_url is not None:
+            targets.append(("redis plugin", redis_url, {}))
+        for label, url, options in targets:
+            store = ResultStore(url, storage_options=options)
+            store.write(small_value, key="meta/small")
+            store.write(large_value, key="meta/large")
+            large_ms, small_ms = _metadata_ms(store, "meta/large", "meta/small", calls)
+            store.delete("meta/large")  # frees the memory (redis) or disk it held
+            store.close()
+            rows.append(
+                _row(
+                    f"{label} read_metadata {meta_mb} MB vs 1 KB",
+                    1e3 / large_ms,
+                    1e3 / small_ms,
+                    "ops/s",
+                    0.67,
+                )
+            )
     return rows
 
 
@@ -695,7 +791,7 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-GROUPS = ("large", "small", "fsync", "s3", "start-up", "locks")
+GROUPS = ("large", "small", "fsync", "metadata", "s3", "start-up", "locks")
 
 
 def main() -> int:
@@ -706,6 +802,9 @@ def main() -> int:
     parser.add_argument("--s3-small", type=int, default=1000, help="concurrent small S3 results")
     parser.add_argument(
         "--s3-meta-mb", type=int, default=200, help="large S3 record whose metadata is read"
+    )
+    parser.add_argument(
+        "--meta-mb", type=int, default=200, help="large record whose metadata is read, per store"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
     parser.add_argument("--dir", default=None, help="folder for file benchmarks (default: temp)")
@@ -735,6 +834,9 @@ def main() -> int:
         if "fsync" in only:
             (Path(tmp) / "fsync").mkdir()
             rows += bench_fsync(Path(tmp) / "fsync", args.small_ops, args.repeat)
+        if "metadata" in only:
+            (Path(tmp) / "metadata").mkdir()
+            rows += bench_metadata(Path(tmp) / "metadata", args.meta_mb, 30)
         if "start-up" in only:
             (Path(tmp) / "first").mkdir()
             first_use = bench_start_up(Path(tmp) / "first", 11)

@@ -4,8 +4,10 @@ Used for a URL scheme that no ``resultstore.stores`` plugin claims but fsspec
 knows. Key ``a/b`` lives at ``ROOT/a/b.rsr``, as in the file store. A write
 goes to a temporary name beside the target and is then moved over it, so
 readers never see part of a record where the move is atomic (local and SFTP
-renames, object-store copies). Every call goes through fsspec's sync API in a
-worker thread, which suits blocking and async implementations alike, and which
+renames, object-store copies). A ranged read (``open(key, start=, end=)``, as
+``read_metadata`` does) is one ``cat_file(path, start, end)``: only the range is
+fetched. Every call goes through fsspec's sync API in a worker thread, which
+suits blocking and async implementations alike, and which
 :class:`~resultstore.ResultStore`'s timeout can walk away from: a call stuck on a
 server that stopped answering is left to its own socket timeout (a backend that
 takes a ``timeout`` option gets ``RESULTSTORE_STALL_TIMEOUT``).
@@ -37,7 +39,7 @@ from resultstore.errors import (
 from resultstore.keys import RESERVED_SUFFIX
 from resultstore.registry import redact_url
 from resultstore.settings import get_settings
-from resultstore.stores.base import BytesReader, Payload, RangeReader, Reader, Store, check_options
+from resultstore.stores.base import BytesReader, Payload, Reader, Stat, Store, check_options
 
 __all__ = ["FsspecStore", "fsspec_store_class"]
 
@@ -68,6 +70,10 @@ class FsspecStore(Store):
     """Records stored through an fsspec filesystem, under the URL's path."""
 
     interface_version = 2
+    # ``cat_file(path, start, end)`` asks the backend for the range alone (a local or SFTP
+    # seek and read, an HTTP or object-store range GET), so a header read of a large record
+    # costs what one of a small record does.
+    supports_ranged_read = True
 
     def __init__(self, url: str, **options: Any) -> None:
         protocol, path = url.split("://", 1)
@@ -185,15 +191,46 @@ class FsspecStore(Store):
         return None
 
     async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        reader = await self._open_whole(key)
-        return reader if start == 0 and end is None else RangeReader(reader, start, end)
+        """Bytes ``[start, end)`` of the record, fetched as one ranged ``cat_file``.
 
-    async def _open_whole(self, key: str) -> Reader:
+        A whole read says the value's size (the bytes' length). A range says it only
+        when it comes back short, i.e. reached the end (``start`` plus what came back);
+        otherwise ``size`` stays None rather than cost a second round trip (``info``).
+        """
+        start = max(0, start)
+        if end is not None and end <= start:  # nothing to fetch: size and existence only
+            found = await self.stat(key)
+            reader = BytesReader(b"")
+            reader.size = found.size
+            return reader
+        ranged = start > 0 or end is not None
         try:
-            data = await self._run("read", key, "cat_file", self._path(key))
+            if ranged:
+                data = await self._run("read", key, "cat_file", self._path(key), start, end)
+            else:
+                data = await self._run("read", key, "cat_file", self._path(key))
+        except FileNotFoundError:
+            if start == 0:
+                raise self.not_found(key) from None
+            # Some backends refuse a range that starts past the end (FTP's REST): if the
+            # record is there, the range is just empty.
+            return await self.open(key, start=start, end=start)
+        reader = BytesReader(data)
+        if ranged:
+            reached_end = end is None or len(data) < end - start
+            # An empty answer from past the end does not say where the end is.
+            reader.size = start + len(data) if reached_end and (data or start == 0) else None
+        return reader
+
+    async def stat(self, key: str) -> Stat:
+        """The record's size from ``info`` (a ``stat``, a HEAD), without its bytes."""
+        try:
+            info = await self._run("check", key, "info", self._path(key))
         except FileNotFoundError:
             raise self.not_found(key) from None
-        return BytesReader(data)
+        if info.get("type") != "file":
+            raise self.not_found(key)
+        return Stat(int(info["size"]))
 
     async def exists(self, key: str) -> bool:
         # Not fsspec's isfile(): it answers False for any error, an unreachable server too.

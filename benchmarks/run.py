@@ -791,7 +791,7 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-GROUPS = ("large", "small", "fsync", "metadata", "s3", "start-up", "locks")
+GROUPS = ("large", "small", "fsync", "metadata", "s3", "start-up", "locks", "bulk")
 
 
 def main() -> int:
@@ -807,6 +807,9 @@ def main() -> int:
         "--meta-mb", type=int, default=200, help="large record whose metadata is read, per store"
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (best kept)")
+    parser.add_argument(
+        "--bulk-records", type=int, default=100_000, help="1 KB records of the bulk rows"
+    )
     parser.add_argument("--dir", default=None, help="folder for file benchmarks (default: temp)")
     parser.add_argument("--s3-url", default=None, help="existing s3://bucket/prefix (AWS_* env)")
     parser.add_argument("--skip-s3", action="store_true")
@@ -843,6 +846,13 @@ def main() -> int:
         if "locks" in only:
             (Path(tmp) / "locks").mkdir()
             rows += bench_locks(Path(tmp) / "locks", args.s3_url, args.skip_s3, args.repeat)
+        if "bulk" in only:
+            from bulk import bench_bulk
+
+            (Path(tmp) / "bulk").mkdir()
+            rows += bench_bulk(
+                Path(tmp) / "bulk", args.s3_url, args.skip_s3, args.bulk_records, _row
+            )
     if "s3" in only and not args.skip_s3:
         rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat, args.s3_meta_mb)
     rows += first_use

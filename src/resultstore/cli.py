@@ -21,16 +21,16 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
-import anyio
 import typer
 
 from resultstore._loops import run_sync
+from resultstore.bulk import RecordOutcome, ScanEntry
 from resultstore.errors import (
     ConfigurationError,
     ConflictError,
@@ -49,7 +49,7 @@ from resultstore.result_store import ResultStore
 from resultstore.serializers import available_serializers
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -57,12 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CliError", "ExitCode", "app", "exit_code_for", "main"]
 
-T = TypeVar("T")
 
-_CHUNK = 8 * 1024 * 1024
-"""Bytes read per call when copying a record."""
-_CONCURRENCY = 8
-"""Records handled at once by ls, gc, check and copy (helps remote stores)."""
 _LARGE = 1024 * 1024
 """From this size on, get and put show a spinner (on a terminal)."""
 
@@ -279,7 +274,9 @@ def _progress_enabled() -> bool:
 class _Progress:
     """A progress bar on stderr when it is a terminal; does nothing otherwise."""
 
-    def __init__(self, description: str, total: int | None, *, enabled: bool) -> None:
+    def __init__(
+        self, description: str, total: int | None, *, enabled: bool, counting: bool = False
+    ) -> None:
         self._bar: Any = None
         self._task: Any = None
         self._bytes = 0
@@ -297,6 +294,8 @@ class _Progress:
         columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
         if total is not None:
             columns += [BarColumn(), MofNCompleteColumn()]
+        elif counting:
+            columns += [TextColumn("{task.completed:.0f} record(s)")]
         columns += [TextColumn("{task.fields[moved]}"), TimeElapsedColumn()]
         self._bar = Progress(*columns, console=_console(stderr=True), transient=True)
         self._task = self._bar.add_task(description, total=total, moved="")
@@ -314,6 +313,11 @@ class _Progress:
         """Count finished records."""
         if self._bar is not None:
             self._bar.advance(self._task, records)
+
+    def record(self, done: RecordOutcome) -> None:
+        """Count one record a bulk operation finished (its ``progress`` callback)."""
+        self.add_bytes(done.size)
+        self.advance()
 
     def add_bytes(self, nbytes: int) -> None:
         """Count bytes moved so far (shown next to the bar)."""
@@ -388,76 +392,48 @@ def _summary(value: object) -> str:
     return f"<{name} object>"
 
 
-# --- async helpers --------------------------------------------------------------------
+# --- streaming output -------------------------------------------------------------------
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    first = group.exceptions[0]
-    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+def _table_row(entry: ScanEntry, now: datetime.datetime) -> tuple[str, str, str, str, str]:
+    meta = entry.metadata
+    if meta is None:
+        return entry.key, "-", "DAMAGED", "-", "-"
+    expiration = _when(meta.expiration)
+    if meta.is_expired(now):
+        expiration += " (expired)"
+    return meta.storage_key, _size(meta.size), meta.serializer, _when(meta.created), expiration
 
 
-async def _each(items: Sequence[T], fn: Callable[[T], Awaitable[None]]) -> None:
-    """Await ``fn(item)`` for every item, a few at a time; the first failure stops all."""
-    pending = iter(items)  # shared by the workers: each item is taken once
+class _StreamedTable:
+    """A table printed as its rows arrive: column widths come from the first batch.
 
-    async def worker() -> None:
-        for item in pending:
-            await fn(item)
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for _ in range(min(_CONCURRENCY, len(items))):
-                tg.start_soon(worker)
-    except BaseExceptionGroup as group:
-        raise _first_error(group) from None
-
-
-async def _one_large_at_a_time(
-    size: int, large: anyio.Lock, work: Callable[[], Awaitable[object]]
-) -> None:
-    """Run ``work``; records of ``_CHUNK`` bytes or more wait for each other (bounded memory)."""
-    if size >= _CHUNK:
-        async with large:
-            await work()
-    else:
-        await work()
-
-
-async def _sorted_keys(store: ResultStore, prefix: str) -> list[str]:
-    return sorted([key async for key in store.akeys(prefix)])
-
-
-@dataclass
-class _Entry:
-    """One listed record: its metadata, or why it could not be read."""
-
-    key: str
-    metadata: ResultMetadata | None = None
-    problem: ResultStoreError | None = None
-
-
-async def _scan(store: ResultStore, prefix: str) -> list[_Entry]:
-    """The metadata of every record under ``prefix``, sorted by key.
-
-    Damaged records are returned with their problem instead of stopping the scan;
-    records deleted meanwhile are left out.
+    So ``ls`` shows its first lines after one batch of headers, whatever the
+    store holds; a later, longer value widens its own line only.
     """
-    entries: dict[str, _Entry] = {}
 
-    async def inspect(key: str) -> None:
-        try:
-            entries[key] = _Entry(key, metadata=await store.aread_metadata(key))
-        except ResultNotFoundError:
-            pass
-        except IntegrityError as exc:
-            entries[key] = _Entry(key, problem=exc)
+    HEADER = ("key", "size", "serializer", "created", "expiration")
 
-    await _each(await _sorted_keys(store, prefix), inspect)
-    return [entries[key] for key in sorted(entries)]
+    def __init__(self) -> None:
+        self._widths: list[int] | None = None
 
+    def add(self, rows: Sequence[tuple[str, ...]]) -> None:
+        if self._widths is None:
+            self._widths = [max(len(row[i]) for row in (self.HEADER, *rows)) for i in range(5)]
+            self._print(self.HEADER)
+        for row in rows:
+            self._print(row)
 
-def _scan_sync(store: ResultStore, prefix: str) -> list[_Entry]:
-    return run_sync(_scan(store, prefix))
+    def _print(self, row: tuple[str, ...]) -> None:
+        assert self._widths is not None
+        key, size, *rest = row
+        cells = [key.ljust(self._widths[0]), size.rjust(self._widths[1])]
+        cells += [cell.ljust(width) for cell, width in zip(rest, self._widths[2:], strict=True)]
+        print("  ".join(cells).rstrip())
+
+    @property
+    def empty(self) -> bool:
+        return self._widths is None
 
 
 # --- commands -------------------------------------------------------------------------
@@ -586,44 +562,60 @@ def list_records(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per line instead of a table.")
     ] = False,
+    keys_only: Annotated[
+        bool, typer.Option("--keys-only", help="Print only the keys (no header is read).")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", min=1, help="Stop after N records.")
+    ] = None,
 ) -> None:
-    """List records: key, size, serializer, created, expiration."""
+    """List records: key, size, serializer, created, expiration.
+
+    Records are printed as they are read, in the store's listing order.
+    """
     with _open_store(ctx) as store:
-        entries = _scan_sync(store, prefix)
-    damaged = [entry for entry in entries if entry.problem is not None]
-    if as_json:
-        for entry in entries:
-            if entry.metadata is not None:
-                print(json.dumps(_metadata_dict(entry.metadata)))
-            else:
-                print(json.dumps({"storage_key": entry.key, "error": str(entry.problem)}))
-    elif not entries:
+        shown, damaged = run_sync(_list(store, prefix, as_json, keys_only, limit))
+    if not shown and not as_json:
         where = f" under {prefix!r}" if prefix else ""
         print(f"no records{where} in {store.storage_url}")
-    else:
-        from rich.table import Table
-
-        now = datetime.datetime.now(datetime.timezone.utc)
-        table = Table(
-            "key", "size", "serializer", "created", "expiration", box=None, pad_edge=False
-        )
-        table.columns[1].justify = "right"
-        for entry in entries:
-            meta = entry.metadata
-            if meta is None:
-                table.add_row(entry.key, "-", "DAMAGED", "-", "-")
-                continue
-            expiration = _when(meta.expiration)
-            if meta.is_expired(now):
-                expiration += " (expired)"
-            table.add_row(
-                meta.storage_key, _size(meta.size), meta.serializer, _when(meta.created), expiration
-            )
-        _print_table(table)
     if damaged:
         sys.stderr.write(
-            f"warning: {len(damaged)} damaged record(s); run 'resultstore check' for details\n"
+            f"warning: {damaged} damaged record(s); run 'resultstore check' for details\n"
         )
+
+
+async def _list(
+    store: ResultStore, prefix: str, as_json: bool, keys_only: bool, limit: int | None
+) -> tuple[int, int]:
+    """Print the records under ``prefix`` as they come; returns (shown, damaged)."""
+    from resultstore.bulk import ascan_batches
+
+    left = math.inf if limit is None else limit
+    shown = damaged = 0
+    if keys_only:
+        async for key in store.akeys(prefix):
+            if shown >= left:
+                break
+            print(key)
+            shown += 1
+        return shown, 0
+    table = _StreamedTable()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    async for batch in ascan_batches(store, prefix):
+        entries = batch[: int(min(left - shown, len(batch)))]
+        shown += len(entries)
+        damaged += sum(entry.damaged for entry in entries)
+        if as_json:
+            for entry in entries:
+                if entry.metadata is not None:
+                    print(json.dumps(_metadata_dict(entry.metadata)))
+                else:
+                    print(json.dumps({"storage_key": entry.key, "error": str(entry.error)}))
+        else:
+            table.add([_table_row(entry, now) for entry in entries])
+        if shown >= left:
+            break
+    return shown, damaged
 
 
 @app.command()
@@ -685,38 +677,42 @@ def gc(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only report what would be deleted.")
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Read every record's header, not only those the expiry index names "
+            "(finds records written before the index existed, or by other tools).",
+        ),
+    ] = False,
 ) -> None:
     """Delete expired records, and leftovers of writes interrupted over an hour ago;
-    report how many bytes were freed."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    deleted: set[str] = set()
+    report how many bytes were freed.
 
-    async def delete(store: ResultStore, key: str) -> None:
-        if await store.adelete(key) is not False:  # None: the store does not say; it is gone
-            deleted.add(key)
+    The expiry index says which records may be due, so gc reads only their headers;
+    each record is deleted only once its own header says it has expired.
+    """
+
+    def show(done: RecordOutcome) -> None:
+        print(f"{'would delete' if dry_run else 'deleted'} {done.key} ({_size(done.size)})")
 
     with _open_store(ctx) as store:
-        expired = [
-            entry.metadata
-            for entry in _scan_sync(store, prefix)
-            if entry.metadata is not None and entry.metadata.is_expired(now)
-        ]
-        if not dry_run:
-            keys = [metadata.storage_key for metadata in expired]
-            run_sync(_each(keys, lambda key: delete(store, key)))
+        summary = store.delete_expired(prefix, dry_run=dry_run, full=full, progress=show)
         leftovers, leftover_bytes = store.clean_abandoned(dry_run=dry_run)
-    freed = 0
-    for metadata in expired:
-        if dry_run or metadata.storage_key in deleted:
-            verb = "would delete" if dry_run else "deleted"
-            print(f"{verb} {metadata.storage_key} ({_size(metadata.size)})")
-            freed += metadata.size
     verb = "would free" if dry_run else "freed"
-    print(f"{len(expired)} expired record(s) in {store.storage_url}: {verb} {_bytes_text(freed)}")
+    print(
+        f"{summary.expired} expired record(s) in {store.storage_url}: "
+        f"{verb} {_bytes_text(summary.bytes_freed)}"
+    )
     if leftovers:
         print(
             f"{leftovers} leftover(s) of interrupted writes older than an hour: "
             f"{verb} {_bytes_text(leftover_bytes)}"
+        )
+    if summary.damaged:
+        sys.stderr.write(
+            f"warning: {len(summary.damaged)} damaged record(s) were kept; run "
+            "'resultstore check' for details\n"
         )
 
 
@@ -737,53 +733,27 @@ def check(
     Signatures are verified only with a signing key (RESULTSTORE_SIGNING_KEY);
     without one, check says so, and --require-signed fails every record.
     """
-    failed: dict[str, IntegrityError] = {}
-    checked = 0
-
-    async def verify(store: ResultStore, key: str, progress: _Progress, large: anyio.Lock) -> None:
-        nonlocal checked
-        try:
-            size = (await store.aread_metadata(key)).size
-            await _one_large_at_a_time(size, large, lambda: store.averify(key))
-            if require_signed and not store.signed:
-                signed = (await store.aread_metadata(key)).signed
-                why = "its signature cannot be verified" if signed else "it is not signed"
-                raise SignatureError(
-                    f"record {key!r} in {store.storage_url}: {why} (no signing key configured; "
-                    "set RESULTSTORE_SIGNING_KEY)",
-                    key=key,
-                    url=store.storage_url,
-                )
-        except ResultNotFoundError:
-            return  # deleted meanwhile
-        except IntegrityError as exc:  # includes SignatureError
-            failed[key] = exc
-        else:
-            progress.add_bytes(size)
-        checked += 1
-        progress.advance()
-
-    async def run(store: ResultStore) -> None:
-        keys = await _sorted_keys(store, prefix)
-        large = anyio.Lock()
-        with _Progress("checking", len(keys), enabled=_progress_enabled()) as progress:
-            await _each(keys, lambda key: verify(store, key, progress, large))
-
-    with _open_store(ctx) as store:
-        run_sync(run(store))
-    for key, exc in sorted(failed.items()):
+    with (
+        _open_store(ctx) as store,
+        _Progress("checking", None, enabled=_progress_enabled(), counting=True) as progress,
+    ):
+        summary = store.verify_all(prefix, require_signed=require_signed, progress=progress.record)
+    for key, exc in sorted(summary.failed.items()):
         print(f"{'REFUSED' if isinstance(exc, SignatureError) else 'DAMAGED'}  {key}: {exc}")
-    ok = checked - len(failed)
-    print(f"checked {checked} record(s) in {store.storage_url}: {ok} ok, {len(failed)} failed")
+    failed = len(summary.failed)
+    print(
+        f"checked {summary.checked} record(s) in {store.storage_url}: "
+        f"{summary.ok} ok, {failed} failed"
+    )
     if not store.signed:
         print(
             "signatures were not verified: no signing key is configured "
             "(set RESULTSTORE_SIGNING_KEY to verify them)"
         )
     if failed:
-        names = ", ".join(repr(key) for key in sorted(failed))
+        names = ", ".join(repr(key) for key in sorted(summary.failed))
         raise CliError(
-            f"{len(failed)} record(s) failed verification in {store.storage_url}: {names}",
+            f"{failed} record(s) failed verification in {store.storage_url}: {names}",
             ExitCode.INTEGRITY,
         )
 
@@ -796,50 +766,41 @@ def copy(
     prefix: Annotated[
         str, typer.Option("--prefix", metavar="P", help="Only keys starting with this.")
     ] = "",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only report what would be copied.")
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Copy records the destination already holds unchanged too."
+        ),
+    ] = False,
 ) -> None:
     """Copy records byte-exact between stores (e.g. file to S3): checksums and
-    signatures stay valid. Each record is verified before and after the copy.
+    signatures stay valid. Each record is verified before and after the copy;
+    records the destination already holds with the same checksum are skipped.
     --storage-option applies to both stores."""
     options = _options(ctx).storage_options
-    damaged: dict[str, str] = {}
-    copied: list[int] = []
-
-    async def copy_one(
-        src: ResultStore, dst: ResultStore, key: str, progress: _Progress, large: anyio.Lock
-    ) -> None:
-        try:
-            size = (await src.aread_metadata(key)).size
-            await _one_large_at_a_time(size, large, lambda: src.acopy_to(key, dst))
-        except ResultNotFoundError:
-            return  # deleted meanwhile
-        except IntegrityError as exc:
-            damaged[key] = str(exc)
-        else:
-            copied.append(size)
-            progress.add_bytes(size)
-        progress.advance()
-
-    async def run(src: ResultStore, dst: ResultStore) -> None:
-        keys = await _sorted_keys(src, prefix)
-        large = anyio.Lock()
-        with _Progress("copying", len(keys), enabled=_progress_enabled()) as progress:
-            await _each(keys, lambda key: copy_one(src, dst, key, progress, large))
-
     with (
         ResultStore(src_url, storage_options=options) as src,
         ResultStore(dst_url, storage_options=options) as dst,
+        _Progress("copying", None, enabled=_progress_enabled(), counting=True) as progress,
     ):
-        run_sync(run(src, dst))
-    for key in sorted(damaged):
-        print(f"DAMAGED  {key}: {damaged[key]} (not copied)")
+        summary = src.copy_all(
+            dst, prefix, skip_existing=not overwrite, dry_run=dry_run, progress=progress.record
+        )
+    for key, exc in sorted(summary.damaged.items()):
+        print(f"DAMAGED  {key}: {exc} (not copied)")
+    verb = "would copy" if dry_run else "copied"
+    skipped = f"; skipped {summary.skipped} unchanged" if summary.skipped else ""
     print(
-        f"copied {len(copied)} record(s), {_bytes_text(sum(copied))}, "
-        f"from {src.storage_url} to {dst.storage_url}"
+        f"{verb} {summary.copied} record(s), {_bytes_text(summary.bytes_copied)}, "
+        f"from {src.storage_url} to {dst.storage_url}{skipped}"
     )
-    if damaged:
-        names = ", ".join(repr(key) for key in sorted(damaged))
+    if summary.damaged:
+        names = ", ".join(repr(key) for key in sorted(summary.damaged))
         raise CliError(
-            f"{len(damaged)} damaged record(s) in {src.storage_url} not copied: {names}",
+            f"{len(summary.damaged)} damaged record(s) in {src.storage_url} not copied: {names}",
             ExitCode.INTEGRITY,
         )
 

@@ -23,6 +23,7 @@ __all__ = [
     "RESERVED_PREFIX",
     "RESERVED_SUFFIX",
     "is_reserved",
+    "is_storable",
     "validate_key",
     "validate_prefix",
 ]
@@ -103,6 +104,15 @@ def validate_key(key: object) -> str:
             key=key,
         )
     return key
+
+
+def is_storable(key: str) -> bool:
+    """True when ``key`` is well formed: a valid key, or one of `resultstore`'s own.
+
+    What a store checks of the names it lists (the reserved namespace is for the
+    layer above to hide or use, not for the store to drop).
+    """
+    return _problem(key, allow_empty=False, allow_trailing_slash=False) is None
 
 
 def validate_prefix(prefix: object) -> str:

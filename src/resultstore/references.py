@@ -42,7 +42,7 @@ from resultstore.settings import get_settings
 if TYPE_CHECKING:
     from resultstore.result_store import ResultStore
 
-__all__ = ["MAX_CACHED_STORES", "register", "store_for_reference"]
+__all__ = ["MAX_CACHED_STORES", "overlapping", "register", "store_for_reference"]
 
 MAX_CACHED_STORES = 32
 """How many stores built for references are kept per process (least recently used go)."""
@@ -109,6 +109,19 @@ def _location(url: str, *, trusted: bool) -> _Location:
     if any(segment in (".", "..") or "\\" in segment for segment in segments):
         raise _refused(url, "its path has '.' or '..' segments")
     return _Location(scheme, host, segments, parts.query)
+
+
+def overlapping(first_url: str, second_url: str) -> bool:
+    """True when two storage URLs name the same location, or one lies inside the other.
+
+    What a copy between them must refuse: it would read its own writes.
+    """
+    try:
+        first = _location(first_url, trusted=True)
+        second = _location(second_url, trusted=True)
+    except ReferenceNotAllowedError:
+        return first_url == second_url
+    return first.contains(second) or second.contains(first)
 
 
 def register(store: ResultStore) -> None:

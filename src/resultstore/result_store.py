@@ -23,6 +23,15 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from resultstore._loops import run_sync
+from resultstore.bulk import (
+    DEFAULT_CONCURRENCY,
+    DELETE_BATCH,
+    CheckSummary,
+    CopySummary,
+    GcSummary,
+    Progress,
+    ScanEntry,
+)
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
@@ -364,14 +373,23 @@ class ResultStore:
             raise ConfigurationError("pass if_absent or if_version, not both")
         if conditional and not self.store.supports_conditional_write:
             raise self.store.unsupported("conditional writes")
+        expires = _check_expiration(expiration)
+        created = None if expires is None else datetime.datetime.now(datetime.timezone.utc)
         buffers = encode_record(
             self.serializer.dumps(obj),
             serializer=self.serializer.name,
-            expiration=_check_expiration(expiration),
+            expiration=expires,
+            created=created,
             signer=self._signer,
             key=key,
         )
         payload = Payload(buffers)
+        if expires is not None and created is not None:
+            # Indexed first, so gc finds the record without reading every header; an
+            # entry whose record never lands is removed by gc when it comes due.
+            from resultstore.expiry import write_entry
+
+            await write_entry(self, key, expires, created)
         guard = self._guard("write", key)
 
         async def once() -> None:
@@ -564,6 +582,10 @@ class ResultStore:
         """
         key = validate_key(key)
         source, chunks = await _Guard.bounded(self, "read", key, lambda: self._read_raw(key))
+        if source.expiration is not None:  # indexed there too, so its gc finds the copy
+            from resultstore.expiry import write_entry
+
+            await write_entry(destination, key, source.expiration, source.created)
         guard = destination._guard("write", key)
 
         async def put() -> None:
@@ -628,6 +650,32 @@ class ResultStore:
         """Sync twin of :meth:`adelete`."""
         return run_sync(self.adelete(key))
 
+    async def adelete_many(self, keys: Sequence[str]) -> None:
+        """Delete the records under ``keys`` (missing ones are fine), in batched requests.
+
+        Stores with a batch delete use it (S3: DeleteObjects, 1,000 keys a request);
+        each batch is retried as a whole, which is safe: deletes are idempotent.
+        """
+        await self._adelete_raw([validate_key(key) for key in keys])
+
+    async def _adelete_raw(self, keys: Sequence[str]) -> None:
+        """:meth:`adelete_many` of keys already valid, `resultstore`'s own ones included."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = list(keys[start : start + DELETE_BATCH])
+            guard = self._guard(
+                "delete", batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} more)"
+            )
+
+            async def once(batch: list[str] = batch, guard: _Guard = guard) -> None:
+                with guard:
+                    await self.store.delete_many(batch)
+
+            await guard.run(self, once)
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Sync twin of :meth:`adelete_many`."""
+        run_sync(self.adelete_many(keys))
+
     async def akeys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield the keys under ``prefix``, in no particular order.
 
@@ -645,6 +693,13 @@ class ResultStore:
                 "resultstore's own records (lock leases) and never listed",
                 key=prefix,
             )
+        async for key in self._alisting(prefix, hide_reserved=True):
+            yield key
+
+    async def _alisting(self, prefix: str, *, hide_reserved: bool) -> AsyncIterator[str]:
+        """The keys under ``prefix``, `resultstore`'s own ones too unless ``hide_reserved``."""
+        from resultstore.keys import is_reserved
+
         guard = self._guard("list", prefix or "*")
         seen: set[str] = set()
         listing: list[AsyncIterator[str]] = []  # the pass under way, if any
@@ -660,7 +715,7 @@ class ResultStore:
                             key = await anext(listing[0])
                         except StopAsyncIteration:
                             break
-                        if key not in seen and not is_reserved(key):
+                        if key not in seen and not (hide_reserved and is_reserved(key)):
                             seen.add(key)
                             keys.append(key)
             except BaseException:
@@ -713,6 +768,148 @@ class ResultStore:
     ) -> tuple[int, int]:
         """Sync twin of :meth:`aclean_abandoned`."""
         return run_sync(self.aclean_abandoned(older_than, dry_run=dry_run))
+
+    # -- whole-store operations (resultstore.bulk) ------------------------------------------
+
+    def ascan(
+        self, prefix: str = "", *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> AsyncIterator[ScanEntry]:
+        """Yield a :class:`ScanEntry` for every record under ``prefix``: metadata, or why
+        it is damaged; streaming, with bounded memory (see :func:`resultstore.bulk.ascan`)."""
+        from resultstore.bulk import ascan
+
+        return ascan(self, prefix, concurrency=concurrency)
+
+    def scan(
+        self, prefix: str = "", *, concurrency: int = DEFAULT_CONCURRENCY
+    ) -> Iterator[ScanEntry]:
+        """Sync twin of :meth:`ascan`: an iterator to consume in the thread that made it."""
+        from resultstore.bulk import ascan_batches
+
+        batches = ascan_batches(self, prefix, concurrency=concurrency)
+        try:
+            while True:
+                try:
+                    batch = run_sync(_next(batches))
+                except StopAsyncIteration:
+                    return
+                yield from batch
+        finally:
+            run_sync(_aclose(batches))
+
+    async def averify_all(
+        self,
+        prefix: str = "",
+        *,
+        require_signed: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> CheckSummary:
+        """Verify every record under ``prefix`` (see :func:`resultstore.bulk.averify_all`)."""
+        from resultstore.bulk import averify_all
+
+        return await averify_all(
+            self, prefix, require_signed=require_signed, concurrency=concurrency, progress=progress
+        )
+
+    def verify_all(
+        self,
+        prefix: str = "",
+        *,
+        require_signed: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> CheckSummary:
+        """Sync twin of :meth:`averify_all`."""
+        return run_sync(
+            self.averify_all(
+                prefix, require_signed=require_signed, concurrency=concurrency, progress=progress
+            )
+        )
+
+    async def acopy_all(
+        self,
+        destination: ResultStore,
+        prefix: str = "",
+        *,
+        skip_existing: bool = True,
+        dry_run: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> CopySummary:
+        """Copy every record under ``prefix`` to ``destination``, skipping unchanged ones
+        (see :func:`resultstore.bulk.acopy_all`)."""
+        from resultstore.bulk import acopy_all
+
+        return await acopy_all(
+            self,
+            destination,
+            prefix,
+            skip_existing=skip_existing,
+            dry_run=dry_run,
+            concurrency=concurrency,
+            progress=progress,
+        )
+
+    def copy_all(
+        self,
+        destination: ResultStore,
+        prefix: str = "",
+        *,
+        skip_existing: bool = True,
+        dry_run: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> CopySummary:
+        """Sync twin of :meth:`acopy_all`."""
+        return run_sync(
+            self.acopy_all(
+                destination,
+                prefix,
+                skip_existing=skip_existing,
+                dry_run=dry_run,
+                concurrency=concurrency,
+                progress=progress,
+            )
+        )
+
+    async def adelete_expired(
+        self,
+        prefix: str = "",
+        *,
+        dry_run: bool = False,
+        full: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> GcSummary:
+        """Delete the expired records under ``prefix``: those the expiry index names, or
+        with ``full`` every one (see :func:`resultstore.bulk.adelete_expired`)."""
+        from resultstore.bulk import adelete_expired
+
+        return await adelete_expired(
+            self,
+            prefix,
+            dry_run=dry_run,
+            full=full,
+            concurrency=concurrency,
+            progress=progress,
+        )
+
+    def delete_expired(
+        self,
+        prefix: str = "",
+        *,
+        dry_run: bool = False,
+        full: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: Progress | None = None,
+    ) -> GcSummary:
+        """Sync twin of :meth:`adelete_expired`."""
+        return run_sync(
+            self.adelete_expired(
+                prefix, dry_run=dry_run, full=full, concurrency=concurrency, progress=progress
+            )
+        )
 
     # -- locks and compute-once (resultstore.locks) ---------------------------------------
 
@@ -1033,7 +1230,12 @@ async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
 
 
-async def _aclose(items: AsyncIterator[str]) -> None:
+async def _next(items: AsyncIterator[T]) -> T:
+    """The next item of ``items`` (StopAsyncIteration at the end), as a coroutine."""
+    return await anext(items)
+
+
+async def _aclose(items: AsyncIterator[Any]) -> None:
     """Close a store's listing (an async generator) at once, not whenever it is collected."""
     close = getattr(items, "aclose", None)
     if close is not None:

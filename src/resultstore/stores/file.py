@@ -95,7 +95,7 @@ from resultstore.errors import (
     StorageError,
     VersionConflictError,
 )
-from resultstore.keys import RESERVED_SUFFIX, validate_key, validate_prefix
+from resultstore.keys import RESERVED_SUFFIX, is_storable, validate_prefix
 from resultstore.serializers import Buffer
 from resultstore.stores.base import Payload, Reader, Stat, Store, run_blocking
 
@@ -284,14 +284,6 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
-
-
-def _is_valid_key(key: str) -> bool:
-    try:
-        validate_key(key)
-    except InvalidKeyError:
-        return False
-    return True
 
 
 def _is_valid_folder(folder: str) -> bool:
@@ -905,6 +897,8 @@ class FileStore(Store):
         Iterative (any depth), never through a symlink (links are listed, not entered),
         and only into folders that may hold keys starting with ``prefix``: valid key
         prefixes, not named like a record. Folders that vanish meanwhile are skipped.
+        Names come sorted, and each folder before its subfolders, so listings are
+        stable and ``ls`` reads in order.
         """
         pending = [base]
         while pending:
@@ -925,8 +919,9 @@ class FileStore(Store):
                     entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
             finally:
                 os.close(fd)
+            entries.sort()
             yield rel, entries
-            for name, is_folder in entries:
+            for name, is_folder in reversed(entries):  # popped in order
                 child = f"{rel}{name}/"
                 if (
                     is_folder
@@ -944,7 +939,7 @@ class FileStore(Store):
                     # A FIFO, link or folder named like a record is listed too: reading it
                     # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
                     key = rel + name[: -len(RESERVED_SUFFIX)]
-                    if key.startswith(prefix) and _is_valid_key(key):
+                    if key.startswith(prefix) and is_storable(key):
                         yield key
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:

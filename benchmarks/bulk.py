@@ -1,0 +1,273 @@
+"""Benchmark rows of whole-store operations at 100,000 records (``run.py --only bulk``).
+
+Each store gets ``records`` records of 1 KB. Measured, each against the raw
+equivalent where there is one, in one run:
+
+- ``resultstore ls`` (a child process): time to its first line, and its peak RSS;
+- a keys-only listing against the raw listing (an ``os.scandir`` walk; raw
+  ListObjectsV2 pages through obstore);
+- a metadata scan (every header), in records per second;
+- ``gc`` of 1,000 expired records among the others against the raw listing of those
+  1,000 plus their raw batched delete; and the peak RSS of ``resultstore gc``;
+- a second ``copy_all`` of 10,000 unchanged records against the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from resultstore import ResultStore
+from resultstore.records import encode_record
+from resultstore.serializers import get_serializer
+
+Row = dict[str, Any]
+RowFn = Callable[..., Row]
+VALUE = b"x" * 1000  # 1 KB results
+EXPIRED = 1000
+COPIED = 10_000
+
+
+def _record() -> bytes:
+    """One 1 KB record's bytes, as ResultStore writes it (unsigned, no expiration)."""
+    segments = encode_record(get_serializer("pickle").dumps(VALUE), serializer="pickle")
+    return b"".join(bytes(segment) for segment in segments)
+
+
+def _child(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Run ``argv``: (seconds to its first stdout line, seconds in all, peak RSS in bytes)."""
+    started = time.perf_counter()
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None
+    child.stdout.readline()
+    first = time.perf_counter() - started
+    for _ in iter(lambda: child.stdout.read(1 << 16), b""):  # type: ignore[union-attr]
+        pass
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    total = time.perf_counter() - started
+    if child.returncode != 0:
+        assert child.stderr is not None
+        raise RuntimeError(f"{argv} failed: {child.stderr.read().decode()[-500:]}")
+    return first, total, usage.ru_maxrss * 1024
+
+
+def _cli(url: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "resultstore", "--storage", url, *args]
+
+
+def _env(options: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in (
+        ("AWS_ENDPOINT_URL", options.get("client_kwargs", {}).get("endpoint_url")),
+        ("AWS_ACCESS_KEY_ID", options.get("key")),
+        ("AWS_SECRET_ACCESS_KEY", options.get("secret")),
+    ):
+        if value:
+            env[name] = str(value)
+    env.setdefault("AWS_REGION", "us-east-1")
+    return env
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def _expire_some(store: ResultStore, prefix: str, count: int) -> None:
+    """``count`` records that expired a minute ago, written (and indexed) by ResultStore."""
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+
+    async def write_all() -> None:
+        semaphore = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            async with semaphore:
+                await store.awrite(VALUE, key=f"{prefix}{i}", expiration=past)
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+    asyncio.run(write_all())
+
+
+def _rows_for(
+    label: str,
+    url: str,
+    options: dict[str, Any],
+    row: RowFn,
+    raw_keys: Callable[[], int],
+    raw_gc: Callable[[], float],
+    scan_target: float,
+) -> list[Row]:
+    rows: list[Row] = []
+    env = _env(options)
+    store = ResultStore(url, storage_options=options)
+
+    first, _, rss = _child(_cli(url, "ls"), env)
+    rows.append(row(f"{label}: ls, first line", first, None, "s", None, max_value=0.3))
+    rows.append(row(f"{label}: ls, peak RSS", rss / 2**20, None, "MB", None, max_value=60))
+
+    ours_keys = min(_timed(lambda: store.keys("bulk/")) for _ in range(2))
+    count = raw_keys()
+    raw_s = min(_timed(raw_keys) for _ in range(2))
+    rows.append(
+        row(f"{label}: keys-only listing", count / ours_keys, count / raw_s, "keys/s", 0.67)
+    )
+
+    started = time.perf_counter()
+    scanned = sum(1 for _ in store.scan("bulk/"))
+    rate = scanned / (time.perf_counter() - started)
+    rows.append(
+        row(f"{label}: metadata scan", rate, None, "records/s", None, min_value=scan_target)
+    )
+
+    _expire_some(store, "gone/", EXPIRED)
+    store.delete_expired()  # the first collection lists the whole index once, then a watermark
+    _expire_some(store, "gone/", EXPIRED)
+    ours_gc = _timed(lambda: store.delete_expired())
+    assert not store.keys("gone/"), "gc left expired records"
+    raw_gc_s = raw_gc()
+    rows.append(
+        row(f"{label}: gc 1,000 expired", EXPIRED / ours_gc, EXPIRED / raw_gc_s, "records/s", 0.5)
+    )
+    _expire_some(store, "gone/", EXPIRED)
+    _, _, gc_rss = _child(_cli(url, "gc"), env)
+    rows.append(row(f"{label}: gc, peak RSS", gc_rss / 2**20, None, "MB", None, max_value=60))
+    store.close()
+    return rows
+
+
+@contextmanager
+def _local_s3(s3_url: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    if s3_url:
+        yield s3_url, {}
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from seaweedfs import SeaweedFS
+
+    with SeaweedFS(volume_size_limit_mb=1024) as server:
+        server.create_bucket("bulk")
+        yield "s3://bulk/run", server.storage_options()
+
+
+def bench_bulk(
+    folder: Path, s3_url: str | None, skip_s3: bool, records: int, row: RowFn
+) -> list[Row]:
+    """The rows of this module's docstring, on the file store and (unless skipped) S3."""
+    data = _record()
+    rows: list[Row] = []
+
+    # -- the file store ---------------------------------------------------------------
+    root = folder / "store"
+    for i in range(records):  # raw writes of real records: what ResultStore would leave
+        path = root / "bulk" / f"{i // 1000:03d}" / f"{i}.rsr"
+        if i % 1000 == 0:
+            path.parent.mkdir(parents=True)
+        path.write_bytes(data)
+    raw_root = folder / "raw"
+    raw_root.mkdir()
+    for i in range(EXPIRED):
+        (raw_root / str(i)).write_bytes(data)
+
+    def walk() -> int:
+        count, pending = 0, [str(root / "bulk")]
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    else:
+                        count += 1
+        return count
+
+    def file_gc() -> float:
+        for i in range(EXPIRED):
+            (raw_root / str(i)).write_bytes(data)
+        started = time.perf_counter()
+        for entry in os.scandir(raw_root):
+            os.unlink(entry.path)
+        return time.perf_counter() - started
+
+    url = root.as_uri()
+    rows += _rows_for("file", url, {"fsync": False}, row, walk, file_gc, 5000)
+
+    source = ResultStore(url)
+    destination = ResultStore((folder / "copy").as_uri())
+    first = _timed(lambda: source.copy_all(destination, "bulk/00"))  # 10,000 records
+    second = _timed(lambda: source.copy_all(destination, "bulk/00"))
+    rows.append(
+        row("file: second copy_all of 10,000", second / first, None, "x first", None, max_value=0.2)
+    )
+
+    if skip_s3:
+        return rows
+
+    # -- S3 (SeaweedFS on loopback) ----------------------------------------------------
+    import obstore
+    from obstore.store import S3Store
+
+    with _local_s3(s3_url) as (base, options):
+        bucket, _, prefix = base.removeprefix("s3://").partition("/")
+        endpoint = options.get("client_kwargs", {}).get("endpoint_url") or os.environ.get(
+            "AWS_ENDPOINT_URL", ""
+        )
+        raw = S3Store(
+            bucket,
+            endpoint=endpoint,
+            access_key_id=options.get("key"),
+            secret_access_key=options.get("secret"),
+            region="us-east-1",
+            client_options={"allow_http": True},
+        )
+
+        async def fill(keys: list[str]) -> None:
+            semaphore = asyncio.Semaphore(64)
+
+            async def put(key: str) -> None:
+                async with semaphore:
+                    await obstore.put_async(raw, key, data)
+
+            await asyncio.gather(*(put(key) for key in keys))
+
+        asyncio.run(fill([f"{prefix}/bulk/{i // 1000:03d}/{i}" for i in range(records)]))
+
+        def raw_list() -> int:
+            return sum(len(page) for page in obstore.list(raw, f"{prefix}/bulk/"))
+
+        def raw_gc() -> float:
+            keys = [f"{prefix}/raw-gc/{i}" for i in range(EXPIRED)]
+            asyncio.run(fill(keys))
+            started = time.perf_counter()
+            listed = [
+                item["path"] for page in obstore.list(raw, f"{prefix}/raw-gc/") for item in page
+            ]
+            obstore.delete(raw, listed)
+            return time.perf_counter() - started
+
+        s3_options = dict(options)
+        rows += _rows_for("s3", base, s3_options, row, raw_list, raw_gc, 2000)
+
+        source = ResultStore(base, storage_options=s3_options)
+        destination = ResultStore(f"{base}-copy", storage_options=s3_options)
+        first = _timed(lambda: source.copy_all(destination, "bulk/00"))
+        second = _timed(lambda: source.copy_all(destination, "bulk/00"))
+        rows.append(
+            row(
+                "s3: second copy_all of 10,000",
+                second / first,
+                None,
+                "x first",
+                None,
+                max_value=0.2,
+            )
+        )
+    return rows

@@ -1,0 +1,285 @@
+"""Whole-store operations: scan, verify_all, copy_all and delete_expired, on every built-in
+backend, with damaged records, records deleted meanwhile and storage that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from ports import free_port
+from resultstore import (
+    ConfigurationError,
+    IntegrityError,
+    ResultStore,
+    RetryPolicy,
+    SignatureError,
+    StorageUnavailableError,
+)
+from resultstore.bulk import RecordOutcome, ScanEntry
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+PAST = NOW - datetime.timedelta(hours=1)
+FUTURE = NOW + datetime.timedelta(hours=1)
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "file":
+        return f"file://{tmp_path}/store"
+    if request.param == "memory":
+        return f"memory://bulk-{uuid.uuid4().hex}"
+    s3_url: str = request.getfixturevalue("s3_url")
+    return s3_url
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[ResultStore]:
+    with ResultStore(url) as results:
+        yield results
+
+
+def _damage(store: ResultStore, key: str) -> None:
+    """Overwrite a record with bytes that are not a record, through the store itself."""
+    from resultstore.stores.base import Payload
+
+    anyio.run(store.store.write, key, Payload([b"not a record at all"]))
+
+
+def test_scan_yields_every_record_with_its_metadata_and_damaged_ones_with_their_error(
+    store: ResultStore,
+) -> None:
+    for i in range(300):  # more than one batch
+        store.write({"i": i}, key=f"runs/{i:03d}")
+    store.write("elsewhere", key="other/x")
+    _damage(store, "runs/007")
+
+    entries = list(store.scan("runs/"))
+    assert sorted(entry.key for entry in entries) == [f"runs/{i:03d}" for i in range(300)]
+    damaged = [entry for entry in entries if entry.damaged]
+    assert [entry.key for entry in damaged] == ["runs/007"]
+    assert isinstance(damaged[0].error, IntegrityError) and damaged[0].metadata is None
+    fine = next(entry for entry in entries if entry.key == "runs/042")
+    assert fine.metadata is not None and fine.metadata.storage_key == "runs/042"
+    assert fine.metadata.serializer == "pickle" and fine.error is None
+
+
+def test_scan_is_async_too_and_can_stop_early(store: ResultStore) -> None:
+    for i in range(50):
+        store.write(i, key=f"k/{i}")
+
+    async def first_five() -> list[ScanEntry]:
+        found = []
+        async for entry in store.ascan("k/", concurrency=4):
+            found.append(entry)
+            if len(found) == 5:
+                break
+        return found
+
+    assert len(anyio.run(first_five)) == 5
+    scan = store.scan("k/")
+    assert next(scan).key.startswith("k/")
+    scan.close()  # a sync scan dropped half-way closes its listing
+
+
+def test_the_file_store_lists_in_order(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri())
+    for key in ["b", "a/2", "a/1", "c/x/y", "a0"]:
+        store.write(1, key=key)
+    assert [entry.key for entry in store.scan()] == ["a0", "b", "a/1", "a/2", "c/x/y"]
+
+
+def test_a_bad_concurrency_is_refused(store: ResultStore) -> None:
+    with pytest.raises(ConfigurationError, match="concurrency must be an integer"):
+        list(store.scan(concurrency=0))
+
+
+def test_verify_all_reports_damaged_and_unsigned_records(store: ResultStore) -> None:
+    for i in range(5):
+        store.write(i, key=f"k{i}")
+    _damage(store, "k3")
+    seen: list[RecordOutcome] = []
+
+    summary = store.verify_all(progress=seen.append)
+    assert (summary.checked, summary.ok) == (5, 4)
+    assert list(summary.failed) == ["k3"] and isinstance(summary.failed["k3"], IntegrityError)
+    assert sorted(done.outcome for done in seen) == ["damaged", "ok", "ok", "ok", "ok"]
+    assert summary.bytes_checked == sum(done.size for done in seen if done.outcome == "ok")
+
+    strict = store.verify_all(require_signed=True)
+    assert strict.ok == 0 and len(strict.failed) == 5
+    assert all(isinstance(error, SignatureError) for k, error in strict.failed.items() if k != "k3")
+
+
+def test_copy_all_copies_then_skips_what_is_unchanged(store: ResultStore, tmp_path: Path) -> None:
+    for i in range(20):
+        store.write({"i": i}, key=f"r/{i}")
+    _damage(store, "r/5")
+    destination = ResultStore(f"file://{tmp_path}/copy")
+
+    first = store.copy_all(destination)
+    assert (first.copied, first.skipped, list(first.damaged)) == (19, 0, ["r/5"])
+    assert destination.read("r/7").result == {"i": 7}
+
+    store.write({"i": "changed"}, key="r/7")
+    again = store.copy_all(destination)
+    assert (again.copied, again.skipped) == (1, 18)  # only the changed record moves
+    assert destination.read("r/7").result == {"i": "changed"}
+
+    store.write("new", key="r/new")
+    dry = store.copy_all(destination, dry_run=True)
+    assert (dry.copied, dry.skipped, dry.dry_run) == (1, 19, True)
+    assert not destination.exists("r/new")
+    forced = store.copy_all(destination, skip_existing=False)
+    assert forced.copied == 20
+
+
+def test_copy_all_refuses_a_store_onto_itself_or_inside_itself(tmp_path: Path) -> None:
+    store = ResultStore(f"file://{tmp_path}/a")
+    store.write(1, key="k")
+    for target in (f"file://{tmp_path}/a", f"file://{tmp_path}/a/inner", f"file://{tmp_path}"):
+        with pytest.raises(ConfigurationError, match="one is inside the other"):
+            store.copy_all(ResultStore(target))
+    assert ResultStore(f"file://{tmp_path}/a").keys() == ["k"]
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["indexed", "full"])
+def test_delete_expired_deletes_only_expired_records_and_keeps_damaged_ones(
+    store: ResultStore, full: bool
+) -> None:
+    for i in range(30):
+        expiration = PAST if i % 3 == 0 else FUTURE if i % 3 == 1 else None
+        store.write(i, key=f"e/{i}", expiration=expiration)
+    _damage(store, "e/3")  # was expired; now unreadable: kept, and reported
+    deleted: list[str] = []
+
+    dry = store.delete_expired(dry_run=True, full=full)
+    assert (dry.expired, dry.deleted, dry.damaged) == (9, 0, ["e/3"])
+    assert len(store.keys()) == 30
+
+    summary = store.delete_expired(full=full, progress=lambda done: deleted.append(done.key))
+    assert (summary.expired, summary.deleted, summary.indexed) == (9, 9, not full)
+    # The index names only the 10 records due by now; a full pass reads all 30 headers.
+    assert summary.scanned == (30 if full else 10)
+    assert summary.bytes_freed > 0
+    assert sorted(deleted) == sorted(f"e/{i}" for i in range(0, 30, 3) if i != 3)
+    assert sorted(store.keys()) == sorted(f"e/{i}" for i in range(30) if i % 3 != 0 or i == 3)
+    assert store.delete_expired(full=full).deleted == 0  # nothing left to do
+
+
+def _index_entries(store: ResultStore) -> list[str]:
+    from resultstore.expiry import INDEX_PREFIX, WATERMARK_KEY
+
+    async def listed() -> list[str]:
+        return [name async for name in store._alisting(INDEX_PREFIX, hide_reserved=False)]
+
+    return sorted(name for name in anyio.run(listed) if name != WATERMARK_KEY)
+
+
+def test_the_index_never_deletes_a_record_its_entry_no_longer_describes(
+    store: ResultStore,
+) -> None:
+    store.write("v1", key="k", expiration=PAST)
+    store.write("v2", key="k")  # overwritten without an expiration: its old entry is stale
+    store.write("w1", key="j", expiration=PAST)
+    store.write("w2", key="j", expiration=FUTURE)  # a later expiration: indexed elsewhere
+    store.write("gone", key="d", expiration=PAST)
+    store.delete("d")
+    assert len(_index_entries(store)) == 4
+
+    summary = store.delete_expired()
+    assert (summary.expired, summary.deleted) == (0, 0)
+    assert store.read("k").result == "v2" and store.read("j").result == "w2"
+    assert len(_index_entries(store)) == 1  # only j's entry for its future expiration is left
+    assert "expiry/" in _index_entries(store)[0] and _index_entries(store)[0].endswith("/k/j")
+
+
+def test_a_forged_index_entry_deletes_nothing(store: ResultStore) -> None:
+    from resultstore.expiry import entry_key
+    from resultstore.stores.base import Payload
+
+    store.write("precious", key="live")
+    forged = entry_key("live", PAST, PAST)
+    anyio.run(store.store.write, forged, Payload([b"{}"]))
+    lease = ".resultstore/locks/live"  # an entry naming resultstore's own record: ignored
+    anyio.run(store.store.write, lease, Payload([b"{}"]))
+    anyio.run(store.store.write, forged.replace("/k/live", f"/k/{lease}"), Payload([b"{}"]))
+
+    assert store.delete_expired().deleted == 0
+    assert store.read("live").result == "precious"
+    assert anyio.run(store.store.exists, lease)
+
+
+def test_records_the_index_does_not_know_are_found_by_a_full_collection(
+    store: ResultStore,
+) -> None:
+    from resultstore.records import encode_record
+    from resultstore.stores.base import Payload
+
+    # Written as an older release (or another tool) would: a record with no index entry.
+    record = encode_record(store.serializer.dumps("old"), serializer="pickle", expiration=PAST)
+    anyio.run(store.store.write, "legacy", Payload(record))
+    assert store.delete_expired().deleted == 0  # the index does not know it
+    full = store.delete_expired(full=True)
+    assert (full.deleted, full.indexed) == (1, False)
+    assert not store.exists("legacy")
+
+
+def test_collections_after_the_first_list_only_the_hours_since(store: ResultStore) -> None:
+    from resultstore.expiry import WATERMARK_KEY
+
+    store.write(1, key="a", expiration=PAST)
+    assert store.delete_expired().deleted == 1
+    assert anyio.run(store.store.exists, WATERMARK_KEY)
+    # An entry in an hour the watermark has passed is not listed again...
+    ancient = NOW - datetime.timedelta(days=3)
+    store.write(2, key="b", expiration=ancient)
+    from resultstore.expiry import entry_key
+    from resultstore.stores.base import Payload
+
+    moved = entry_key("b", ancient, ancient)
+    anyio.run(store.store.write, moved, Payload([b"{}"]))
+    assert store.delete_expired().deleted == 1  # b was also indexed in the hour it was written
+    assert store.delete_expired(full=True).deleted == 0
+    assert store.keys() == []
+
+
+def test_copies_are_indexed_in_their_destination(store: ResultStore, tmp_path: Path) -> None:
+    store.write(1, key="soon", expiration=PAST)
+    destination = ResultStore(f"file://{tmp_path}/copy")
+    assert store.copy_all(destination).copied == 1
+    assert destination.delete_expired().deleted == 1
+    assert destination.keys() == []
+
+
+def test_delete_many_deletes_in_batches_and_ignores_missing_keys(store: ResultStore) -> None:
+    for i in range(1200):  # more than one DeleteObjects request on S3
+        store.write(i, key=f"d/{i}")
+    store.delete_many([f"d/{i}" for i in range(1100)] + ["d/never-written"])
+    assert sorted(store.keys()) == sorted(f"d/{i}" for i in range(1100, 1200))
+
+
+def test_bulk_operations_on_unreachable_storage_raise_instead_of_reporting_nothing(
+    tmp_path: Path,
+) -> None:
+    url = "s3://bucket/prefix"
+    options = {
+        "endpoint_url": f"http://127.0.0.1:{free_port()}",
+        "key": "k",
+        "secret": "s",
+    }
+    quick = RetryPolicy(attempts=2, delay=0.01)
+    with ResultStore(url, storage_options=options, retry=quick, timeout=5) as dead:
+        for operation in (
+            lambda: list(dead.scan()),
+            lambda: dead.verify_all(),
+            lambda: dead.delete_expired(),
+            lambda: dead.copy_all(ResultStore(tmp_path.as_uri())),
+        ):
+            with pytest.raises(StorageUnavailableError):
+                operation()

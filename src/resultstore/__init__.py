@@ -49,7 +49,12 @@ if TYPE_CHECKING:
     from resultstore.result_store import ResultStore
     from resultstore.results import PersistedResult
     from resultstore.retry import RetryPolicy
-    from resultstore.serializers import Serializer, available_serializers, get_serializer
+    from resultstore.serializers import (
+        Serializer,
+        available_serializers,
+        get_serializer,
+        register_json_type,
+    )
     from resultstore.settings import Settings, get_settings
     from resultstore.stores.base import BytesReader, Payload, Reader, Store
 
@@ -95,6 +100,7 @@ __all__ = [
     "get_serializer",
     "get_settings",
     "redact_url",
+    "register_json_type",
     "resolve_store",
     "validate_key",
 ]
@@ -136,7 +142,12 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "resultstore.result_store": ("ResultStore",),
     "resultstore.results": ("PersistedResult",),
     "resultstore.retry": ("RetryPolicy",),
-    "resultstore.serializers": ("Serializer", "available_serializers", "get_serializer"),
+    "resultstore.serializers": (
+        "Serializer",
+        "available_serializers",
+        "get_serializer",
+        "register_json_type",
+    ),
     "resultstore.settings": ("Settings", "get_settings"),
     "resultstore.stores.base": ("BytesReader", "Payload", "Reader", "Store"),
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +25,8 @@ DEFAULT_STORAGE_URL = "file://~/.resultstore/storage"
 ENV_PREFIX = "RESULTSTORE_"
 _JSON_FIELDS = {"storage_options", "signing_keys_old"}
 # Lists that may be given as a JSON list or as comma-separated text.
-_LIST_FIELDS = {"allowed_serializers", "reference_urls"}
+_LIST_FIELDS = {"allowed_serializers", "reference_urls", "json_modules"}
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 class Settings(BaseModel):
@@ -42,7 +44,21 @@ class Settings(BaseModel):
         exclude=True,
         description="Extra options for the store, as a JSON object (e.g. endpoint settings).",
     )
-    serializer: str = Field(default="pickle", description="Default serializer name.")
+    serializer: str = Field(
+        default="pickle",
+        description=(
+            "Default serializer: a name (pickle, json, compressed/pickle, pickle+lzma, ...) "
+            'or a configuration as JSON text, e.g. {"type": "json", "jsonlib": "orjson"}.'
+        ),
+    )
+    json_modules: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Modules whose enums, dataclasses, pydantic models, exceptions and named tuples "
+            "the json serializer may rebuild (JSON list or comma-separated), besides the "
+            "classes given to register_json_type() and the built-in exceptions."
+        ),
+    )
     allowed_serializers: list[str] | None = Field(
         default=None,
         description=(
@@ -91,6 +107,26 @@ class Settings(BaseModel):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         return value.strip() or DEFAULT_STORAGE_URL
+
+    @field_validator("serializer")
+    @classmethod
+    def _known_serializer(cls, value: str) -> str:
+        from resultstore.errors import ResultStoreError
+        from resultstore.serializers import get_serializer
+
+        try:
+            get_serializer(value)
+        except ResultStoreError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("json_modules")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _MODULE_NAME.match(name):
+                raise ValueError(f"{name!r} is not a module name (such as myapp.models)")
+        return value
 
 
 def _variable(field: str) -> str:

@@ -61,6 +61,7 @@ DEFAULT_CONCURRENCY = 32
 """Header reads (and deletes, copies, verifications) in flight at once."""
 
 _BATCH_PER_WORKER = 8  # keys taken from the listing per batch, per concurrent worker
+_FIRST_BATCH = 16  # keys of the first batch (the next ones grow four-fold)
 _LARGE = 64 * 1024 * 1024  # records this big are verified or copied one at a time
 DELETE_BATCH = 1000  # keys per batched delete (S3 DeleteObjects takes up to 1,000)
 
@@ -175,13 +176,20 @@ def _check_concurrency(concurrency: object) -> int:
 
 
 async def _batches(store: ResultStore, prefix: str, size: int) -> AsyncIterator[list[str]]:
-    """The keys under ``prefix`` in listing order, ``size`` at a time."""
+    """The keys under ``prefix`` in listing order, in batches growing to ``size``.
+
+    The first batches are small, so the first entries come after a few header
+    reads (``ls`` shows its first lines at once); later ones are larger, so the
+    readers seldom wait for a batch's slowest read.
+    """
     batch: list[str] = []
+    goal = min(size, _FIRST_BATCH)
     async for key in store.akeys(prefix):
         batch.append(key)
-        if len(batch) >= size:
+        if len(batch) >= goal:
             yield batch
             batch = []
+            goal = min(size, goal * 4)
     if batch:
         yield batch
 

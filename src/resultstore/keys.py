@@ -112,6 +112,8 @@ def is_storable(key: str) -> bool:
     What a store checks of the names it lists (the reserved namespace is for the
     layer above to hide or use, not for the store to drop).
     """
+    if len(key) <= _PLAIN_MAX and _PLAIN.fullmatch(key) and RESERVED_SUFFIX not in key:
+        return True  # the common case, without the slower checks
     return _problem(key, allow_empty=False, allow_trailing_slash=False) is None
 
 

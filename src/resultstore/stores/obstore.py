@@ -62,7 +62,12 @@ from resultstore.stores.base import BytesReader, Payload, Reader, Stat, check_op
 __all__ = ["ObstoreS3Store"]
 
 _ALIAS = "s3+obstore"
-_CHUNK = 8 << 20  # bytes per streamed chunk: fewer Rust->Python hand-offs, bounded memory
+# Bytes per streamed chunk: obstore hands each over as a fresh ``bytes`` (a copy), which the
+# reader copies again into the caller's buffer; at 1 MiB both copies stay in the CPU cache
+# (100 MB read in 8 MiB chunks: about 10% slower), and a hand-off costs microseconds.
+_CHUNK = 1 << 20
+_READ_AHEAD = 16  # chunks fetched ahead of the reader (16 MiB at most)
+_END = object()  # the stream's end, in the read-ahead queue
 _SMALL = 1 << 20  # a body up to this is fetched whole, in one hand-off
 _DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's maximum)
 _PROBE_BODY = b"resultstore conditional-write probe"
@@ -193,29 +198,55 @@ def _endpoint(options: dict[str, Any]) -> str | None:
 
 
 class _StreamReader(Reader):
-    """A GET's body as obstore streams it, each chunk copied once into the caller's buffers."""
+    """A GET's body as obstore streams it, fetched ahead of the reader.
+
+    A task keeps pulling chunks from obstore's stream (up to :data:`_READ_AHEAD` of them
+    wait in a queue), so the transfer goes on in obstore's threads while the reader's
+    caller works: zero-filling the record's buffer (about 50 ms for 100 MB here) and
+    copying chunks into it. Without it the HTTP body is pulled only when the caller
+    asks, and the socket sits idle meanwhile. Each chunk is copied once, into the
+    caller's buffers, while it is still in the CPU cache (hence 1 MiB chunks).
+    """
 
     def __init__(
         self, stream: Any, store: ObstoreS3Store, key: str, size: int, version: str | None
     ) -> None:
-        self._stream = stream
+        import asyncio  # obstore's futures are asyncio's
+
         self._store = store
         self._key = key
         self._chunk = memoryview(b"")
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(_READ_AHEAD)
+        self._done = False
+        self._pump: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._fetch(stream)
+        )
         self.size = size
         self.version = version
+
+    async def _fetch(self, stream: Any) -> None:
+        """Move the stream's chunks into the queue; its end or failure comes last."""
+        try:
+            while True:
+                await self._queue.put(await stream.__anext__())
+        except StopAsyncIteration:
+            await self._queue.put(_END)
+        except Exception as exc:  # handed to the reader, which raises it translated
+            await self._queue.put(exc)
 
     async def _fill(self) -> bool:
         """Make the current chunk non-empty; False at the end of the body."""
         while not self._chunk:
-            if self._stream is None:  # closed
+            if self._done:  # the end was reached, or the reader closed
                 return False
-            try:
-                self._chunk = memoryview(await self._stream.__anext__()).cast("B")
-            except StopAsyncIteration:
+            item = await self._queue.get()
+            if item is _END:
+                self._done = True
                 return False
-            except Exception as exc:
-                raise self._store._translate(exc, "read", self._key) from exc
+            if isinstance(item, BaseException):
+                self._done = True
+                raise self._store._translate(item, "read", self._key) from item
+            self._chunk = memoryview(item).cast("B")
         return True
 
     async def read(self, n: int = -1) -> bytes:
@@ -238,8 +269,15 @@ class _StreamReader(Reader):
         return total
 
     async def aclose(self) -> None:
-        # Dropping the stream ends the GET at once (read_metadata stops after the header).
-        self._stream, self._chunk = None, memoryview(b"")
+        # Stopping the task drops the stream, which ends the GET at once (read_metadata
+        # stops after the header); the chunks fetched ahead are dropped with the queue.
+        import asyncio
+
+        pump, self._pump = self._pump, None
+        self._done, self._chunk = True, memoryview(b"")
+        if pump is not None and not pump.done():
+            pump.cancel()
+            await asyncio.wait({pump})  # raises nothing of the task's; our own cancellation yes
 
 
 class ObstoreS3Store(BaseS3Store):

@@ -20,6 +20,7 @@ HMAC-SHA256 signature (see :mod:`resultstore.signing`) guards against forgery.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import struct
 from collections.abc import Callable, Sequence
@@ -162,15 +163,38 @@ def encode_record(
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": _payload_checksum(segments),
     }
-    if signer is not None:
+    if signer is None:
+        header = _unsigned_header(fields)
+    else:
         from resultstore.signing import payload_digest
 
         fields["sha256"] = payload_digest(segments)
         core = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
         fields["signature"] = signer.sign(key, core)
-    header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+        header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header))
     return [prefix + header, *segments]
+
+
+@functools.lru_cache(maxsize=64)
+def _json_text(name: str) -> str:
+    return json.dumps(name)
+
+
+def _unsigned_header(fields: dict[str, Any]) -> bytes:
+    """``json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()``, faster.
+
+    Every write frames a header, and for a 1 KB result the generic encoder is a
+    tenth of the write. The fields are known: ASCII text (a checksum, ISO
+    dates) and integers, and the serializer's name, which is escaped as JSON.
+    """
+    expiration = "null" if fields["expiration"] is None else f'"{fields["expiration"]}"'
+    segments = ",".join(map(str, fields["segments"]))
+    return (
+        f'{{"checksum":"{fields["checksum"]}","created":"{fields["created"]}",'
+        f'"expiration":{expiration},"segments":[{segments}],'
+        f'"serializer":{_json_text(fields["serializer"])}}}'
+    ).encode()
 
 
 def _damaged(key: str, url: str | None, why: str) -> IntegrityError:

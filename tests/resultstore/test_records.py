@@ -373,3 +373,24 @@ def test_a_tampered_signed_payload_is_refused() -> None:
         SignatureError, match=f"record {KEY!r} in {URL} has a signature that does not"
     ):
         read(bytes(data), verifier=Signer("k-0123456789abcdef"))
+
+
+@given(
+    serializer=st.text(min_size=1, max_size=30),
+    lengths=st.lists(st.integers(min_value=0, max_value=2**40), min_size=1, max_size=5),
+    expiration=st.none() | st.datetimes(timezones=st.just(datetime.timezone.utc)),
+)
+def test_the_fast_unsigned_header_is_exactly_what_json_dumps_writes(
+    serializer: str, lengths: list[int], expiration: datetime.datetime | None
+) -> None:
+    from resultstore.records import _unsigned_header
+
+    fields = {
+        "serializer": serializer,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "expiration": None if expiration is None else expiration.isoformat(),
+        "segments": lengths,
+        "checksum": "xxh3_128:" + "0f" * 16,
+    }
+    expected = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    assert _unsigned_header(fields) == expected

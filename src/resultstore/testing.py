@@ -1037,6 +1037,23 @@ class StoreConformance:
         for key in AWKWARD_KEYS:
             assert run(read_all(store, key)) == key.encode()
 
+    def test_resultstore_own_keys_round_trip_and_list(self, store: Store) -> None:
+        """Keys under ``.resultstore/`` (lock leases, the expiry index) are ordinary keys
+        to a store: gc finds expired records by listing them, so a store that drops
+        dot-names from its listings would keep expired records until ``gc --full``."""
+        own = [
+            ".resultstore/expiry/2026010100/k/runs/7/result",
+            ".resultstore/expiry/watermark",
+            ".resultstore/locks/runs/7/result",
+        ]
+        for key in [*own, "runs/7/result"]:
+            run(store.write(key, Payload([key.encode()])))
+        assert run(_keys(store, ".resultstore/expiry/")) == sorted(own[:2])
+        assert run(_keys(store)) == sorted([*own, "runs/7/result"])
+        assert run(read_all(store, own[0])) == own[0].encode()
+        assert run(store.delete(own[2])) in (True, None)
+        assert run(_keys(store, ".resultstore/locks/")) == []
+
     # -- concurrency ----------------------------------------------------------
 
     def test_concurrent_writes_of_distinct_keys_all_land(self, store: Store) -> None:

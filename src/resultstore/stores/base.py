@@ -121,7 +121,8 @@ class Payload:
 
     def __init__(self, buffers: Sequence[Buffer]) -> None:
         self.buffers = list(buffers)
-        self.size = sum(memoryview(b).nbytes for b in self.buffers)
+        # bytes (a record's header, most payloads) know their length; views are asked.
+        self.size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in self.buffers)
 
     def __iter__(self) -> Any:
         return iter(self.buffers)

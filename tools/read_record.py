@@ -10,8 +10,11 @@ it also verifies an ``hmac-sha256-v3`` signature. It then prints the metadata
 and, for ``json`` records (plain or compressed with lzma, bz2 or zlib), the
 value as JSON: tagged values (``{"$type": "tuple", ...}``) are shown as the
 JSON they are. A record whose value is a ``bytes`` tag is written raw with
-``--out FILE``. Pickle records are never decoded (unpickling runs code);
-``--out`` saves their payload bytes.
+``--out FILE``. For ``npy`` records it prints the array's dtype and shape, and
+``--out FILE.npy`` writes a .npy file (which ``numpy.load`` reads); for
+``arrow`` records, ``--out FILE.arrow`` writes the Arrow IPC file. Pickle
+records are never decoded (unpickling runs code); ``--out`` saves their
+payload bytes.
 
 xxh3 is not in the standard library, so it is implemented below (64- and
 128-bit, seed 0, the default secret); it hashes about 25 MB/s, so verifying a
@@ -22,6 +25,7 @@ record is damaged or its signature does not verify, 2 for bad usage.
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
 import bz2
 import hashlib
@@ -333,6 +337,61 @@ def inflate(lib: str, data: bytes) -> bytes:
     return bytes(text)
 
 
+def npy_header(data: bytes) -> dict[str, Any]:
+    """The dict of an npy header segment, read as a literal (no code runs)."""
+    if data[:6] != b"\x93NUMPY":
+        raise Damaged("the npy header segment does not start with the npy magic")
+    major = data[6]
+    start = 10 if major == 1 else 12
+    (length,) = struct.unpack_from("<H" if major == 1 else "<I", data, 8)
+    if start + length != len(data):
+        raise Damaged("the npy header's length does not match its segment")
+    fields = ast.literal_eval(data[start:].decode("utf-8" if major == 3 else "latin-1"))
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        raise Damaged("the npy header is not a dict of descr, fortran_order and shape")
+    return fields
+
+
+def save_open_format(
+    serializer: str, segments: list[bytes], payload: bytes, path: str, out: str | None
+) -> int:
+    """Describe an npy or arrow record; with ``out``, save it as a .npy or .arrow file.
+
+    An npy record's payload is a .npy file as it stands (header segment, then the
+    array's bytes); an arrow record's is an Arrow IPC file.
+    """
+    try:
+        if serializer == "npy":
+            if len(segments) != 2:
+                raise Damaged(f"an npy record has 2 segments, this one {len(segments)}")
+            fields = npy_header(segments[0])
+            shape = fields["shape"]
+            count = 1
+            for n in shape:
+                count *= n
+            described: dict[str, Any] = {
+                "dtype": str(fields["descr"]),
+                "shape": list(shape),
+                "fortran_order": fields["fortran_order"],
+                "data_bytes": len(segments[1]),
+                "elements": count,
+            }
+        else:
+            if payload[:6] != b"ARROW1" or payload[-6:] != b"ARROW1":
+                raise Damaged("an arrow record's payload is not an Arrow IPC file")
+            described = {"format": "Arrow IPC file", "bytes": len(payload)}
+    except (Damaged, ValueError, SyntaxError, struct.error) as exc:
+        print(f"{path}: damaged: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({serializer: described}, indent=2))
+    if out:
+        with open(out, "wb") as file:
+            file.write(payload)
+        kind = ".npy file (numpy.load reads it)" if serializer == "npy" else "Arrow IPC file"
+        print(f"# {kind}, {len(payload)} bytes, written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", help="the record file")
@@ -363,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     metadata["size"] = sum(fields["segments"])
     print(json.dumps({"metadata": metadata}, indent=2))
     payload = b"".join(segments)
+    if serializer in ("npy", "arrow"):
+        return save_open_format(serializer, segments, payload, args.path, args.out)
     base, _, lib = serializer.partition("+")
     if base != "json":
         print(f"# {serializer} records are not decoded here (unpickling runs code)")

@@ -375,9 +375,10 @@ class ResultStore:
             raise self.store.unsupported("conditional writes")
         expires = _check_expiration(expiration)
         created = None if expires is None else datetime.datetime.now(datetime.timezone.utc)
+        serializer_name, segments = self.serializer.encode(obj)  # "auto" names its choice
         buffers = encode_record(
-            self.serializer.dumps(obj),
-            serializer=self.serializer.name,
+            segments,
+            serializer=serializer_name,
             expiration=expires,
             created=created,
             signer=self._signer,

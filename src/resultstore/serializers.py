@@ -6,9 +6,12 @@ small pickle stream plus one segment that *is* the array's memory, written as
 is and read back into a fresh, writable buffer.
 
 Built-ins: ``pickle`` (cloudpickle, the default), ``json`` (lossless tagged
-JSON, readable from other languages: see :mod:`resultstore.json_codec`) and
+JSON, readable from other languages: see :mod:`resultstore.json_codec`),
 their compressed forms ``pickle+zstd``, ``pickle+lzma``, ``pickle+bz2``,
-``pickle+zlib``, ``json+zstd``, ``json+lzma``, ``json+bz2``, ``json+zlib``.
+``pickle+zlib``, ``json+zstd``, ``json+lzma``, ``json+bz2``, ``json+zlib``,
+and the code-free array and table serializers ``npy`` and ``arrow`` with the
+``auto`` dispatcher (``auto-json``, ``auto-strict``): see
+:mod:`resultstore.array_serializers`.
 Others are found through the entry-point group ``resultstore.serializers``.
 
 Wherever a serializer is named, Prefect's identifiers work too: ``"pickle"``,
@@ -106,6 +109,15 @@ class Serializer(ABC):
     @abstractmethod
     def loads(self, segments: Sequence[Buffer]) -> Any:
         """Decode the segments produced by :meth:`dumps`."""
+
+    def encode(self, obj: Any) -> tuple[str, list[Buffer]]:
+        """The name a record of ``obj`` stores, and its segments.
+
+        This serializer's :attr:`name` and :meth:`dumps`, unless it dispatches:
+        ``auto`` names the serializer it chose (``npy``, ``arrow``, ``pickle``),
+        so the record decodes with that one.
+        """
+        return self.name, self.dumps(obj)
 
     @property
     def configuration(self) -> dict[str, Any] | None:
@@ -533,8 +545,31 @@ class CompressedJSONSerializer(CompressedSerializer):
 
 # -- names and configurations ---------------------------------------------------------
 
-# Built in beside the entry points: the compressed forms and Prefect's names for them.
+
+def _array_serializer(name: str) -> Serializer:
+    """The array, table and dispatching serializers (imported on first use)."""
+    from resultstore import array_serializers as arrays
+
+    classes: dict[str, Any] = {
+        "npy": arrays.NpySerializer,
+        "arrow": arrays.ArrowSerializer,
+        "auto": arrays.AutoSerializer,
+        "auto-json": arrays.CodeFreeAutoSerializer,
+        "auto-strict": arrays.StrictAutoSerializer,
+    }
+    made: Serializer = classes[name]()
+    return made
+
+
+_AUTO_FALLBACKS = {"pickle": "auto", "json": "auto-json", "none": "auto-strict"}
+
+# Built in beside the entry points: the compressed forms and Prefect's names for them,
+# the array and table serializers, and the dispatcher choosing among them.
 _BUILTIN: dict[str, Any] = {
+    **{
+        name: functools.partial(_array_serializer, name)
+        for name in ("npy", "arrow", "auto", "auto-json", "auto-strict")
+    },
     "compressed/pickle": lambda: CompressedPickleSerializer(compressionlib="lzma"),
     "compressed/json": lambda: CompressedJSONSerializer(compressionlib="lzma"),
     **{
@@ -560,6 +595,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "compressed": frozenset({"type", "serializer", "compressionlib", "level"}),
     "compressed/pickle": frozenset({"type", "serializer", "compressionlib", "level"}),
     "compressed/json": frozenset({"type", "serializer", "compressionlib", "level"}),
+    "auto": frozenset({"type", "fallback"}),
 }
 
 
@@ -585,6 +621,9 @@ def _from_config(config: Mapping[str, Any]) -> Serializer:
             f"unknown key(s) {', '.join(map(repr, sorted(unknown)))} in the {kind!r} serializer "
             f"configuration; valid keys: {', '.join(sorted(valid))}"
         )
+    if kind == "auto":
+        fallback = _choice("fallback", config.get("fallback", "pickle"), tuple(_AUTO_FALLBACKS))
+        return get_serializer(_AUTO_FALLBACKS[fallback])
     if kind == "pickle":
         version = config.get("picklelib_version")
         if version is not None and not isinstance(version, str):

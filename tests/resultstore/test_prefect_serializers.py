@@ -188,7 +188,8 @@ def test_the_setting_takes_a_name_or_a_configuration(
         ResultStore(memory_url)
     assert str(caught.value).startswith(
         "invalid setting RESULTSTORE_SERIALIZER: Value error, unknown serializer "
-        "'compresed/pickle'; installed serializers: compressed/json, compressed/pickle,"
+        "'compresed/pickle'; installed serializers: arrow, auto, auto-json, auto-strict, "
+        "compressed/json, compressed/pickle,"
     )
 
 

@@ -276,8 +276,8 @@ def test_unknown_serializer_name_lists_the_installed_ones() -> None:
     with pytest.raises(UnknownSerializerError) as caught:
         get_serializer("msgpack")
     assert str(caught.value).startswith(
-        "unknown serializer 'msgpack'; installed serializers: compressed/json, "
-        "compressed/pickle, json, json+bz2,"
+        "unknown serializer 'msgpack'; installed serializers: arrow, auto, auto-json, "
+        "auto-strict, compressed/json, compressed/pickle, json, json+bz2,"
     )
     with pytest.raises(UnknownSerializerError, match="unknown serializer 'msgpack'"):
         ResultStore("memory://serializers", serializer="msgpack")

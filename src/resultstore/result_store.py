@@ -489,6 +489,13 @@ class ResultStore:
             raise UnknownSerializerError(
                 f"record {key!r} in {self.storage_url}: {exc}", key=key, url=self.storage_url
             ) from None
+        except IntegrityError as exc:
+            if type(exc) is not IntegrityError:  # a signature or serializer refusal: final
+                raise
+            # Not a native record (bad magic, say): it may be a Prefect record, read in place.
+            from resultstore.prefect import read_in_place
+
+            return await read_in_place(self, key, exc)
         try:
             serializer = (
                 self.serializer
@@ -506,7 +513,9 @@ class ResultStore:
         """Read, verify and deserialize the record under ``key``.
 
         A missing record or unreachable storage is retried by :attr:`retry`
-        unless ``retry=False``; damaged records fail at once.
+        unless ``retry=False``; damaged records fail at once. A Prefect result
+        record under ``key`` is read in place, by the same trust rules (see
+        :mod:`resultstore.prefect`); its metadata's serializer is ``prefect:<type>``.
         """
         key = validate_key(key)
         return await _Guard.bounded(

@@ -805,6 +805,64 @@ def copy(
         )
 
 
+@app.command("import-prefect")
+def import_prefect_command(
+    ctx: typer.Context,
+    src: Annotated[
+        str,
+        typer.Argument(
+            metavar="SRC",
+            help="Prefect's result storage: a folder (path or file:// URL) or s3://bucket/prefix.",
+        ),
+    ],
+    dest: Annotated[str, typer.Argument(metavar="DEST", help="Store URL to write records to.")],
+    serializer: Annotated[
+        str | None,
+        typer.Option("--serializer", metavar="NAME", help="Serializer to write with (pickle)."),
+    ] = None,
+    allow_pickle: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-pickle/--no-pickle",
+            help="Decode Prefect's pickle records (default: when DEST's serializer reads pickle).",
+        ),
+    ] = None,
+) -> None:
+    """Import Prefect result records (Prefect 3 ResultRecords, Prefect 2 blobs) as
+    native records under the same keys, keeping their expirations. Other files are
+    skipped; a record that does not decode is reported and the import goes on
+    (exit 5 if any failed). --storage-option applies to both SRC and DEST."""
+    from resultstore.prefect import import_prefect
+
+    options = _options(ctx).storage_options
+    with (
+        ResultStore(dest, serializer=serializer, storage_options=options) as dst,
+        _Progress("importing", None, enabled=_progress_enabled(), counting=True) as progress,
+    ):
+        summary = import_prefect(
+            src,
+            dst,
+            allow_pickle=allow_pickle,
+            storage_options=options,
+            progress=lambda outcome: progress.advance(),
+        )
+    for key in summary.skipped:
+        print(f"SKIPPED  {key}: not a Prefect result record")
+    for key, reason in sorted(summary.failed.items()):
+        print(f"FAILED   {key}: {reason}")
+    print(
+        f"imported {summary.imported} record(s) from {summary.source_url} to "
+        f"{dst.storage_url}; skipped {len(summary.skipped)} not Prefect; "
+        f"failed {len(summary.failed)}"
+    )
+    if summary.failed:
+        raise CliError(
+            f"{len(summary.failed)} Prefect record(s) in {summary.source_url} not imported; "
+            "see the FAILED lines",
+            ExitCode.INTEGRITY,
+        )
+
+
 @app.command()
 def stores() -> None:
     """List the installed store URL schemes and serializers, with their distributions."""

@@ -42,26 +42,45 @@ def _record() -> bytes:
     return b"".join(bytes(segment) for segment in segments)
 
 
+# Runs the CLI, then reports the process's peak RSS since exec (VmHWM): ru_maxrss would
+# also count the parent's pages the child had before exec (Linux keeps the larger).
+_REPORTING_CLI = """
+import sys
+from resultstore.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+    sys.stderr.write("\\n" + peak[0])
+sys.exit(code)
+"""
+
+
 def _child(argv: list[str], env: dict[str, str]) -> tuple[float, float, int]:
-    """Run ``argv``: (seconds to its first stdout line, seconds in all, peak RSS in bytes)."""
+    """Run the CLI with ``argv``: (seconds to its first stdout line, in all, peak RSS bytes)."""
     started = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert child.stdout is not None
+    child = subprocess.Popen(
+        [sys.executable, "-c", _REPORTING_CLI, *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout is not None and child.stderr is not None
     child.stdout.readline()
     first = time.perf_counter() - started
     for _ in iter(lambda: child.stdout.read(1 << 16), b""):  # type: ignore[union-attr]
         pass
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    errors = child.stderr.read().decode()
+    child.wait()
     total = time.perf_counter() - started
     if child.returncode != 0:
-        assert child.stderr is not None
-        raise RuntimeError(f"{argv} failed: {child.stderr.read().decode()[-500:]}")
-    return first, total, usage.ru_maxrss * 1024
+        raise RuntimeError(f"resultstore {argv} failed: {errors[-500:]}")
+    kilobytes = int(errors.rsplit("VmHWM:", 1)[1].split()[0])
+    return first, total, kilobytes * 1024
 
 
 def _cli(url: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "resultstore", "--storage", url, *args]
+    return ["--storage", url, *args]
 
 
 def _env(options: dict[str, Any]) -> dict[str, str]:

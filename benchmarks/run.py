@@ -746,6 +746,62 @@ def bench_locks(folder: Path, s3_url: str | None, skip_s3: bool, repeat: int) ->
     return rows
 
 
+def _rss() -> int:
+    """This process's resident set size in bytes (Linux /proc), or 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def bench_mmap(folder: Path, size_mb: int, repeat: int) -> list[Row]:
+    """A ``size_mb`` MB npy array read memory-mapped (checksum verified on open, and not)
+    against a full read of it: time as a fraction of the full read, and the memory the
+    mapped read adds (RSS growth, and tracemalloc's peak) as a fraction of the array."""
+    store = ResultStore(f"file://{folder}", serializer="npy")
+    value = np.random.default_rng(0).random(size_mb * 1024 * 1024 // 8)
+    nbytes = value.nbytes
+    store.write(value, key="big")
+    del value
+    full = _best(lambda: store.read("big").result, repeat)
+    mapped = _best(lambda: store.read("big", mmap=True).result, repeat)
+    unverified = _best(lambda: store.read("big", mmap=True, verify=False).result, repeat)
+    gc.collect()
+    before = _rss()
+    held = store.read("big", mmap=True).result
+    grown = max(0, _rss() - before)
+    assert held.shape == (nbytes // 8,) and not held.flags.writeable
+    del held
+    traced = _peak_extra(lambda: store.read("big", mmap=True).result)
+    return [
+        _row(
+            f"file {size_mb} MB npy read, mmap (verified)", mapped / full, None, "x full", None, 0.5
+        ),
+        _row("  mmap, verify=False", unverified / full, None, "x full", None, 0.5),
+        _row("  mmap extra memory (RSS growth)", grown / nbytes, None, "x array", None, 0.05),
+        _row("  mmap extra memory (tracemalloc)", traced / nbytes, None, "x array", None, 0.05),
+    ]
+
+
+def bench_columns(folder: Path, size_mb: int, repeat: int) -> list[Row]:
+    """2 of the 20 float64 columns of a ``size_mb`` MB Arrow table, read with ranged reads,
+    against a full read of the table: time as a fraction of the full read."""
+    import pyarrow as pa
+
+    rows = size_mb * 1024 * 1024 // 8 // 20
+    rng = np.random.default_rng(0)
+    table = pa.table({f"c{i}": rng.random(rows) for i in range(20)})
+    store = ResultStore(f"file://{folder}", serializer="arrow")
+    store.write(table, key="wide")
+    del table
+    full = _best(lambda: store.read("wide").result, repeat)
+    some = _best(lambda: store.read("wide", columns=["c3", "c17"]).result, repeat)
+    return [
+        _row(f"file {size_mb} MB table, 2 of 20 columns", some / full, None, "x full", None, 0.2)
+    ]
+
+
 def _row(
     name: str,
     ours: float,
@@ -798,7 +854,18 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-GROUPS = ("large", "small", "fsync", "metadata", "s3", "start-up", "locks", "bulk")
+GROUPS = (
+    "large",
+    "small",
+    "fsync",
+    "metadata",
+    "s3",
+    "start-up",
+    "locks",
+    "bulk",
+    "mmap",
+    "columns",
+)
 
 
 def main() -> int:
@@ -817,6 +884,8 @@ def main() -> int:
     parser.add_argument(
         "--bulk-records", type=int, default=100_000, help="1 KB records of the bulk rows"
     )
+    parser.add_argument("--mmap-mb", type=int, default=2048, help="npy array read mmapped")
+    parser.add_argument("--columns-mb", type=int, default=1024, help="table of the column rows")
     parser.add_argument("--dir", default=None, help="folder for file benchmarks (default: temp)")
     parser.add_argument("--s3-url", default=None, help="existing s3://bucket/prefix (AWS_* env)")
     parser.add_argument("--skip-s3", action="store_true")
@@ -860,6 +929,12 @@ def main() -> int:
             rows += bench_bulk(
                 Path(tmp) / "bulk", args.s3_url, args.skip_s3, args.bulk_records, _row
             )
+        if "mmap" in only:
+            (Path(tmp) / "mmap").mkdir()
+            rows += bench_mmap(Path(tmp) / "mmap", args.mmap_mb, args.repeat)
+        if "columns" in only:
+            (Path(tmp) / "columns").mkdir()
+            rows += bench_columns(Path(tmp) / "columns", args.columns_mb, args.repeat)
     if "s3" in only and not args.skip_s3:
         rows += bench_s3(args.s3_url, args.s3_size_mb, args.s3_small, args.repeat, args.s3_meta_mb)
     rows += first_use

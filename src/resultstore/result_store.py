@@ -509,8 +509,29 @@ class ResultStore:
             ) from None
         return ResultRecord(value, metadata)
 
-    async def aread(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
+    async def aread(
+        self,
+        key: str,
+        *,
+        retry: bool = True,
+        mmap: bool = False,
+        columns: Sequence[str] | None = None,
+        verify: bool | None = None,
+    ) -> ResultRecord[Any]:
         """Read, verify and deserialize the record under ``key``.
+
+        ``mmap=True`` (file store only; other stores raise
+        :class:`UnsupportedOperationError`) maps the record file read-only and
+        decodes from the map: ``npy`` arrays and ``arrow`` tables come back as
+        read-only views of the file, without a copy. Its checksum (and
+        signature) is verified on open by reading the file once in chunks, no
+        copy kept; ``verify=False`` skips that read (refused with a signing key).
+
+        ``columns=[...]`` reads only those columns of an ``arrow`` record, with
+        ranged reads (the header, the IPC footer, their buffers). It cannot check
+        the whole payload's checksum: it checks the header and validates the
+        Arrow data read; ``verify=True`` reads and verifies the record whole
+        first (required with a signing key). See :mod:`resultstore.mapped`.
 
         A missing record or unreachable storage is retried by :attr:`retry`
         unless ``retry=False``; damaged records fail at once. A Prefect result
@@ -518,18 +539,35 @@ class ResultStore:
         :mod:`resultstore.prefect`); its metadata's serializer is ``prefect:<type>``.
         """
         key = validate_key(key)
+        once: Callable[[], Awaitable[ResultRecord[Any]]] = lambda: self._read_once(key)  # noqa: E731
+        if mmap or columns is not None:  # reads of less than a whole record
+            from resultstore.mapped import partial_read
+
+            once = partial_read(self, key, mmap=mmap, columns=columns, verify=verify)
+        elif verify is not None:
+            raise ConfigurationError(
+                "verify= applies to mmap=True and columns= reads; a whole read always verifies"
+            )
         return await _Guard.bounded(
             self,
             "read",
             key,
-            lambda: self._read_once(key),
+            once,
             policy=None if retry else NO_RETRY,
             missing=True,
         )
 
-    def read(self, key: str, *, retry: bool = True) -> ResultRecord[Any]:
+    def read(
+        self,
+        key: str,
+        *,
+        retry: bool = True,
+        mmap: bool = False,
+        columns: Sequence[str] | None = None,
+        verify: bool | None = None,
+    ) -> ResultRecord[Any]:
         """Sync twin of :meth:`aread`."""
-        return run_sync(self.aread(key, retry=retry))
+        return run_sync(self.aread(key, retry=retry, mmap=mmap, columns=columns, verify=verify))
 
     async def aread_metadata(self, key: str) -> ResultMetadata:
         """The metadata of the record under ``key``, without loading its payload."""

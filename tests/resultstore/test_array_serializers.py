@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap
 import struct
 import subprocess
 import sys
@@ -17,7 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from resultstore import ResultStore, SerializationError, SerializerNotAllowedError
+from resultstore import (
+    ConfigurationError,
+    IntegrityError,
+    ResultNotFoundError,
+    ResultStore,
+    SerializationError,
+    SerializerNotAllowedError,
+    SignatureError,
+    UnsupportedOperationError,
+)
 from resultstore.array_serializers import NPY_MAGIC, NpySerializer, parse_npy_header
 from resultstore.serializers import get_serializer
 
@@ -284,3 +294,206 @@ def test_the_tool_saves_arrow_records_as_ipc_files(tmp_path: Path) -> None:
     assert '"format": "Arrow IPC file"' in done.stdout
     with pa.memory_map(str(out)) as source:
         assert pa.ipc.open_file(source).read_all().column("x").to_pylist() == [1, 2, 3]
+
+
+# -- memory-mapped reads ----------------------------------------------------------------
+
+
+def record_path(root: Path, key: str) -> Path:
+    return root / f"{key}.rsr"
+
+
+def test_mmap_reads_return_read_only_views_of_the_file(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    array = np.asfortranarray(np.random.default_rng(1).random((300, 200)))
+    store.write(array, key="a")
+    back = store.read("a", mmap=True).result
+    same(array, back)
+    assert not back.flags.writeable and back.flags.f_contiguous
+    with pytest.raises(ValueError, match="read-only"):
+        back[0, 0] = 1.0
+    base = back
+    while getattr(base, "base", None) is not None and not isinstance(base, (mmap.mmap,)):
+        base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+    assert isinstance(base, mmap.mmap)  # no copy: the array's memory is the map
+    assert store.read("a").result.flags.writeable  # a plain read still gives a fresh copy
+
+
+def test_mmap_reads_tables_and_other_records(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    table = pa.table({"x": np.arange(1000), "y": np.arange(1000) * 0.5})
+    store.write(table, key="t")
+    assert store.read("t", mmap=True).result.equals(table)
+    store.write({"a": [1, 2]}, key="d")
+    assert store.read("d", mmap=True).result == {"a": [1, 2]}
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(data)
+
+
+def test_mmap_verifies_the_checksum_on_open_unless_told_not_to(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="npy")
+    store.write(np.arange(100_000, dtype=np.int64), key="a")
+    flip_last_byte(record_path(tmp_path, "a"))
+    with pytest.raises(IntegrityError, match=r"'a'.*payload checksum mismatch"):
+        store.read("a", mmap=True)
+    damaged = store.read("a", mmap=True, verify=False).result  # the caller's choice
+    assert damaged[-1] != 99_999 and not damaged.flags.writeable
+
+
+def test_mmap_on_a_signed_store_checks_the_signature_and_refuses_verify_false(
+    tmp_path: Path,
+) -> None:
+    key = "0123456789abcdef0123"
+    store = ResultStore(tmp_path.as_uri(), serializer="npy", signing_key=key)
+    store.write(np.arange(10), key="a")
+    same(np.arange(10), store.read("a", mmap=True).result)
+    with pytest.raises(ConfigurationError, match=r"verify=False.*signing key"):
+        store.read("a", mmap=True, verify=False)
+    ResultStore(tmp_path.as_uri(), serializer="npy").write(np.arange(10), key="u")
+    with pytest.raises(SignatureError, match="not signed"):
+        store.read("u", mmap=True)
+
+
+def test_mmap_respects_the_allowed_serializers(tmp_path: Path) -> None:
+    ResultStore(tmp_path.as_uri()).write({"a": 1}, key="p")
+    with pytest.raises(SerializerNotAllowedError):
+        ResultStore(tmp_path.as_uri(), serializer="json").read("p", mmap=True)
+
+
+def test_mmap_on_other_stores_is_an_error_naming_the_store() -> None:
+    store = ResultStore("memory://mmap-test", serializer="npy")
+    store.write(np.arange(3), key="a")
+    with pytest.raises(UnsupportedOperationError, match=r"memory://mmap-test.*MemoryStore"):
+        store.read("a", mmap=True)
+    with pytest.raises(ConfigurationError, match="verify= applies"):
+        store.read("a", verify=False)
+
+
+def test_mmap_of_a_missing_key_is_not_found(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="npy")
+    with pytest.raises(ResultNotFoundError):
+        store.read("nope", mmap=True, retry=False)
+
+
+# -- column reads -----------------------------------------------------------------------
+
+
+class Counting:
+    """Wraps a store's ``open`` to count the bytes its readers hand out."""
+
+    def __init__(self, store: ResultStore) -> None:
+        self.bytes = 0
+        self.opens = 0
+        inner = store.store.open
+
+        async def open_(key: str, *, start: int = 0, end: int | None = None) -> Any:
+            reader = await inner(key, start=start, end=end)
+            self.opens += 1
+            counter = self
+            read, readinto = reader.read, reader.readinto
+
+            async def counted_read(n: int = -1) -> bytes:
+                data = await read(n)
+                counter.bytes += len(data)
+                return data
+
+            async def counted_readinto(buffer: memoryview) -> int:
+                got = await readinto(buffer)
+                counter.bytes += got
+                return got
+
+            reader.read, reader.readinto = counted_read, counted_readinto  # type: ignore[method-assign]
+            return reader
+
+        store.store.open = open_  # type: ignore[method-assign]
+
+
+def wide_table(rows: int = 50_000, columns: int = 20) -> Any:
+    rng = np.random.default_rng(3)
+    return pa.table({f"c{i}": rng.random(rows) for i in range(columns)})
+
+
+def test_column_reads_fetch_only_those_columns(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="arrow")
+    table = wide_table()
+    store.write(table, key="t")
+    size = record_path(tmp_path, "t").stat().st_size
+    counting = Counting(store)
+    got = store.read("t", columns=["c3", "c11"]).result
+    assert got.equals(table.select(["c3", "c11"]))
+    assert counting.bytes < size * 0.15, (counting.bytes, size)  # 2 of 20 columns: ~10%
+    counting.bytes = 0
+    assert store.read("t").result.equals(table)
+    assert counting.bytes >= size
+
+
+def test_column_reads_keep_a_pandas_frames_index(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {"a": [1, 2], "b": ["x", "y"], "c": [0.5, 1.5]}, index=pd.Index(["i", "j"], name="k")
+    )
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    store.write(frame, key="f")
+    pd.testing.assert_frame_equal(store.read("f", columns=["c", "a"]).result, frame[["c", "a"]])
+
+
+def test_column_reads_with_verify_read_the_whole_record_and_check_it(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="arrow")
+    table = wide_table(rows=1000)
+    store.write(table, key="t")
+    assert store.read("t", columns=["c0"], verify=True).result.equals(table.select(["c0"]))
+    flip_last_byte(record_path(tmp_path, "t"))
+    with pytest.raises(IntegrityError, match="checksum"):
+        store.read("t", columns=["c0"], verify=True)
+
+
+def test_column_read_errors_name_the_key_and_what_to_do(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    store.write(wide_table(rows=10, columns=3), key="t")
+    store.write(np.arange(3), key="a")
+    with pytest.raises(ConfigurationError, match=r"'t'.*no column\(s\) \['zz'\].*c0, c1, c2"):
+        store.read("t", columns=["zz"])
+    with pytest.raises(ConfigurationError, match=r"'a'.*'npy', not 'arrow'"):
+        store.read("a", columns=["x"])
+    with pytest.raises(ConfigurationError, match="list of column names"):
+        store.read("t", columns="c0")
+    with pytest.raises(ConfigurationError, match="not both"):
+        store.read("t", columns=["c0"], mmap=True)
+    signed = ResultStore(tmp_path.as_uri(), serializer="arrow", signing_key="0123456789abcdef0")
+    signed.write(wide_table(rows=10, columns=3), key="s")
+    with pytest.raises(ConfigurationError, match="verify=True"):
+        signed.read("s", columns=["c0"])
+    assert signed.read("s", columns=["c0"], verify=True).result.num_columns == 1
+
+
+def test_column_reads_of_damaged_arrow_data_fail_cleanly(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="arrow")
+    store.write(wide_table(rows=100, columns=2), key="t")
+    path = record_path(tmp_path, "t")
+    data = bytearray(path.read_bytes())
+    data[-20:-10] = b"\xff" * 10  # inside the IPC footer
+    path.write_bytes(data)
+    with pytest.raises(IntegrityError, match=r"'t'.*Arrow data"):
+        store.read("t", columns=["c0"])
+
+
+def test_column_reads_work_on_other_ranged_stores() -> None:
+    store = ResultStore("memory://columns-test", serializer="arrow")
+    table = wide_table(rows=100, columns=4)
+    store.write(table, key="t")
+    assert store.read("t", columns=["c2"]).result.equals(table.select(["c2"]))
+
+
+@pytest.mark.anyio
+async def test_async_mmap_and_column_reads(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    await store.awrite(np.arange(5), key="a")
+    await store.awrite(wide_table(rows=10, columns=3), key="t")
+    same(np.arange(5), (await store.aread("a", mmap=True)).result)
+    assert (await store.aread("t", columns=["c1"])).result.column_names == ["c1"]

@@ -25,12 +25,13 @@ selected; with a signing key that is required.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import io
 import mmap as _mmap
 import os
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["partial_read"]
 
+T = TypeVar("T")
 _CHUNK = 4 << 20
 _PREFIX_SIZE = 18
 
@@ -226,6 +228,16 @@ class _RangedFile(io.RawIOBase):
         finally:
             await reader.aclose()
 
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the store's loop and wait for it, at most the store's timeout
+        (the operation's own deadline cancels the read; this bounds the worker thread)."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout=self._store.timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no answer within {self._store.timeout} s") from None
+
     async def _fetch_bytes(self, start: int, n: int) -> bytes:
         reader = await self._store.store.open(
             self._key, start=self._base + start, end=self._base + start + n
@@ -241,9 +253,7 @@ class _RangedFile(io.RawIOBase):
         wanted = left if size is None or size < 0 else min(size, left)
         if wanted <= 0:
             return b""
-        data = asyncio.run_coroutine_threadsafe(
-            self._fetch_bytes(self._pos, wanted), self._loop
-        ).result()
+        data = self._wait(self._fetch_bytes(self._pos, wanted))
         self._pos += len(data)
         self.fetched += len(data)
         return data
@@ -253,8 +263,7 @@ class _RangedFile(io.RawIOBase):
         wanted = max(0, min(len(view), self._size - self._pos))
         if wanted == 0:
             return 0
-        future = asyncio.run_coroutine_threadsafe(self._fetch(self._pos, view[:wanted]), self._loop)
-        got = future.result()
+        got = self._wait(self._fetch(self._pos, view[:wanted]))
         self._pos += got
         self.fetched += got
         return got

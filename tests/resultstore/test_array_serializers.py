@@ -8,6 +8,7 @@ import mmap
 import struct
 import subprocess
 import sys
+import tempfile
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -497,3 +498,16 @@ async def test_async_mmap_and_column_reads(tmp_path: Path) -> None:
     await store.awrite(wide_table(rows=10, columns=3), key="t")
     same(np.arange(5), (await store.aread("a", mmap=True)).result)
     assert (await store.aread("t", columns=["c1"])).result.column_names == ["c1"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(array=hnp.arrays(dtypes, shapes), order=st.sampled_from("CF"))
+def test_mmap_reads_round_trip_like_plain_reads(array: Any, order: str) -> None:
+    array = np.asarray(array, order=order)
+    with tempfile.TemporaryDirectory() as folder:
+        store = ResultStore(Path(folder).as_uri(), serializer="npy")
+        store.write(array, key="a")
+        mapped = store.read("a", mmap=True).result
+        same(array, mapped)
+        same(array, store.read("a").result)
+        assert not mapped.flags.writeable or mapped.size == 0

@@ -34,6 +34,7 @@ from resultstore.bulk import (
 )
 from resultstore.errors import (
     ConfigurationError,
+    ContainerMissingError,
     IntegrityError,
     ResultStoreError,
     SerializationError,
@@ -47,6 +48,7 @@ from resultstore.locks import DEFAULT_COMPUTE_HOLD_TIMEOUT, DEFAULT_HOLD_TIMEOUT
 from resultstore.records import (
     HEADER_PROBE,
     HeaderBeyond,
+    NotARecordError,
     ResultMetadata,
     ResultRecord,
     encode_record,
@@ -72,7 +74,6 @@ __all__ = ["ResultStore"]
 T = TypeVar("T")
 
 _RAW_CHUNK = 8 * 1024 * 1024
-_LIST_BATCH = 1000  # keys a listing step yields under one timeout (an S3 page)
 
 
 def _uuid_key() -> str:
@@ -80,12 +81,23 @@ def _uuid_key() -> str:
 
 
 def _check_expiration(expiration: object) -> datetime.datetime | None:
-    """``expiration`` as an aware UTC datetime (naive ones are taken as UTC), or None."""
+    """``expiration`` as an aware UTC datetime (naive ones are taken as UTC), or None.
+
+    A :class:`~datetime.timedelta` is a time from now (when the call is made): the
+    record expires that long after it is written, as ``resultstore put --expires-in``.
+    """
     if expiration is None:
         return None
+    if isinstance(expiration, datetime.timedelta):
+        if expiration < datetime.timedelta(0):
+            raise ConfigurationError(f"expiration must not be a negative timedelta: {expiration}")
+        try:
+            return datetime.datetime.now(datetime.timezone.utc) + expiration
+        except OverflowError:
+            raise ConfigurationError(f"expiration {expiration!r} is out of range") from None
     if not isinstance(expiration, datetime.datetime):
         raise ConfigurationError(
-            f"expiration must be a datetime or None, not {type(expiration).__name__}"
+            f"expiration must be a datetime, a timedelta or None, not {type(expiration).__name__}"
         )
     try:
         return utc(expiration)
@@ -339,13 +351,17 @@ class ResultStore:
         self,
         obj: Any,
         key: str | None = None,
-        expiration: datetime.datetime | None = None,
+        expiration: datetime.datetime | datetime.timedelta | None = None,
         *,
         if_absent: bool = False,
         if_version: str | None = None,
         holder: str | None = None,
     ) -> str:
         """Serialize ``obj`` and store it under ``key`` (or a new key); returns the key.
+
+        ``expiration`` is a moment or a time from now (``timedelta(days=7)``); an
+        expired record is still readable until ``delete_expired`` (``resultstore gc``)
+        removes it.
 
         ``if_absent=True`` creates the record only if none exists, else raises
         :class:`ResultExistsError`; ``if_version=v`` replaces it only if its
@@ -408,7 +424,7 @@ class ResultStore:
         self,
         obj: Any,
         key: str | None = None,
-        expiration: datetime.datetime | None = None,
+        expiration: datetime.datetime | datetime.timedelta | None = None,
         *,
         if_absent: bool = False,
         if_version: str | None = None,
@@ -427,7 +443,10 @@ class ResultStore:
         )
 
     def create_result(
-        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+        self,
+        obj: Any,
+        key: str | None = None,
+        expiration: datetime.datetime | datetime.timedelta | None = None,
     ) -> PersistedResult:
         """Wrap ``obj`` in a reference to be persisted by its ``write()``/``awrite()``."""
         from resultstore.results import PersistedResult
@@ -489,10 +508,8 @@ class ResultStore:
             raise UnknownSerializerError(
                 f"record {key!r} in {self.storage_url}: {exc}", key=key, url=self.storage_url
             ) from None
-        except IntegrityError as exc:
-            if type(exc) is not IntegrityError:  # a signature or serializer refusal: final
-                raise
-            # Not a native record (bad magic, say): it may be a Prefect record, read in place.
+        except NotARecordError as exc:
+            # Not a native record at all: it may be a Prefect record, read in place.
             from resultstore.prefect import read_in_place
 
             return await read_in_place(self, key, exc)
@@ -724,13 +741,46 @@ class ResultStore:
         """Sync twin of :meth:`adelete_many`."""
         run_sync(self.adelete_many(keys))
 
+    async def arequire_container(self) -> None:
+        """Raise :class:`ContainerMissingError` when the folder that holds the records is missing.
+
+        A file store creates its folder on the first write, so a store whose folder
+        does not exist lists nothing, as a fresh store should. A command that reports
+        on a whole store (``resultstore ls``, ``check``, ``gc``, ``copy``) calls this
+        first: a mistyped path is then an error naming the folder, as an S3 URL with
+        a missing bucket is, never "0 records". Other stores need no check here: S3
+        raises :class:`ContainerMissingError` from its listing, and a server that
+        cannot be reached fails every call.
+        """
+        from resultstore.stores.file import FileStore
+
+        if not isinstance(self.store, FileStore) or self.store.root.is_dir():
+            return
+        root = self.store.root
+        why = "is not a folder" if root.exists() else "does not exist"
+        raise ContainerMissingError(
+            f"cannot read {self.storage_url}: the folder {root} {why} (a file store's folder "
+            "is created by its first write); check the URL (--storage, RESULTSTORE_STORAGE_URL)",
+            url=self.storage_url,
+        )
+
+    def require_container(self) -> None:
+        """Sync twin of :meth:`arequire_container`."""
+        run_sync(self.arequire_container())
+
     async def akeys(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield the keys under ``prefix``, in no particular order.
 
-        Each batch of keys is bounded by :attr:`timeout`, not the whole listing. A
+        Each page of keys is bounded by :attr:`timeout`, not the whole listing. A
         listing cut off by unreachable storage is retried from the start, skipping
         the keys already yielded (so it holds those in memory).
         """
+        async for page in self._akey_pages(prefix):
+            for key in page:
+                yield key
+
+    async def _akey_pages(self, prefix: str) -> AsyncIterator[list[str]]:
+        """:meth:`akeys`, a page at a time (what bulk operations read)."""
         from resultstore.errors import InvalidKeyError
         from resultstore.keys import RESERVED_PREFIX, is_reserved
 
@@ -738,34 +788,45 @@ class ResultStore:
         if is_reserved(prefix):
             raise InvalidKeyError(
                 f"invalid prefix {prefix!r}: keys under {RESERVED_PREFIX!r} are reserved for "
-                "resultstore's own records (lock leases) and never listed",
+                "resultstore's own records (lock leases, the expiry index) and never listed",
                 key=prefix,
             )
-        async for key in self._alisting(prefix, hide_reserved=True):
-            yield key
+        async for page in self._alisting_pages(prefix, hide_reserved=True):
+            yield page
 
     async def _alisting(self, prefix: str, *, hide_reserved: bool) -> AsyncIterator[str]:
         """The keys under ``prefix``, `resultstore`'s own ones too unless ``hide_reserved``."""
+        async for page in self._alisting_pages(prefix, hide_reserved=hide_reserved):
+            for key in page:
+                yield key
+
+    async def _alisting_pages(
+        self, prefix: str, *, hide_reserved: bool
+    ) -> AsyncIterator[list[str]]:
+        """:meth:`_alisting` a page at a time: each page fetched under the timeout and
+        retried as a whole; a retried listing starts again and skips what was yielded."""
         from resultstore.keys import is_reserved
 
         guard = self._guard("list", prefix or "*")
         seen: set[str] = set()
-        listing: list[AsyncIterator[str]] = []  # the pass under way, if any
+        listing: list[AsyncIterator[list[str]]] = []  # the pass under way, if any
+        # Below a prefix outside the reserved namespace no key can be in it: no check.
+        hide_reserved = hide_reserved and (not prefix or is_reserved(prefix))
 
-        async def batch() -> list[str]:
+        async def page() -> list[str] | None:
             keys: list[str] = []
             try:
                 with guard:
                     if not listing:
-                        listing.append(aiter(self.store.list(prefix)))
-                    while len(keys) < _LIST_BATCH:
-                        try:
-                            key = await anext(listing[0])
-                        except StopAsyncIteration:
-                            break
-                        if key not in seen and not (hide_reserved and is_reserved(key)):
-                            seen.add(key)
-                            keys.append(key)
+                        listing.append(aiter(self.store.list_pages(prefix)))
+                    try:
+                        found = await anext(listing[0])
+                    except StopAsyncIteration:
+                        return None
+                    keys = [key for key in found if key not in seen]
+                    if hide_reserved:
+                        keys = [key for key in keys if not is_reserved(key)]
+                    seen.update(keys)
             except BaseException:
                 seen.difference_update(keys)  # not yielded: the next pass yields them
                 if listing:
@@ -774,9 +835,9 @@ class ResultStore:
             return keys
 
         try:
-            while keys := await guard.run(self, batch):
-                for key in keys:
-                    yield key
+            while (keys := await guard.run(self, page)) is not None:
+                if keys:
+                    yield keys
         finally:
             if listing:
                 await _aclose(listing.pop())
@@ -1110,7 +1171,7 @@ class ResultStore:
         fn: Callable[..., Any],
         /,
         *args: Any,
-        expiration: datetime.datetime | None = None,
+        expiration: datetime.datetime | datetime.timedelta | None = None,
         hold_timeout: float = DEFAULT_COMPUTE_HOLD_TIMEOUT,
         **kwargs: Any,
     ) -> Any:
@@ -1145,7 +1206,7 @@ class ResultStore:
         fn: Callable[..., Any],
         /,
         *args: Any,
-        expiration: datetime.datetime | None = None,
+        expiration: datetime.datetime | datetime.timedelta | None = None,
         hold_timeout: float = DEFAULT_COMPUTE_HOLD_TIMEOUT,
         **kwargs: Any,
     ) -> Any:

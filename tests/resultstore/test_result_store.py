@@ -144,10 +144,25 @@ def test_expiration_is_stored_and_checked(store: ResultStore) -> None:
 
 
 def test_expiration_must_be_a_datetime(store: ResultStore) -> None:
-    expected = r"^expiration must be a datetime or None, not str$"
+    expected = r"^expiration must be a datetime, a timedelta or None, not str$"
     with pytest.raises(ConfigurationError, match=expected):
         store.write(1, expiration="tomorrow")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"^expiration must not be a negative timedelta"):
+        store.write(1, expiration=datetime.timedelta(seconds=-1))
     assert store.keys() == []
+
+
+def test_expiration_may_be_a_time_from_now(store: ResultStore) -> None:
+    before = datetime.datetime.now(UTC)
+    key = store.write(1, expiration=datetime.timedelta(hours=12))
+    after = datetime.datetime.now(UTC)
+    expiration = store.read_metadata(key).expiration
+    assert expiration is not None
+    assert (
+        before + datetime.timedelta(hours=12) <= expiration <= after + datetime.timedelta(hours=12)
+    )
+    result = store.create_result(2, expiration=datetime.timedelta(days=7))
+    assert result.expiration is not None and result.expiration > after + datetime.timedelta(days=6)
 
 
 def test_a_store_instance_can_be_given_directly() -> None:
@@ -708,3 +723,16 @@ def test_clean_abandoned_removes_only_old_temporary_files(tmp_path: Path) -> Non
     assert not old.exists() and recent.exists() and lookalike.exists()
     assert store.read("a/b").result == "kept"
     assert ResultStore("memory://nothing-left-behind").clean_abandoned() == (0, 0)
+
+
+def test_require_container_names_a_missing_folder(tmp_path: Path) -> None:
+    from resultstore.errors import ContainerMissingError, Reason
+
+    store = ResultStore((tmp_path / "never-written").as_uri())
+    assert store.keys() == []  # a fresh store lists nothing...
+    with pytest.raises(ContainerMissingError, match="never-written does not exist") as caught:
+        store.require_container()  # ...but a command reporting on it can tell it is not there
+    assert caught.value.reason is Reason.CONTAINER_MISSING
+    store.write(1, key="k")
+    store.require_container()
+    ResultStore("memory://require-container").require_container()  # nothing to check

@@ -184,11 +184,11 @@ async def _batches(store: ResultStore, prefix: str, size: int) -> AsyncIterator[
     """
     batch: list[str] = []
     goal = min(size, _FIRST_BATCH)
-    async for key in store.akeys(prefix):
-        batch.append(key)
-        if len(batch) >= goal:
-            yield batch
-            batch = []
+    async for page in store._akey_pages(prefix):
+        batch.extend(page)
+        while len(batch) >= goal:
+            yield batch[:goal]
+            del batch[:goal]
             goal = min(size, goal * 4)
     if batch:
         yield batch

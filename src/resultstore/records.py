@@ -204,12 +204,26 @@ def _damaged(key: str, url: str | None, why: str) -> IntegrityError:
     )
 
 
+class NotARecordError(IntegrityError):
+    """The bytes under a key do not start like a resultstore record at all.
+
+    Unlike other damage, they may be another tool's result (a Prefect record),
+    which ``ResultStore.read`` then tries to read in place.
+    """
+
+
+def _not_a_record(key: str, url: str | None, why: str) -> NotARecordError:
+    return NotARecordError(
+        f"record {key!r}{_in(url)} is damaged: {why}; rewrite or delete it", key=key, url=url
+    )
+
+
 def _parse_prefix(data: bytes, key: str, url: str | None) -> tuple[int, int]:
     if len(data) < _PREFIX.size:
-        raise _damaged(key, url, f"only {len(data)} bytes, shorter than a record header")
+        raise _not_a_record(key, url, f"only {len(data)} bytes, shorter than a record header")
     magic, version, header_len, header_hash = _PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise _damaged(key, url, "not a resultstore record (bad magic bytes)")
+        raise _not_a_record(key, url, "not a resultstore record (bad magic bytes)")
     if version != FORMAT_VERSION:
         raise _damaged(
             key, url, f"format version {version} is not supported (expected {FORMAT_VERSION})"

@@ -1037,6 +1037,22 @@ class StoreConformance:
         for key in AWKWARD_KEYS:
             assert run(read_all(store, key)) == key.encode()
 
+    def test_list_pages_yield_the_keys_of_list(self, store: Store) -> None:
+        """The core lists through ``list_pages``: its pages hold exactly ``list``'s keys."""
+        keys = [f"pages/{i // 7}/{i}" for i in range(40)] + ["pagesx", "other/1"]
+        for key in keys:
+            run(store.write(key, Payload([b"v"])))
+
+        async def pages(prefix: str) -> list[list[str]]:
+            return [page async for page in store.list_pages(prefix)]
+
+        for prefix in ("", "pages", "pages/", "pages/3/", "nothing/"):
+            found = run(pages(prefix))
+            assert all(isinstance(page, list) and page for page in found), found
+            flat = [key for page in found for key in page]
+            assert sorted(flat) == run(_keys(store, prefix)), prefix
+            assert len(flat) == len(set(flat)), f"a key listed twice under {prefix!r}"
+
     def test_resultstore_own_keys_round_trip_and_list(self, store: Store) -> None:
         """Keys under ``.resultstore/`` (lock leases, the expiry index) are ordinary keys
         to a store: gc finds expired records by listing them, so a store that drops

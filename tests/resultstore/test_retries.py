@@ -25,9 +25,9 @@ from resultstore import (
     SerializationError,
     StorageError,
     StorageUnavailableError,
-    result_store,
 )
 from resultstore._loops import run_sync
+from resultstore.stores import base as stores_base
 from resultstore.stores.base import Payload, Reader
 from resultstore.stores.memory import MemoryStore
 
@@ -330,7 +330,7 @@ class FlakyStore(MemoryStore):
 def test_every_operation_retries_unreachable_storage(
     memory_url: str, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(result_store, "_LIST_BATCH", 2)  # keys yielded before the cut
+    monkeypatch.setattr(stores_base, "LIST_PAGE", 2)  # pages of keys yielded before the cut
     backend = FlakyStore(memory_url, failures=0)
     store = ResultStore(backend, retry=RetryPolicy(attempts=3, delay=0.01))
     for i in range(6):

@@ -73,6 +73,12 @@ T = TypeVar("T")
 
 _INLINE_LIMIT = 1 << 20
 
+LIST_PAGE = 1000
+"""Keys per page of the default :meth:`Store.list_pages` (an S3 ListObjectsV2 page)."""
+
+KeyPage = list[str]
+"""A page of keys from :meth:`Store.list_pages` (``list`` is also a method's name there)."""
+
 
 async def run_blocking(
     fn: Callable[..., T], *args: Any, nbytes: int = 0, may_wait: bool = False
@@ -335,6 +341,23 @@ class Store(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[str]:
         """Yield every key that starts with ``prefix``, in any order."""
+
+    async def list_pages(self, prefix: str = "") -> AsyncIterator[KeyPage]:
+        """The keys of :meth:`list`, a page (a non-empty list) at a time.
+
+        What the core lists through, so a listing of 100,000 keys costs per page,
+        not per key. Optional: this default groups :meth:`list`; override it where
+        the backend answers in pages (S3's ListObjectsV2, a folder's entries) and
+        let ``list`` flatten it.
+        """
+        page: KeyPage = []
+        async for key in self.list(prefix):
+            page.append(key)
+            if len(page) >= LIST_PAGE:
+                yield page
+                page = []
+        if page:
+            yield page
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles held by the store."""

@@ -95,7 +95,13 @@ from resultstore.errors import (
     StorageError,
     VersionConflictError,
 )
-from resultstore.keys import RESERVED_SUFFIX, is_storable, validate_prefix
+from resultstore.keys import (
+    MAX_KEY_BYTES,
+    MAX_SEGMENT_BYTES,
+    RESERVED_SUFFIX,
+    is_storable,
+    validate_prefix,
+)
 from resultstore.serializers import Buffer
 from resultstore.stores.base import Payload, Reader, Stat, Store, run_blocking
 
@@ -103,6 +109,8 @@ __all__ = ["FileStore"]
 
 _IOV_MAX = 512
 _TMP_SUFFIX = ".tmp"
+# A key segment that needs no more checks (see keys.py): letters, digits, '_', '-', inner dots.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 _TEMP_NAME = re.compile(r"\..+\.rsr\.[0-9a-f]{16}\.tmp")  # see FileStore._write
 _WRITE_ATTEMPTS = 100  # a folder removed under a writer (by a delete emptying it) is made again
 
@@ -916,7 +924,16 @@ class FileStore(Store):
                 ) from None
             try:
                 with os.scandir(fd) as found:
-                    entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in found]
+                    # A name like a record's is never entered, whatever it is: no lstat.
+                    entries = [
+                        (
+                            name,
+                            not name.endswith(RESERVED_SUFFIX)
+                            and entry.is_dir(follow_symlinks=False),
+                        )
+                        for entry in found
+                        for name in (entry.name,)
+                    ]
             finally:
                 os.close(fd)
             entries.sort()
@@ -931,20 +948,42 @@ class FileStore(Store):
                 ):
                     pending.append(child)
 
-    def _keys(self, prefix: str) -> Iterator[str]:
+    def _pages(self, prefix: str) -> Iterator[list[str]]:
+        """The keys under ``prefix``, a folder's worth at a time."""
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
+        cut = len(RESERVED_SUFFIX)
         for rel, entries in self._tree(base, prefix):
-            for name, _ in entries:
-                if name.endswith(RESERVED_SUFFIX):
-                    # A FIFO, link or folder named like a record is listed too: reading it
-                    # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
-                    key = rel + name[: -len(RESERVED_SUFFIX)]
-                    if key.startswith(prefix) and is_storable(key):
-                        yield key
+            # A FIFO, link or folder named like a record is listed too: reading it
+            # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
+            # The folders were checked on the way (_tree): a plain name makes a valid key.
+            room = min(MAX_SEGMENT_BYTES, MAX_KEY_BYTES - len(rel.encode()))
+            keys = [
+                rel + stem
+                for name, _ in entries
+                if name.endswith(RESERVED_SUFFIX)
+                for stem in (name[:-cut],)
+                if (
+                    len(stem) <= room
+                    and _PLAIN_NAME.fullmatch(stem)
+                    and not stem.endswith(RESERVED_SUFFIX)
+                )
+                or is_storable(rel + stem)
+            ]
+            if rel.startswith(prefix):
+                page = keys
+            else:
+                page = [key for key in keys if key.startswith(prefix)]
+            if page:
+                yield page
+
+    async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
+        for page in self._pages(prefix):
+            yield page
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
-        for key in self._keys(prefix):
-            yield key
+        for page in self._pages(prefix):
+            for key in page:
+                yield key
 
     def _abandoned(self, older_than: float, dry_run: bool) -> tuple[int, int]:
         cutoff = time.time() - older_than

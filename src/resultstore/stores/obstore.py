@@ -551,19 +551,23 @@ class ObstoreS3Store(BaseS3Store):
                     key = key[len(self.prefix) + 1 :]
                 raise self._translate(exc, "delete", key) from exc
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
         import obstore
 
         # obstore lists whole path segments; list the folder holding ``prefix``, then filter.
         folder = prefix.rpartition("/")[0]
         try:
             async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
-                for meta in batch:
-                    path = meta["path"]
-                    if path.startswith(prefix) and self._listed(path):
-                        yield path
+                paths = [meta["path"] for meta in batch]
+                if page := [p for p in paths if p.startswith(prefix) and self._listed(p)]:
+                    yield page
         except Exception as exc:
             raise self._translate(exc, "list", prefix or "*") from exc
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        async for page in self.list_pages(prefix):
+            for key in page:
+                yield key
 
     # -- the conditional-write probe (see _s3common) -------------------------------------
 

@@ -566,19 +566,23 @@ class S3Store(BaseS3Store):
         why = f"{code}: {first.get('Message') or 'refused'}"
         return store_error(kind, "delete", key, self.url, why + more)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+    async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
         base = f"{self.prefix}/" if self.prefix else ""
         request: dict[str, Any] = {"Prefix": base + prefix}
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
-            for item in page.get("Contents", []):
-                key = item["Key"][len(base) :]
-                if self._listed(key):
-                    yield key
+            keys = [item["Key"][len(base) :] for item in page.get("Contents", [])]
+            if keys := [key for key in keys if self._listed(key)]:
+                yield keys
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
             request["ContinuationToken"] = token
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        async for page in self.list_pages(prefix):
+            for key in page:
+                yield key
 
     # -- the conditional-write probe (see _s3common) -------------------------------------
 

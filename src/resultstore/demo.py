@@ -27,7 +27,6 @@ import os
 import secrets
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -163,31 +162,8 @@ def _run_task(results: _TaskResults, fn: Callable[..., Any], *args: Any) -> Stat
 
 # --- the second process ---------------------------------------------------------------
 
-_FETCH_IN_CHILD = textwrap.dedent(
-    """
-    import json, logging, os, sys, time
-    from states import State, get_state_result
-
-    class Retries(logging.Handler):
-        count = 0
-        def emit(self, record):
-            Retries.count += 1
-
-    log = logging.getLogger("resultstore.retry")
-    log.setLevel(logging.DEBUG)
-    log.addHandler(Retries())
-    state = State.model_validate_json(sys.stdin.readline())
-    print("reading", flush=True)
-    started = time.monotonic()
-    value = get_state_result(state)
-    print(json.dumps({
-        "pid": os.getpid(),
-        "value": value,
-        "failed_attempts": Retries.count,
-        "seconds": round(time.monotonic() - started, 2),
-    }, default=repr), flush=True)
-    """
-)
+CHILD = [sys.executable, "-m", "resultstore._demo_child"]
+"""The other processes' command line: the real module :mod:`resultstore._demo_child`."""
 
 
 def _child_env(storage_url: str, storage_options: Mapping[str, Any]) -> dict[str, str]:
@@ -210,7 +186,7 @@ def _child_env(storage_url: str, storage_options: Mapping[str, Any]) -> dict[str
 def _start_child(state_json: str, env: Mapping[str, str]) -> subprocess.Popen[str]:
     """Start a fresh Python process that fetches the result of the State it is sent."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _FETCH_IN_CHILD],
+        [*CHILD, "fetch"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -232,33 +208,6 @@ def _child_failed(child: subprocess.Popen[str]) -> None:
     raise DemoError(f"the second process (pid {child.pid}) could not fetch the result: {why}")
 
 
-_COMPUTE_IN_CHILD = textwrap.dedent(
-    """
-    import datetime, json, os, sys, time
-    from resultstore import ResultStore
-
-    store = ResultStore(sys.argv[1])
-    store.exists(sys.argv[2])  # connected before the start signal
-    print("reading", flush=True)
-    sys.stdin.readline()  # both workers start together
-    computed = []
-
-    def summarize():
-        computed.append(True)
-        time.sleep(%(seconds)s)  # an expensive computation
-        return {"computed by pid": os.getpid()}
-
-    started = time.monotonic()
-    expiration = datetime.datetime.fromisoformat(sys.argv[3])
-    value = store.get_or_compute(sys.argv[2], summarize, expiration=expiration)
-    print(json.dumps({
-        "pid": os.getpid(),
-        "computed": bool(computed),
-        "value": value,
-        "seconds": round(time.monotonic() - started, 2),
-    }), flush=True)
-    """
-)
 COMPUTE_SECONDS = 0.5
 """How long the shared result takes to compute in the compute-once step."""
 
@@ -267,9 +216,8 @@ def _start_worker(
     storage_url: str, key: str, expiration: datetime.datetime, env: Mapping[str, str]
 ) -> subprocess.Popen[str]:
     """Start a worker process that asks for ``key`` with get_or_compute once told to go."""
-    code = _COMPUTE_IN_CHILD % {"seconds": COMPUTE_SECONDS}
     worker = subprocess.Popen(
-        [sys.executable, "-c", code, storage_url, key, expiration.isoformat()],
+        [*CHILD, "compute", storage_url, key, expiration.isoformat(), str(COMPUTE_SECONDS)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -22,22 +22,34 @@ from resultstore import ResultStore
 from resultstore.records import encode_record
 from resultstore.stores.base import Payload
 
-COMMANDS = ("put", "get", "ls", "inspect", "rm", "gc", "check", "copy", "stores", "demo")
+COMMANDS = (
+    "put",
+    "get",
+    "ls",
+    "inspect",
+    "rm",
+    "gc",
+    "check",
+    "copy",
+    "import-prefect",
+    "stores",
+    "demo",
+)
 METADATA_FIELDS = [
-    "serializer",
+    "key",
+    "url",
     "size",
+    "serializer",
     "checksum",
     "created",
     "expiration",
-    "storage_url",
-    "storage_key",
     "signed",
 ]
 
 
 def _listed(cli: Cli, *args: str) -> dict[str, dict[str, object]]:
     lines = cli.run("ls", "--json", *args).stdout.splitlines()
-    return {entry["storage_key"]: entry for entry in map(json.loads, lines)}
+    return {entry["key"]: entry for entry in map(json.loads, lines)}
 
 
 def _corrupt(path: Path) -> None:
@@ -56,7 +68,7 @@ def test_help_lists_the_commands_and_documents_the_exit_codes(file_cli: Cli) -> 
         assert command in text
     flat = " ".join(text.replace("│", " ").split())
     assert "Exit codes: 0 ok, 1 unexpected error, 2 not found, 3 bad input or usage" in flat
-    assert "4 storage unreachable or failing, 5 integrity" in flat
+    assert "4 storage unreachable, missing or failing, 5 integrity" in flat
     assert "Usage: resultstore" in file_cli.run().stdout  # no command: the help, exit 0
 
 
@@ -101,8 +113,8 @@ def test_put_get_inspect_ls_and_rm(cli: Cli, tmp_path: Path) -> None:
     inspected = json.loads(cli.run("inspect", "a/blob").stdout)
     assert list(inspected) == [*METADATA_FIELDS, "signature"]
     assert inspected["signature"] == "none"
-    assert inspected["storage_key"] == "a/blob"
-    assert inspected["storage_url"] == cli.url
+    assert inspected["key"] == "a/blob"
+    assert inspected["url"] == cli.url
     assert inspected["serializer"] == "pickle+zstd"
     assert inspected["checksum"].startswith("xxh3_128:")
     assert inspected["expiration"] is None
@@ -198,7 +210,9 @@ def test_copy_file_to_s3_and_back_is_byte_exact(
 # --- output formats -------------------------------------------------------------------------
 
 
-def test_get_prints_json_or_a_summary_and_writes_output(file_cli: Cli, tmp_path: Path) -> None:
+def test_get_writes_bytes_raw_str_as_text_and_json_values_as_json(
+    file_cli: Cli, tmp_path: Path
+) -> None:
     store = ResultStore(file_cli.url)
     store.write({"rows": [1, 2]}, key="doc")
     store.write("héllo", key="word")
@@ -207,10 +221,19 @@ def test_get_prints_json_or_a_summary_and_writes_output(file_cli: Cli, tmp_path:
     store.write({1, 2}, key="a-set")
 
     assert file_cli.run("get", "doc").stdout == '{\n  "rows": [\n    1,\n    2\n  ]\n}\n'
-    assert file_cli.run("get", "word").stdout == '"héllo"\n'
-    assert file_cli.run("get", "blob").stdout == "<bytes: 3 bytes>\n"
-    assert file_cli.run("get", "array").stdout == "<ndarray: 800 bytes>\n"
-    assert file_cli.run("get", "a-set").stdout == "<set object>\n"
+    assert file_cli.run("get", "word").stdout == "héllo"  # text, as it is: no quotes
+    assert file_cli.run("get", "word", "--format", "json").stdout == '"héllo"\n'
+    assert file_cli.run("--json", "get", "word").stdout == '"héllo"\n'
+    raw = subprocess.run(
+        [sys.executable, "-m", "resultstore", "get", "blob"], env=file_cli.env, capture_output=True
+    )
+    assert raw.returncode == 0 and raw.stdout == b"\x00\x01\x02"
+    # Anything else is an error, never a summary on stdout with exit 0.
+    for key, kind in [("array", "ndarray (800 bytes)"), ("a-set", "set")]:
+        done = file_cli.fails("get", key, code=3, says=[f"{key!r}", kind, "--format repr"])
+        assert done.stdout == ""
+    assert file_cli.run("get", "a-set", "--format", "repr").stdout == "{1, 2}\n"
+    assert file_cli.run("get", "array", "--format", "repr").stdout.startswith("array([0., 0.")
 
     file_cli.run("get", "word", "-o", str(tmp_path / "word.txt"))
     assert (tmp_path / "word.txt").read_bytes() == "héllo".encode()
@@ -223,8 +246,36 @@ def test_get_prints_json_or_a_summary_and_writes_output(file_cli: Cli, tmp_path:
     assert "no records under 'zzz'" in file_cli.run("ls", "zzz").stdout
 
 
+def test_dash_means_stdout_for_get_and_stdin_for_put(file_cli: Cli, tmp_path: Path) -> None:
+    blob = os.urandom(3000)
+    put = subprocess.run(
+        [sys.executable, "-m", "resultstore", "put", "blob", "--file", "-"],
+        input=blob,
+        env=file_cli.env,
+        capture_output=True,
+    )
+    assert put.returncode == 0, put.stderr
+    got = subprocess.run(
+        [sys.executable, "-m", "resultstore", "get", "blob", "-o", "-"],
+        env=file_cli.env,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert got.returncode == 0 and got.stdout == blob
+    assert not (tmp_path / "-").exists()  # not a file named "-"
+    done = subprocess.run(
+        [sys.executable, "-m", "resultstore", "put", "doc", "--json", "-"],
+        input='{"from": "stdin"}',
+        env=file_cli.env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(file_cli.run("get", "doc").stdout) == {"from": "stdin"}
+
+
 def test_put_expires_in_sets_the_expiration_ls_shows(file_cli: Cli) -> None:
-    stored = file_cli.run("put", "soon", "--json", "1", "--expires-in", "3600").stdout
+    stored = file_cli.run("put", "soon", "--json", "1", "--expires-in", "1h").stdout
     file_cli.run("put", "now", "--json", "2", "--expires-in", "0")
 
     assert "expires " in stored

@@ -38,7 +38,9 @@ def test_demo_runs_on_the_local_default_with_no_configuration(tmp_path: Path) ->
         "Lisbon": 62.4,
         "Porto": 17.1,
     }
-    assert cli.run("get", prefix + "publish").stdout == "<ConnectionRefusedError object>\n"
+    cli.fails("get", prefix + "publish", code=3, says=["ConnectionRefusedError", "--format repr"])
+    failure = cli.run("get", prefix + "publish", "--format", "repr").stdout
+    assert failure.startswith("ConnectionRefusedError('reporting service")
     assert "5 ok, 0 failed" in cli.run("check", prefix).stdout
 
 

@@ -495,8 +495,8 @@ def test_ls_reports_a_folder_named_like_a_record_and_lists_the_rest(tmp_path: Pa
         store.read_metadata("a/bad")
     listed = _cli(root.as_uri(), "ls", "--json", home=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert '"storage_key": "a/ok"' in listed.stdout
-    assert '"storage_key": "a/bad", "error": "cannot read key' in listed.stdout
+    assert '"key": "a/ok"' in listed.stdout
+    assert '"key": "a/bad", "error": "cannot read key' in listed.stdout
 
 
 def test_names_that_are_no_valid_key_are_not_listed(tmp_path: Path) -> None:

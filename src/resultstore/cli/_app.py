@@ -1,0 +1,324 @@
+"""The ``resultstore`` app: its global options, its commands, and the entry point.
+
+:func:`main` is the console script and ``python -m resultstore``. It moves global
+options given after the command in front of it (:func:`hoist_global_options`), runs
+click without its own error handling, and turns whatever escapes into one line on
+stderr and an exit code (:func:`~resultstore.cli._errors.exit_code_for`): Ctrl-C is
+"interrupted", 130, and a closed output pipe (``| head -1``) ends the process
+quietly with 141, as other Unix tools do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated, Any, cast
+
+import typer
+
+from resultstore.cli import _bulk, _info, _migrate, _records
+from resultstore.cli._context import CliOptions, parse_storage_options
+from resultstore.cli._errors import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    error_message,
+    exit_code_for,
+    print_error,
+)
+
+__all__ = ["app", "hoist_global_options", "main"]
+
+GLOBAL_HELP = (
+    "Global options, accepted before or after the command: --storage URL, "
+    "--storage-option KEY=VALUE, --json, --quiet, --debug."
+)
+
+app = typer.Typer(
+    name="resultstore",
+    help=(
+        "Persist results of work to pluggable storage and fetch them back.\n\n"
+        "Start with 'resultstore demo'. Storage is --storage URL, else "
+        "RESULTSTORE_STORAGE_URL, else file://~/.resultstore/storage. Global options "
+        "may also follow the command (resultstore gc --storage URL)."
+    ),
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: paragraphs re-wrapped, no <bool> metavars
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    """``--version``: print the installed version and exit."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("resultstore")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        from resultstore import __version__ as found
+    print(f"resultstore {found}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="Store URL (file:///path, s3://bucket/prefix, ...). "
+            "Default: RESULTSTORE_STORAGE_URL, else file://~/.resultstore/storage.",
+        ),
+    ] = None,
+    storage_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--storage-option",
+            metavar="KEY=VALUE",
+            help="A store option (repeatable); VALUE is parsed as JSON when it can be.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print JSON, one object per line (after 'put', --json is its value: "
+            "write 'resultstore --json put ...').",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print only data and errors: no summaries, progress or warnings."
+        ),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks and debug logs on errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Record the global options for the command that follows."""
+    given = ctx.ensure_object(CliOptions)
+    given.debug = debug
+    given.quiet = quiet
+    given.json = as_json
+    given.storage = storage
+    given.storage_options = parse_storage_options(storage_option or [])
+    if debug:
+        logging.basicConfig(format="%(name)s: %(message)s")
+        for name in ("resultstore", "states"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
+
+
+# The commands, in the order --help lists them; each says where to put global options.
+app.command("put", epilog=GLOBAL_HELP)(_records.put)
+app.command("get", epilog=GLOBAL_HELP)(_records.get)
+app.command("ls", epilog=GLOBAL_HELP)(_bulk.list_records)
+app.command("inspect", epilog=GLOBAL_HELP)(_records.inspect)
+app.command("rm", epilog=GLOBAL_HELP)(_records.rm)
+app.command("gc", epilog=GLOBAL_HELP)(_bulk.gc)
+app.command("check", epilog=GLOBAL_HELP)(_bulk.check)
+app.command("copy", epilog=GLOBAL_HELP)(_bulk.copy)
+app.command("import-prefect", epilog=GLOBAL_HELP)(_migrate.import_prefect_command)
+app.command("stores", epilog=GLOBAL_HELP)(_info.stores)
+app.command("demo", epilog=GLOBAL_HELP)(_info.demo)
+
+# --- global options after the command ---------------------------------------------------
+
+_GLOBAL_FLAGS = frozenset({"--json", "--quiet", "-q", "--debug"})
+_GLOBAL_VALUED = frozenset({"--storage", "--storage-option"})
+
+
+def hoist_global_options(args: Sequence[str], group: Any) -> list[str]:
+    """``args`` with the global options found after the command moved in front of it.
+
+    click only takes a group's options before the command; people type them after it
+    too (``resultstore gc --storage URL``, as with aws and rclone). A command's own
+    option of the same name wins (``put KEY --json TEXT`` is put's value), an option's
+    value is never mistaken for an option, and nothing after ``--`` moves.
+    """
+    args = list(args)
+    i = 0
+    while i < len(args):  # skip the global options before the command
+        arg = args[i]
+        if arg == "--":
+            return args
+        if arg in _GLOBAL_VALUED:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            break
+    if i >= len(args):
+        return args
+    command = getattr(group, "commands", {}).get(args[i])
+    if command is None:
+        return args
+    own: set[str] = set()
+    own_valued: set[str] = set()
+    for param in command.params:
+        names = [*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())]
+        if getattr(param, "param_type_name", "") != "option":
+            continue
+        own.update(names)
+        if not getattr(param, "is_flag", False) and not getattr(param, "count", False):
+            own_valued.update(names)
+    moved: list[str] = []
+    rest: list[str] = []
+    j = i + 1
+    while j < len(args):
+        arg = args[j]
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            rest += args[j:]
+            break
+        if name in own:
+            rest.append(arg)
+            if name in own_valued and "=" not in arg and j + 1 < len(args):
+                j += 1
+                rest.append(args[j])
+        elif name in _GLOBAL_VALUED and ("=" in arg or j + 1 < len(args)):
+            moved.append(arg)
+            if "=" not in arg:
+                j += 1
+                moved.append(args[j])
+        elif arg in _GLOBAL_FLAGS:
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        j += 1
+    return [*args[:i], *moved, args[i], *rest]
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def _stdout_is_closed() -> bool:
+    """True when stdout is a pipe (or socket) whose reader went away."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(1, select.POLLOUT)  # fd 1: click may have wrapped sys.stdout
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (a task group's failure), else ``exc``."""
+    while isinstance(getattr(exc, "exceptions", None), tuple) and exc.exceptions:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
+
+
+def _leave(code: int) -> None:
+    """End the process now, with ``code``: no atexit hooks, no garbage-collection noise.
+
+    Used after Ctrl-C and a closed pipe, where tasks still run on the event loop and
+    an orderly exit would print their "exception was never retrieved" warnings.
+    """
+    for stream in (sys.stderr, sys.stdout):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def _argument_usage(param: Any) -> str:
+    """An argument in the usage line: ``KEY``, ``[PREFIX]``, ``KEY...``."""
+    name = str(param.metavar or param.name).upper()
+    if not param.required:
+        name = f"[{name}]"
+    return name + ("..." if param.nargs != 1 else "")
+
+
+def _plain_arguments(group: Any) -> Any:
+    """``group`` with its commands' arguments shown as people write them.
+
+    typer adds the Python type to each argument's help (``KEY <str>``) and braces
+    in the usage line (``{KEY}``); the help says ``KEY`` and ``[PREFIX]``, as man
+    pages do.
+    """
+    for command in getattr(group, "commands", {}).values():
+        for param in command.params:
+            if getattr(param, "param_type_name", "") == "argument":
+                param.display_type_rich = lambda ctx: ""
+                param._usage_display_name = lambda param=param: _argument_usage(param)
+                param._rich_display_name = lambda param=param: str(param.metavar or param.name)
+    return group
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: one line, exit 130, at once.
+
+    Raising KeyboardInterrupt instead would unwind through the event loop, whose
+    pending tasks and clients then print warnings and tracebacks as they are torn
+    down. Nothing is lost by ending now: a record is written to a temporary name and
+    renamed into place (or linked from an unnamed file), so an interrupted write
+    leaves no partial record, and ``resultstore gc`` removes what it leaves behind.
+    """
+    print_error("interrupted")
+    _leave(ExitCode.INTERRUPTED)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    import signal
+
+    given = CliOptions()
+    command = _plain_arguments(typer.main.get_command(app))
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+        with contextlib.suppress(ValueError):  # main() called off the main thread
+            signal.signal(signal.SIGINT, _interrupted)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = command.main(
+            args=hoist_global_options(args, command),
+            prog_name="resultstore",
+            standalone_mode=False,
+            obj=given,
+        )
+    except (KeyboardInterrupt, typer.Abort):
+        print_error("interrupted")
+        _leave(ExitCode.INTERRUPTED)
+        raise AssertionError("unreachable") from None  # pragma: no cover
+    except BaseException as caught:
+        exc = _leaf(caught)
+        if isinstance(exc, KeyboardInterrupt):
+            print_error("interrupted")
+            _leave(ExitCode.INTERRUPTED)
+        # click turns a broken pipe into exit 1; either way, a reader that went away
+        # ends the process quietly, as it ends other Unix tools (128 + SIGPIPE).
+        pipe = isinstance(exc, BrokenPipeError) or (isinstance(exc, SystemExit) and exc.code == 1)
+        if pipe and _stdout_is_closed():
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            _leave(ExitCode.PIPE_CLOSED)
+        if isinstance(exc, SystemExit):
+            raise
+        if not isinstance(exc, Exception):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: show the help
+            text = str(cast(Any, exc).format_message())  # empty when rich printed it already
+            if text.strip():
+                print(text)
+            return ExitCode.OK
+        if given.debug:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        print_error(error_message(exc))
+        return exit_code_for(exc)
+    return result if isinstance(result, int) else ExitCode.OK

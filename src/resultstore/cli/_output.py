@@ -1,0 +1,272 @@
+"""How commands print: text for people, JSON lines for programs, progress on a terminal.
+
+The JSON schema is one for every command (README, "Command line"): a record is
+``{"key", "url", "size", "serializer", "checksum", "created", "expiration",
+"signed"}``; a command acting on many records prints one line per record,
+``{"key", "outcome", "size"}`` (plus ``"error"`` when it failed), then one
+``{"summary": {...}}`` line. rich is imported only to draw on a terminal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from resultstore.cli._context import CliOptions
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from resultstore.bulk import RecordOutcome, ScanEntry
+    from resultstore.records import ResultMetadata
+
+__all__ = [
+    "LARGE",
+    "Output",
+    "Progress",
+    "StreamedTable",
+    "bytes_text",
+    "metadata_dict",
+    "outcome_dict",
+    "print_table",
+    "size_text",
+    "spinner",
+    "when",
+]
+
+LARGE = 1024 * 1024
+"""From this size on, get and put show a spinner (on a terminal)."""
+
+
+class Output:
+    """Prints a command's results the way the global options ask (text, JSON, quiet)."""
+
+    def __init__(self, given: CliOptions) -> None:
+        self.json = given.json
+        self.quiet = given.quiet
+
+    def info(self, text: str) -> None:
+        """A line for people (a summary, a confirmation): not with --json or --quiet."""
+        if not self.json and not self.quiet:
+            print(text)
+
+    def emit(self, obj: dict[str, Any]) -> None:
+        """One JSON object on one line (only with --json)."""
+        if self.json:
+            print(json.dumps(obj, ensure_ascii=False))
+
+    def summary(self, **fields: Any) -> None:
+        """The closing ``{"summary": {...}}`` line of a command over many records."""
+        self.emit({"summary": fields})
+
+    def warn(self, text: str) -> None:
+        """``warning: <text>`` on stderr, unless --quiet."""
+        if not self.quiet:
+            sys.stderr.write(f"warning: {text}\n")
+
+    @property
+    def progress(self) -> bool:
+        """Whether to draw progress: on a terminal (stderr), without --quiet."""
+        return not self.quiet and sys.stderr.isatty()
+
+
+# --- values and fields ------------------------------------------------------------------
+
+
+def size_text(nbytes: int) -> str:
+    """``3.0 kB``: a size for people, in decimal units (as rich and most tools show them)."""
+    if nbytes < 1000:
+        return "1 byte" if nbytes == 1 else f"{nbytes} bytes"
+    value, unit = nbytes / 1000, "kB"
+    for bigger in ("MB", "GB", "TB", "PB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:,.1f} {unit}"
+
+
+def bytes_text(nbytes: int) -> str:
+    """``20 bytes``, or ``3018 bytes (3.0 kB)`` when a rounder figure helps."""
+    human = size_text(nbytes)
+    return human if nbytes < 1000 else f"{nbytes} bytes ({human})"
+
+
+def when(value: datetime.datetime | None) -> str:
+    """A moment as ``2026-11-28 09:15:00Z``, or ``-``."""
+    if value is None:
+        return "-"
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def metadata_dict(metadata: ResultMetadata) -> dict[str, Any]:
+    """A record as ``ls --json`` and ``inspect`` show it, in the documented field order."""
+    return {
+        "key": metadata.storage_key,
+        "url": metadata.storage_url,
+        "size": metadata.size,
+        "serializer": metadata.serializer,
+        "checksum": metadata.checksum,
+        "created": _iso(metadata.created),
+        "expiration": _iso(metadata.expiration),
+        "signed": metadata.signed,
+    }
+
+
+def outcome_dict(done: RecordOutcome) -> dict[str, Any]:
+    """One record a bulk command acted on: ``{"key", "outcome", "size"[, "error"]}``."""
+    found: dict[str, Any] = {"key": done.key, "outcome": done.outcome, "size": done.size}
+    if done.error is not None:
+        found["error"] = str(done.error)
+    return found
+
+
+# --- tables -----------------------------------------------------------------------------
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """A rich console; when not a terminal, wide enough never to cut a key."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=max(console.width, 10_000))
+    return console
+
+
+def print_table(table: Table) -> None:
+    """Print a table on stdout; without a terminal, as plain lines with no trailing blanks."""
+    console = _console()
+    if console.is_terminal:
+        console.print(table)
+        return
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        print(line.rstrip())
+
+
+def _terminal_columns() -> int | None:
+    """The width of the terminal stdout is, or None when stdout is not one."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def table_row(entry: ScanEntry, now: datetime.datetime) -> tuple[str, str, str, str, str]:
+    """An ``ls`` row: key, size, serializer, created, expiration (or DAMAGED)."""
+    meta = entry.metadata
+    if meta is None:
+        return entry.key, "-", "DAMAGED", "-", "-"
+    expiration = when(meta.expiration)
+    if meta.is_expired(now):
+        expiration += " (expired)"
+    return meta.storage_key, size_text(meta.size), meta.serializer, when(meta.created), expiration
+
+
+class StreamedTable:
+    """A table printed as its rows arrive: column widths come from the first batch.
+
+    So ``ls`` shows its first lines after one batch of headers, whatever the store
+    holds; a later, longer value widens its own line only. On a terminal too narrow
+    for every column, the last columns (expiration, then created, then serializer)
+    are left out rather than wrapping each line: keys are never cut.
+    """
+
+    HEADER = ("key", "size", "serializer", "created", "expiration")
+
+    def __init__(self, columns: int | None = None) -> None:
+        self._widths: list[int] | None = None
+        self._shown = len(self.HEADER)
+        self._columns = columns if columns is not None else _terminal_columns()
+
+    def add(self, rows: Sequence[tuple[str, ...]]) -> None:
+        """Print ``rows`` (the header first, with the first batch)."""
+        if self._widths is None:
+            widths = [max(len(row[i]) for row in (self.HEADER, *rows)) for i in range(5)]
+            self._widths = widths
+            if self._columns is not None:
+                while self._shown > 2 and sum(widths[: self._shown]) + 2 * (self._shown - 1) > (
+                    self._columns - 1
+                ):
+                    self._shown -= 1
+            self._print(self.HEADER)
+        for row in rows:
+            self._print(row)
+
+    def _print(self, row: tuple[str, ...]) -> None:
+        assert self._widths is not None
+        key, size, *rest = row[: self._shown]
+        cells = [key.ljust(self._widths[0]), size.rjust(self._widths[1])]
+        cells += [cell.ljust(width) for cell, width in zip(rest, self._widths[2:], strict=False)]
+        print("  ".join(cells).rstrip())
+
+    @property
+    def empty(self) -> bool:
+        """True until a row was printed."""
+        return self._widths is None
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+class Progress:
+    """A progress bar on stderr when it is a terminal; does nothing otherwise."""
+
+    def __init__(
+        self, description: str, total: int | None, *, enabled: bool, counting: bool = False
+    ) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._bytes = 0
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        elif counting:
+            columns += [TextColumn("{task.completed:.0f} record(s)")]
+        columns += [TextColumn("{task.fields[moved]}"), TimeElapsedColumn()]
+        self._bar = Bar(*columns, console=_console(stderr=True), transient=True)
+        self._task = self._bar.add_task(description, total=total, moved="")
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def advance(self) -> None:
+        """Count one more record done."""
+        if self._bar is not None:
+            self._bar.advance(self._task, 1)
+
+    def record(self, done: RecordOutcome) -> None:
+        """Count one record a bulk operation finished (its ``progress`` callback)."""
+        if self._bar is not None:
+            self._bytes += done.size
+            self._bar.update(self._task, advance=1, moved=size_text(self._bytes))
+
+
+def spinner(description: str, nbytes: int, *, enabled: bool) -> AbstractContextManager[Progress]:
+    """A spinner for one large read or write, on a terminal only."""
+    return Progress(description, None, enabled=enabled and nbytes >= LARGE)

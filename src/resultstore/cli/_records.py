@@ -1,0 +1,334 @@
+"""The commands on single records: ``put``, ``get``, ``inspect`` and ``rm``."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from resultstore.cli._context import open_store, options, parse_duration
+from resultstore.cli._errors import CliError, ExitCode
+from resultstore.cli._output import LARGE, Output, metadata_dict, size_text, spinner, when
+from resultstore.errors import SerializationError
+from resultstore.keys import validate_key
+
+__all__ = ["get", "inspect", "put", "rm"]
+
+STDIO = "-"
+"""The file name that means stdin (``put --file -``) or stdout (``get -o -``)."""
+
+
+def _read_stdin_bytes() -> bytes:
+    return sys.stdin.buffer.read()
+
+
+def put(
+    ctx: typer.Context,
+    key: Annotated[
+        str,
+        typer.Argument(metavar="KEY", help="Key to store the value under, e.g. runs/7/model."),
+    ],
+    json_text: Annotated[
+        str | None,
+        typer.Option("--json", metavar="TEXT", help="The value, as JSON text ('-': read stdin)."),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file",
+            metavar="PATH",
+            help="Store this file's bytes as a bytes value ('-': read stdin).",
+        ),
+    ] = None,
+    serializer: Annotated[
+        str | None,
+        typer.Option("--serializer", metavar="NAME", help="pickle, json, pickle+zstd, ..."),
+    ] = None,
+    expires_in: Annotated[
+        str | None,
+        typer.Option(
+            "--expires-in",
+            metavar="DURATION",
+            help="Expire the record after this long: 90s, 30m, 12h, 7d (a bare number is seconds).",
+        ),
+    ] = None,
+    if_absent: Annotated[
+        bool,
+        typer.Option(
+            "--if-absent", help="Create only: fail (exit 6) if a record exists under KEY."
+        ),
+    ] = False,
+) -> None:
+    """Store a JSON value or a file's bytes under KEY.
+
+    With the global --json (resultstore --json put ...) the outcome is printed as JSON.
+    """
+    out = Output(options(ctx))
+    if (json_text is None) == (file is None):
+        raise CliError("put needs exactly one of --json TEXT or --file PATH", ExitCode.BAD_INPUT)
+    value: Any
+    if json_text is not None:
+        text = sys.stdin.read() if json_text == STDIO else json_text
+        where = "stdin (--json -)" if json_text == STDIO else "--json"
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise CliError(
+                f"{where} for key {key!r} is not valid JSON: {exc}", ExitCode.BAD_INPUT
+            ) from None
+        nbytes = len(text)
+    else:
+        assert file is not None
+        try:
+            value = _read_stdin_bytes() if file == STDIO else Path(file).read_bytes()
+        except OSError as exc:
+            raise CliError(
+                f"cannot read --file {file!r}: {exc.strerror or exc}", ExitCode.BAD_INPUT
+            ) from None
+        nbytes = len(value)
+    expiration = None if expires_in is None else parse_duration(expires_in)
+    with (
+        open_store(ctx, serializer) as store,
+        spinner(f"writing {key}", nbytes, enabled=out.progress),
+    ):
+        try:
+            store.write(value, key=key, expiration=expiration, if_absent=if_absent)
+        except SerializationError as exc:  # its message names the type, not the key
+            raise CliError(
+                f"cannot store key {key!r} in {store.storage_url}: {exc}", ExitCode.BAD_INPUT
+            ) from exc
+        expires_at = store.read_metadata(key).expiration if expiration is not None else None
+    out.emit(
+        {
+            "key": key,
+            "url": store.storage_url,
+            "serializer": store.serializer.name,
+            "expiration": None if expires_at is None else expires_at.isoformat(),
+        }
+    )
+    expires = f", expires {when(expires_at)}" if expires_at else ""
+    out.info(f"stored {key} in {store.storage_url} ({store.serializer.name}{expires})")
+
+
+class Format(str, enum.Enum):
+    """How ``get`` writes a value."""
+
+    AUTO = "auto"
+    """bytes raw, str as text, other JSON values as JSON; anything else is an error."""
+    JSON = "json"
+    """JSON only (a str as a JSON string); anything else is an error."""
+    REPR = "repr"
+    """Python's repr() of any value: for people, not for parsing."""
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _to_json(value: object) -> str | None:
+    """``value`` as JSON text (indented unless a scalar), or None when it is not JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return None
+    try:
+        return json.dumps(value, indent=None if _is_scalar(value) else 2, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _kind(value: object) -> str:
+    """``of type set``, ``of type ndarray (800 bytes)``: what a value is, for an error."""
+    nbytes = getattr(value, "nbytes", None)
+    size = f" ({nbytes} bytes)" if isinstance(nbytes, int) else ""
+    return f"of type {type(value).__name__}{size}"
+
+
+def encode_value(key: str, value: object, fmt: Format) -> bytes:
+    """The bytes ``get`` writes for ``value`` in ``fmt``, or a one-line CliError."""
+    if fmt is Format.REPR:
+        return (repr(value) + "\n").encode("utf-8")
+    if fmt is Format.AUTO and isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if fmt is Format.AUTO and isinstance(value, str):
+        return value.encode("utf-8")
+    text = _to_json(value)
+    if text is None:
+        allowed = "JSON" if fmt is Format.JSON else "bytes, str or JSON"
+        raise CliError(
+            f"the value under key {key!r} is {_kind(value)}, not {allowed}: nothing written; "
+            "use --format repr to print its repr()",
+            ExitCode.BAD_INPUT,
+        )
+    return (text + "\n").encode("utf-8")
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def get(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Key of the record to read.")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="Write the value to PATH instead of stdout ('-': stdout, binary included).",
+        ),
+    ] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            metavar="FORMAT",
+            help="auto: bytes raw, str as text, others as JSON. json: JSON only. "
+            "repr: Python's repr() of any value.",
+            case_sensitive=False,
+        ),
+    ] = Format.AUTO,
+) -> None:
+    """Read KEY and write its value to stdout (or to a file).
+
+    bytes are written raw and str as text; other values as JSON when they can be,
+    else nothing is written and get fails (exit 3) unless --format repr. Raw bytes
+    are not written to a terminal unless -o - asks for it.
+    """
+    given = options(ctx)
+    out = Output(given)
+    if given.json and fmt is Format.AUTO:
+        fmt = Format.JSON
+    with open_store(ctx) as store:
+        nbytes = store.read_metadata(key).size if out.progress else 0
+        label = f"reading {key} ({size_text(nbytes)})" if nbytes >= LARGE else ""
+        with spinner(label, nbytes, enabled=out.progress):
+            value = store.read(key, retry=False).result
+    data = encode_value(key, value, fmt)
+    if output is None or output == STDIO:
+        binary = isinstance(value, (bytes, bytearray, memoryview)) and fmt is Format.AUTO
+        if binary and output is None and sys.stdout.isatty():
+            raise CliError(
+                f"the value under key {key!r} is {len(data)} bytes of binary data: not written "
+                "to the terminal; use -o PATH to save it, or -o - to write it anyway",
+                ExitCode.BAD_INPUT,
+            )
+        if isinstance(value, str) and fmt is Format.AUTO and sys.stdout.isatty():
+            data += b"" if data.endswith(b"\n") else b"\n"  # the prompt starts on its own line
+        _write_stdout(data)
+        return
+    try:
+        Path(output).write_bytes(data)
+    except OSError as exc:
+        raise CliError(
+            f"cannot write the value of key {key!r} to {output!r}: {exc.strerror or exc}",
+            ExitCode.BAD_INPUT,
+        ) from None
+    out.emit({"key": key, "path": output, "size": len(data)})
+    out.info(f"wrote {len(data)} bytes to {output}")
+
+
+def inspect(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(metavar="KEY", help="Key of the record to describe.")],
+) -> None:
+    """Print a record's metadata as JSON, without loading its value.
+
+    With a signing key configured the record is verified first (its signature, and so
+    its payload), and "signature" says "verified"; without one a signature is reported
+    as "not verified", never just as present.
+    """
+    with open_store(ctx) as store:
+        metadata = store.verify(key) if store.signed else store.read_metadata(key)
+    shown = metadata_dict(metadata)
+    if store.signed:
+        shown["signature"] = "verified"
+    elif metadata.signed:
+        shown["signature"] = "not verified (no signing key configured: set RESULTSTORE_SIGNING_KEY)"
+    else:
+        shown["signature"] = "none"
+    print(json.dumps(shown, indent=None if options(ctx).json else 2, ensure_ascii=False))
+
+
+def rm(
+    ctx: typer.Context,
+    keys: Annotated[
+        list[str],
+        typer.Argument(metavar="KEY", help="Keys of the records (with -r: key prefixes)."),
+    ],
+    recursive: Annotated[
+        bool,
+        typer.Option(
+            "--recursive", "-r", help="Delete every record whose key starts with each KEY."
+        ),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts)."),
+    ] = False,
+) -> None:
+    """Delete records (with -r, every record under a prefix).
+
+    Exits 2 (not found) if a key or prefix had no record; the other keys are still
+    deleted. With --recursive, each KEY is a prefix: the records
+    under it are counted and, on a terminal, you confirm before they are deleted; where
+    stdin is not a terminal, --yes is required.
+    """
+    if recursive:
+        _rm_recursive(ctx, keys, yes)
+        return
+    out = Output(options(ctx))
+    for key in keys:
+        validate_key(key)
+    missing: list[str] = []
+    with open_store(ctx) as store:
+        for key in keys:
+            existed = store.exists(key)
+            deleted = store.delete(key)
+            if deleted is False or (deleted is None and not existed):
+                missing.append(key)
+                out.emit({"key": key, "outcome": "missing", "size": 0})
+            else:
+                out.emit({"key": key, "outcome": "deleted", "size": 0})
+                out.info(f"deleted {key}")
+    out.summary(url=store.storage_url, deleted=len(keys) - len(missing), missing=len(missing))
+    if missing:
+        names = ", ".join(repr(key) for key in missing)
+        plural = "keys" if len(missing) > 1 else "key"
+        raise CliError(
+            f"no result under {plural} {names} in {store.storage_url}", ExitCode.NOT_FOUND
+        )
+
+
+def _rm_recursive(ctx: typer.Context, prefixes: list[str], yes: bool) -> None:
+    out = Output(options(ctx))
+    with open_store(ctx) as store:
+        store.require_container()
+        found = {prefix: store.keys(prefix) for prefix in prefixes}
+        doomed = sorted({key for keys in found.values() for key in keys})
+        empty = [prefix for prefix, keys in found.items() if not keys]
+        where = ", ".join(repr(prefix) for prefix in prefixes)
+        if doomed and not yes:
+            question = f"delete {len(doomed)} record(s) under {where} in {store.storage_url}?"
+            if not sys.stdin.isatty():
+                raise CliError(
+                    f"rm --recursive would {question[:-1]}: pass --yes to confirm "
+                    "(stdin is not a terminal, so it cannot ask)",
+                    ExitCode.BAD_INPUT,
+                )
+            if not typer.confirm(question, default=False, err=True):
+                out.info("nothing deleted")
+                return
+        store.delete_many(doomed)
+    for key in doomed:
+        out.emit({"key": key, "outcome": "deleted", "size": 0})
+    out.summary(url=store.storage_url, deleted=len(doomed), missing=len(empty))
+    out.info(f"deleted {len(doomed)} record(s) under {where} in {store.storage_url}")
+    if empty:
+        names = ", ".join(repr(prefix) for prefix in empty)
+        raise CliError(f"no records under {names} in {store.storage_url}", ExitCode.NOT_FOUND)

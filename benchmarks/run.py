@@ -632,6 +632,12 @@ _FIRST_WRITE = (
     "assert s.read(s.write({'a': 1})).result == {'a': 1}"
 )
 _FIRST_STATE = "import states; states.Completed(data=1).result()"
+# What the console script runs for `resultstore get KEY` (its wrapper adds only `import re`).
+_CLI_GET = (
+    "import sys; from resultstore.cli import main; "
+    "sys.exit(main(['--quiet', '--storage', 'file://' + sys.argv[1], 'get', 'start-up/k', "
+    "'-o', '/dev/null']))"
+)
 
 
 def _walls_ms(programs: dict[str, list[str]], repeat: int) -> dict[str, float]:
@@ -650,10 +656,14 @@ def _walls_ms(programs: dict[str, list[str]], repeat: int) -> dict[str, float]:
 
 def bench_start_up(folder: Path, repeat: int) -> list[Row]:
     code = "import resultstore, states"
+    from resultstore import ResultStore
+
+    ResultStore(folder.as_uri()).write({"a": 1}, key="start-up/k")
     ms = _walls_ms(
         {
             "bare": ["pass"],
             "import": [code],
+            "cli_get": [_CLI_GET, str(folder)],
             "first_write": [_FIRST_WRITE, str(folder)],
             "first_state": [_FIRST_STATE],
         },
@@ -666,6 +676,9 @@ def bench_start_up(folder: Path, repeat: int) -> list[Row]:
     return [
         _row("python -c 'import resultstore, states'", ms["import"], None, "ms", None, 150),
         _row("  interpreter start-up alone", ms["bare"], None, "ms", None),
+        _row(
+            "resultstore get KEY (file store, a 1 KB record)", ms["cli_get"], None, "ms", None, 120
+        ),
         # Names load on first use, so these show what a real first call pays.
         _row("  process: first 1 KB write + read", ms["first_write"], None, "ms", None),
         _row("  process: first Completed(data=1)", ms["first_state"], None, "ms", None),

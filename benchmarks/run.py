@@ -677,7 +677,7 @@ def bench_start_up(folder: Path, repeat: int) -> list[Row]:
         _row("python -c 'import resultstore, states'", ms["import"], None, "ms", None, 150),
         _row("  interpreter start-up alone", ms["bare"], None, "ms", None),
         _row(
-            "resultstore get KEY (file store, a 1 KB record)", ms["cli_get"], None, "ms", None, 120
+            "resultstore get KEY (file store, a small record)", ms["cli_get"], None, "ms", None, 120
         ),
         # Names load on first use, so these show what a real first call pays.
         _row("  process: first 1 KB write + read", ms["first_write"], None, "ms", None),

@@ -13,10 +13,13 @@ the store's own atomic conditional writes:
   is waited out with capped exponential backoff and jitter, never past its
   expiry. A live lease of the same holder is renewed (acquire is idempotent).
 - **renew**: a compare-and-swap to the same lease with a later expiry.
-- **release**: a compare-and-swap to a *released* record (a tombstone), never a
-  delete: a delete after our lease expired and someone else took it over would
-  drop their lease. Tombstones stay behind (a few hundred bytes per key ever
-  locked); the next acquire replaces them by compare-and-swap.
+- **release**: a delete while our lease has at least :data:`_DELETE_WINDOW`
+  seconds left (or never expires): nobody can take a live lease over, so the
+  delete can only remove ours; its answer lost, the lease is read back (gone, or
+  another holder's: ours was deleted). Closer to the expiry, a compare-and-swap
+  to a *released* record (a tombstone) instead: a delete landing after the lease
+  expired and was taken over would drop the new holder's lease. Tombstones stay
+  behind (a few hundred bytes); the next acquire replaces them by compare-and-swap.
 
 No step checks and then acts: each decision is a conditional write that fails
 if the record changed since it was read. A conditional write whose answer is
@@ -105,6 +108,7 @@ DEFAULT_COMPUTE_HOLD_TIMEOUT = 30.0
 _FIRST_DELAY = 0.01  # the first wait for a held lock, doubled after each, up to _MAX_DELAY
 _MAX_DELAY = 0.5
 _MAX_WRITE_FAILURES = 5  # failed (not refused) lease writes in a row before giving up
+_DELETE_WINDOW = 5.0  # seconds a lease must still have for release to delete it (a pause)
 _KNOWN_LIMIT = 4096  # lease versions remembered per ResultStore (a cache: forgetting is safe)
 
 
@@ -357,6 +361,29 @@ class LockManager:
         self._remember(key, known)
         return known
 
+    async def _drop(self, key: str, known: Known) -> None:
+        """Delete our live lease ``known`` (see the module docstring on when that is safe).
+
+        Tried once: a retry after an answer was lost could delete the lease of a
+        holder who took the freed key meanwhile. The lease is read back instead: gone,
+        or someone else's, means ours was deleted; still ours raises :class:`_Lost`.
+        """
+        results, name = self.results, lease_key(key)
+        guard = results._guard("unlock", key)
+
+        async def once() -> None:
+            with guard:
+                await results.store.delete(name)
+
+        try:
+            await guard.run(results, once, policy=NO_RETRY)
+        except StorageError as exc:
+            now = await self.read(key)
+            if now is not None and now.lease.same(known.lease.holder, known.lease.nonce):
+                raise _Lost() from exc  # still our acquisition's lease: not deleted
+            return
+        self._remember(key, None)
+
     # -- the lock operations -----------------------------------------------------------
 
     async def acquire(
@@ -440,7 +467,7 @@ class LockManager:
             known = await self.read(key)
 
     async def release(self, key: str, holder: str) -> None:
-        """Release ``holder``'s lease of ``key`` (a compare-and-swap to a tombstone).
+        """Release ``holder``'s lease of ``key`` (a delete, or near its expiry a tombstone).
 
         Raises :class:`LockNotHeldError` if ``holder`` does not hold it. A lease of
         ``holder`` that has expired but was not taken over is released quietly.
@@ -460,6 +487,17 @@ class LockManager:
                 if unsure is not None and (unsure.expires is None or time.time() < unsure.expires):
                     return
                 raise self._not_held(key, holder, known, "release")
+            expires = known.lease.expires
+            if expires is None or time.time() < expires - max(_DELETE_WINDOW, self.margin):
+                try:
+                    await self._drop(key, known)
+                    return
+                except _Lost as lost:
+                    failures += 1
+                    if failures >= _MAX_WRITE_FAILURES:
+                        raise lost.__cause__ or lost from None
+                    known = self._known.get(key)
+                    continue
             try:
                 await self._put(key, known.lease.released_by(holder), if_version=known.version)
                 return

@@ -805,13 +805,16 @@ class ResultStore:
     ) -> AsyncIterator[list[str]]:
         """:meth:`_alisting` a page at a time: each page fetched under the timeout and
         retried as a whole; a retried listing starts again and skips what was yielded."""
-        from resultstore.keys import is_reserved
+        from resultstore.keys import RESERVED_PREFIX, is_reserved
 
         guard = self._guard("list", prefix or "*")
         seen: set[str] = set()
         listing: list[AsyncIterator[list[str]]] = []  # the pass under way, if any
-        # Below a prefix outside the reserved namespace no key can be in it: no check.
-        hide_reserved = hide_reserved and (not prefix or is_reserved(prefix))
+        # Keys under a prefix that is not a beginning of the reserved namespace, nor
+        # inside it, cannot be reserved: no check per key.
+        hide_reserved = hide_reserved and (
+            RESERVED_PREFIX.startswith(prefix) or is_reserved(prefix)
+        )
 
         async def page() -> list[str] | None:
             keys: list[str] = []

@@ -414,9 +414,18 @@ async def test_aget_or_compute_takes_sync_and_async_functions(store: ResultStore
 
 
 class _LosesAnswers(MemoryStore):
-    """Applies every other conditional write, then loses its answer (a reset after the PUT)."""
+    """Applies every other conditional write and lease delete, then loses its answer (a
+    reset after the request)."""
 
     lost = 0
+
+    async def delete(self, key: str) -> bool:
+        deleted = await super().delete(key)
+        if key.startswith(".resultstore/"):
+            type(self).lost += 1
+            if type(self).lost % 2:
+                raise StorageUnavailableError("connection reset by peer", key=key, url=self.url)
+        return deleted
 
     async def write(
         self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
@@ -434,9 +443,16 @@ def test_a_lease_write_whose_answer_was_lost_is_settled_by_reading_it_back() -> 
     assert store.acquire_lock("job", holder="alice", hold_timeout=30)  # landed, answer lost
     assert store.is_lock_holder("job", "alice")
     assert not store.acquire_lock("job", holder="bob", acquire_timeout=0)
-    store.release_lock("job", holder="alice")
+    store.release_lock("job", holder="alice")  # deleted (a live lease), answer maybe lost
+    assert not store.is_locked("job")
     store.acquire_lock("job", holder="alice", hold_timeout=30)
     store.release_lock("job", holder="alice")
     assert not store.is_locked("job")
+    with pytest.raises(LockNotHeldError):
+        store.release_lock("job", holder="alice")  # released already
+    store.acquire_lock("job", holder="alice", hold_timeout=3)  # too near its end to delete
+    store.release_lock("job", holder="alice")  # so a "released" record, by compare-and-swap
+    assert not store.is_locked("job") and store.acquire_lock("job", holder="bob")
+    store.release_lock("job", holder="bob")
     assert store.get_or_compute("r", lambda: 5) == 5
     assert _LosesAnswers.lost >= 5

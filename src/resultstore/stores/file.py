@@ -98,6 +98,7 @@ from resultstore.errors import (
 from resultstore.keys import (
     MAX_KEY_BYTES,
     MAX_SEGMENT_BYTES,
+    RESERVED_PREFIX,
     RESERVED_SUFFIX,
     is_storable,
     validate_prefix,
@@ -109,6 +110,7 @@ __all__ = ["FileStore"]
 
 _IOV_MAX = 512
 _TMP_SUFFIX = ".tmp"
+_RESERVED_FOLDER = RESERVED_PREFIX.rstrip("/")  # resultstore's own records (see _prune)
 # A key segment that needs no more checks (see keys.py): letters, digits, '_', '-', inner dots.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
 _TEMP_NAME = re.compile(r"\..+\.rsr\.[0-9a-f]{16}\.tmp")  # see FileStore._write
@@ -880,9 +882,13 @@ class FileStore(Store):
 
         A writer that opened one of them just before gets ``ENOENT`` creating its temporary
         file there and makes the folder again; one that already has its temporary file in it
-        keeps it from being removed (``ENOTEMPTY``), which stops the pruning.
+        keeps it from being removed (``ENOTEMPTY``), which stops the pruning. The folders
+        of `resultstore`'s own records (``.resultstore/locks``, ``.resultstore/expiry``) stay:
+        leases come and go by the second, and remaking the folders each time would cost a
+        flushed ``mkdir`` per lock.
         """
-        for depth in range(len(folders) - 1, -1, -1):
+        keep = 2 if folders and folders[0] == _RESERVED_FOLDER else 0
+        for depth in range(len(folders) - 1, keep - 1, -1):
             try:
                 parent = self._folder(folders[:depth])
             except OSError:

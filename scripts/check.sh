@@ -11,4 +11,5 @@ python -m ruff format --check .
 echo "== mypy"
 python -m mypy
 echo "== pytest"
-python -m pytest "$@"
+# Three workers on two cores: much of the suite waits (servers, subprocesses, timeouts).
+python -m pytest -n 3 "$@"

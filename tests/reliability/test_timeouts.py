@@ -138,7 +138,9 @@ def test_a_body_that_stops_arriving_fails_after_the_stall_timeout(
         point_s3_at(monkeypatch, server.url)
         store = ResultStore(f"{scheme}://hostile-bucket/p", timeout=30)
         elapsed, error = timed(lambda: store.read("k", retry=False))
-    assert 0.9 <= elapsed < 2.5
+    # Cut off by the 1 s stall timeout, far before the 30 s one (the slack is for the
+    # client's first connection on a loaded machine: the suite runs in parallel).
+    assert 0.9 <= elapsed < 5.0
     assert str(error).startswith("cannot read key 'k' in s3://hostile-bucket/p: ")
     assert "unavailable" in str(error)
 

@@ -346,6 +346,7 @@ def test_signed_records_verify_with_current_and_former_keys() -> None:
             "does not verify",
         ),
     ],
+    ids=["unsigned", "signed-with-another-key"],  # the records hold their creation time
 )
 def test_unsigned_or_foreign_records_are_refused(
     data: bytes, verifier: Signer, reason: str

@@ -26,6 +26,7 @@ resultstore.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import logging
 import os
@@ -132,6 +133,8 @@ def _run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
     queue holding other work, takes the plain path (as does a loop already running,
     which ``in_async_context`` rules out before this is called).
     """
+    if _orphans:  # clients of dropped LoopLocals: handed to their loops (this one too)
+        _close_orphans()
     loop = _thread_loop()
     ready = getattr(loop, "_ready", None)
     if ready is None or ready:
@@ -183,6 +186,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 # -- one client per event loop --------------------------------------------------------------
 
 _lock = threading.Lock()  # guards every LoopLocal's table of slots and _retiring
+_orphans: collections.deque[dict[Any, Any]] = collections.deque()  # see _close_table
 _instances: weakref.WeakSet[LoopLocal[Any]] = weakref.WeakSet()
 _retiring: set[_Slot[Any]] = set()  # slots out of their table, their clients not closed yet
 _inherited: list[object] = []  # a forked child's parent loops and clients: never run or closed
@@ -367,6 +371,9 @@ class LoopLocal(Generic[C]):
         """The client of the running event loop, made by ``open()`` on first use."""
         import asyncio
 
+        if _orphans:
+            _close_orphans()
+
         loop = asyncio.get_running_loop()
         while True:
             slot = self._slots.get(loop)
@@ -440,12 +447,27 @@ class LoopLocal(Generic[C]):
 
 
 def _close_table(table: dict[asyncio.AbstractEventLoop, _Slot[Any]]) -> None:
-    """A LoopLocal was dropped: close its clients, on their loops (never from here)."""
-    with _lock:
-        slots = list(table.values())
-        table.clear()
-    for slot in slots:
-        slot.close_elsewhere()
+    """A LoopLocal was dropped: its clients are closed soon, by :func:`_close_orphans`.
+
+    Only queued here: this runs as a finalizer, which a garbage collection can start
+    anywhere, including inside a ``with _lock:`` of this very thread, where taking
+    the lock again would deadlock (``deque.append`` takes no lock of ours).
+    """
+    _orphans.append(table)
+
+
+def _close_orphans() -> None:
+    """Close the clients of dropped LoopLocals, on their loops (called outside ``_lock``)."""
+    while _orphans:
+        try:
+            table = _orphans.popleft()
+        except IndexError:  # another thread took the last one
+            return
+        with _lock:
+            slots = list(table.values())
+            table.clear()
+        for slot in slots:
+            slot.close_elsewhere()
 
 
 # -- fork and exit --------------------------------------------------------------------------
@@ -486,6 +508,7 @@ def _at_exit() -> None:
     their idle loops, while those loops still exist.
     """
     if not in_async_context():
+        _close_orphans()
         with _lock:
             slots = [*_retiring, *(s for i in list(_instances) for s in i._slots.values())]
         for slot in slots:

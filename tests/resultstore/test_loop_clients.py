@@ -341,3 +341,33 @@ def test_clients_left_open_by_sync_code_are_closed_at_exit() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["closed", "closed"] and done.stderr == ""
+
+
+def test_a_loop_local_finalized_while_the_lock_is_held_does_not_deadlock() -> None:
+    """A garbage collection may finalize a dropped LoopLocal anywhere, also inside a
+    ``with _lock:`` of the same thread (it did, in LoopLocal._make): the finalizer only
+    queues the table, and the clients are closed at the next get()."""
+    from resultstore import _loops
+
+    async def open_client() -> list[str]:
+        return ["open"]
+
+    async def close_client(client: list[str]) -> None:
+        client.append("closed")
+
+    def finalize_inside_the_lock() -> None:
+        with _loops._lock:
+            _loops._close_table({})  # what the collection runs, here
+
+    worker = threading.Thread(target=finalize_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the finalizer deadlocked on _lock"
+
+    clients = LoopLocal(open_client, close_client)
+
+    async def use() -> list[str]:
+        return await clients.get()  # also closes what was queued
+
+    assert asyncio.run(use()) == ["open", "closed"]  # closed when asyncio.run shut down
+    assert not _loops._orphans

@@ -137,6 +137,27 @@ class GcSummary:
     """True when the expiry index chose what to read (``scanned`` counts its entries)."""
 
 
+@dataclass(slots=True)
+class Doomed:
+    """Keys gc deletes in batches, and the outcomes it reports once their batch is gone."""
+
+    store: ResultStore
+    summary: GcSummary
+    progress: Progress | None
+    keys: list[str] = field(default_factory=list)
+    outcomes: list[RecordOutcome] = field(default_factory=list)
+
+    async def flush(self) -> None:
+        """Delete the keys gathered so far (one batched request per 1,000), then report."""
+        keys, outcomes = self.keys, self.outcomes
+        self.keys, self.outcomes = [], []
+        await self.store._adelete_raw(keys)
+        self.summary.deleted += len(outcomes)
+        if self.progress is not None:
+            for outcome in outcomes:
+                self.progress(outcome)
+
+
 # -- running many at once -----------------------------------------------------------------
 
 
@@ -424,18 +445,7 @@ async def adelete_expired(
             progress=progress,
         )
     summary = GcSummary(store.storage_url, dry_run=dry_run)
-    doomed: list[str] = []  # expired records, and their index entries
-    deleting: list[RecordOutcome] = []  # reported once their batch is deleted
-
-    async def flush() -> None:
-        batch, done = list(doomed), list(deleting)
-        doomed.clear()
-        deleting.clear()
-        await store._adelete_raw(batch)
-        summary.deleted += len(done)
-        if progress is not None:
-            for outcome in done:
-                progress(outcome)
+    doomed = Doomed(store, summary, progress)  # expired records, and their index entries
 
     async for entry in ascan(store, prefix, concurrency=concurrency):
         summary.scanned += 1
@@ -451,12 +461,12 @@ async def adelete_expired(
             if progress is not None:
                 progress(RecordOutcome(metadata.storage_key, "would-delete", metadata.size))
             continue
-        deleting.append(RecordOutcome(metadata.storage_key, "deleted", metadata.size))
-        doomed.append(metadata.storage_key)
+        doomed.outcomes.append(RecordOutcome(metadata.storage_key, "deleted", metadata.size))
+        doomed.keys.append(metadata.storage_key)
         if (index_entry := expected_entry(metadata)) is not None:
-            doomed.append(index_entry)
-        if len(doomed) >= DELETE_BATCH:
-            await flush()
-    if doomed:
-        await flush()
+            doomed.keys.append(index_entry)
+        if len(doomed.keys) >= DELETE_BATCH:
+            await doomed.flush()
+    if doomed.keys:
+        await doomed.flush()
     return summary

@@ -193,13 +193,12 @@ async def adelete_expired(
 
     ``summary.scanned`` counts the index entries looked at, not the store's records.
     """
-    from resultstore.bulk import DELETE_BATCH, GcSummary, RecordOutcome, each
+    from resultstore.bulk import DELETE_BATCH, Doomed, GcSummary, RecordOutcome, each
     from resultstore.keys import validate_key
 
     summary = GcSummary(store.storage_url, dry_run=dry_run, indexed=True)
     since = await _watermark(store)
-    doomed: list[str] = []  # records and entries, deleted together in batches
-    deleting: list[RecordOutcome] = []  # reported once their batch is deleted
+    doomed = Doomed(store, summary, progress)  # records and entries, deleted together
     pending: list[tuple[str, str]] = []  # (entry, key) whose record is still to be read
 
     async def judge(item: tuple[str, str]) -> None:
@@ -207,7 +206,7 @@ async def adelete_expired(
         try:
             metadata = await store.aread_metadata(key)
         except ResultNotFoundError:
-            doomed.append(name)  # deleted since: the entry goes too
+            doomed.keys.append(name)  # deleted since: the entry goes too
             return
         except IntegrityError:
             summary.damaged.append(key)  # kept, entry and all: `check` says what is wrong
@@ -219,26 +218,16 @@ async def adelete_expired(
                 if progress is not None:
                     progress(RecordOutcome(key, "would-delete", metadata.size))
                 return
-            doomed.extend((key, name))
-            deleting.append(RecordOutcome(key, "deleted", metadata.size))
+            doomed.keys.extend((key, name))
+            doomed.outcomes.append(RecordOutcome(key, "deleted", metadata.size))
         elif expected_entry(metadata) != name:
-            doomed.append(name)  # left by an earlier write of the key: its own is elsewhere
+            doomed.keys.append(name)  # left by an earlier write of the key: its own is elsewhere
 
     async def settle() -> None:
         await each(list(pending), judge, concurrency)
         pending.clear()
-        if not dry_run and len(doomed) >= DELETE_BATCH:
-            await flush()
-
-    async def flush() -> None:
-        batch, done = list(doomed), list(deleting)
-        doomed.clear()
-        deleting.clear()
-        await store._adelete_raw(batch)
-        summary.deleted += len(done)
-        if progress is not None:
-            for outcome in done:
-                progress(outcome)
+        if not dry_run and len(doomed.keys) >= DELETE_BATCH:
+            await doomed.flush()
 
     async for name in _due_entries(store, now, since):
         summary.scanned += 1
@@ -255,8 +244,8 @@ async def adelete_expired(
         if len(pending) >= concurrency * 8:
             await settle()
     await settle()
-    if doomed and not dry_run:
-        await flush()
+    if doomed.keys and not dry_run:
+        await doomed.flush()
     if not dry_run and not prefix:  # every due entry was looked at: skip those hours next time
         collected = _parse_hour(_hour(now))
         assert collected is not None

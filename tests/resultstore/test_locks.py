@@ -362,21 +362,24 @@ def test_when_fn_raises_the_lock_is_released_and_the_next_caller_computes(
 
 @pytest.mark.parametrize("lock_url", ["s3"], indirect=True)  # renewals reach S3 from a pool
 def test_a_long_computation_keeps_its_lease(store: ResultStore) -> None:
-    """hold_timeout=1 s, fn takes 1.6 s: renewals keep the others waiting, not computing."""
+    """hold_timeout=2 s, fn takes 3.2 s: renewals keep the others waiting, not computing.
+
+    (2 s, not 1: with the suite's parallel workers on two cores, a renewal due every
+    third of a 1 s lease was once late enough on S3 to lose it.)"""
     calls: list[int] = []
 
     def slow(n: int) -> int:
         calls.append(n)
-        time.sleep(1.6)
+        time.sleep(3.2)
         return n
 
     results: list[int] = []
     first = threading.Thread(
-        target=lambda: results.append(store.get_or_compute("long", slow, 1, hold_timeout=1))
+        target=lambda: results.append(store.get_or_compute("long", slow, 1, hold_timeout=2))
     )
     first.start()
     time.sleep(0.2)
-    results.append(store.get_or_compute("long", slow, 2, hold_timeout=1))
+    results.append(store.get_or_compute("long", slow, 2, hold_timeout=2))
     first.join()
     assert calls == [1] and results == [1, 1]
 

@@ -304,6 +304,27 @@ def table_kind(obj: Any) -> str | None:
     return None
 
 
+def _polars_objects(frame: Any) -> list[str]:
+    """The columns of a polars frame holding Python objects (``pl.Object``, at any depth).
+
+    polars' ``to_arrow`` turns such a column into the objects' memory addresses as
+    binary, silently: the data would be lost (and addresses leaked), so ``arrow``
+    refuses these frames and ``auto`` gives them to its fallback.
+    """
+    pl = sys.modules["polars"]
+
+    def holds(dtype: Any) -> bool:
+        if isinstance(dtype, pl.Object):
+            return True
+        if isinstance(dtype, (pl.List, pl.Array)):
+            return holds(dtype.inner)
+        if isinstance(dtype, pl.Struct):
+            return any(holds(field.dtype) for field in dtype.fields)
+        return False
+
+    return [name for name, dtype in frame.schema.items() if holds(dtype)]
+
+
 class ArrowSerializer(Serializer):
     """Tables as one Arrow IPC file segment; pandas and polars DataFrames through Arrow.
 
@@ -331,6 +352,12 @@ class ArrowSerializer(Serializer):
                 f"arrow serializer cannot encode object of type {type(obj).__name__}: it stores "
                 "pyarrow.Table, pandas.DataFrame and polars.DataFrame (use serializer='auto' "
                 "to pick one by type)"
+            )
+        if kind == "polars" and (objects := _polars_objects(obj)):
+            raise SerializationError(
+                f"arrow serializer cannot encode a polars DataFrame whose column(s) "
+                f"{objects!r} hold Python objects (pl.Object): only pickle can store them "
+                "(serializer='pickle', or 'auto' with pickle allowed)"
             )
         pa = _pyarrow()
         try:
@@ -428,7 +455,8 @@ class AutoSerializer(Serializer):
         np = sys.modules.get("numpy")
         if np is not None and type(obj) in (np.ndarray, np.memmap) and not obj.dtype.hasobject:
             return self._npy
-        if table_kind(obj) is not None:
+        kind = table_kind(obj)
+        if kind is not None and not (kind == "polars" and _polars_objects(obj)):
             return self._arrow
         if self._other is None:
             raise SerializationError(

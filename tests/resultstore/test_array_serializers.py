@@ -242,6 +242,92 @@ def test_arrow_round_trips_pandas_frames() -> None:
     pd.testing.assert_frame_equal(back, frame)
 
 
+def polars_frame() -> Any:
+    """A polars frame with a column of most dtypes, nulls among them."""
+    import datetime
+
+    pl = pytest.importorskip("polars")
+    when = datetime.datetime(2024, 5, 17, 12, 30)
+    return pl.DataFrame(
+        {
+            "i32": pl.Series([1, None, 3], dtype=pl.Int32),
+            "u8": pl.Series([1, 2, 255], dtype=pl.UInt8),
+            "f": [1.5, float("nan"), None],
+            "s": ["a", None, "ç"],
+            "b": [b"x", None, b"\x00"],
+            "bool": [True, False, None],
+            "cat": pl.Series(["u", "v", "u"], dtype=pl.Categorical),
+            "enum": pl.Series(["lo", "hi", "lo"], dtype=pl.Enum(["lo", "hi"])),
+            "dt": [when, None, when],
+            "dtz": pl.Series([when] * 3).dt.replace_time_zone("Europe/Paris"),
+            "date": [when.date()] * 3,
+            "dur": [datetime.timedelta(seconds=5), None, datetime.timedelta(days=-1)],
+            "list": [[1, 2], [], None],
+            "struct": [{"a": 1, "b": "x"}, {"a": 2, "b": None}, None],
+            "dec": pl.Series(["1.23", "4.56", None]).cast(pl.Decimal(10, 2)),
+        }
+    )
+
+
+def test_arrow_round_trips_polars_frames_as_polars_frames(tmp_path: Path) -> None:
+    pl = pytest.importorskip("polars")
+    from polars.testing import assert_frame_equal
+
+    frame = polars_frame()
+    serializer = get_serializer("arrow")
+    back = serializer.loads(serializer.dumps(frame))
+    assert type(back) is pl.DataFrame
+    assert back.schema == frame.schema
+    assert_frame_equal(back, frame)
+
+    writer = ResultStore(tmp_path.as_uri(), serializer="auto")
+    writer.write(frame, key="p")
+    assert writer.read_metadata("p").serializer == "arrow"  # chosen by type
+    # a reader allowing only code-free serializers reads it, as a polars frame
+    read = ResultStore(tmp_path.as_uri(), serializer="json").read("p").result
+    assert type(read) is pl.DataFrame
+    assert_frame_equal(read, frame)
+    mapped = writer.read("p", mmap=True).result
+    assert type(mapped) is pl.DataFrame
+    assert_frame_equal(mapped, frame)
+
+
+def test_column_reads_of_polars_frames_give_polars_frames(tmp_path: Path) -> None:
+    pl = pytest.importorskip("polars")
+    from polars.testing import assert_frame_equal
+
+    frame = polars_frame()
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    store.write(frame, key="p")
+    got = store.read("p", columns=["struct", "i32", "dtz"]).result
+    assert type(got) is pl.DataFrame
+    assert_frame_equal(got, frame.select(["struct", "i32", "dtz"]))
+    checked = store.read("p", columns=["enum"], verify=True).result
+    assert type(checked) is pl.DataFrame
+    assert_frame_equal(checked, frame.select(["enum"]))
+    with pytest.raises(ConfigurationError, match=r"'p'.*no column\(s\) \['zz'\]"):
+        store.read("p", columns=["zz"])
+
+
+def test_polars_frames_of_python_objects_are_refused_by_arrow_and_left_to_pickle(
+    tmp_path: Path,
+) -> None:
+    pl = pytest.importorskip("polars")
+
+    # polars' to_arrow would silently store these objects' addresses as binary
+    frame = pl.DataFrame({"n": [1, 2], "o": pl.Series([object(), "x"], dtype=pl.Object)})
+    with pytest.raises(SerializationError, match=r"\['o'\] hold Python objects.*pickle"):
+        get_serializer("arrow").dumps(frame)
+    assert get_serializer("auto").choose(frame).name == "pickle"
+    with pytest.raises(SerializationError, match="pickle is not allowed"):
+        get_serializer("auto-strict").dumps(frame)
+    # polars cannot pickle them either: the write is refused, nothing stored
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    with pytest.raises(SerializationError, match=r"pickle serializer cannot encode.*DataFrame"):
+        store.write(frame, key="o")
+    assert not store.exists("o")
+
+
 def test_arrow_refuses_other_values_and_damaged_payloads() -> None:
     serializer = get_serializer("arrow")
     with pytest.raises(SerializationError, match="type dict"):

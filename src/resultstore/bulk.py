@@ -273,6 +273,17 @@ async def _one_large_at_a_time(size: int, large: anyio.Lock, work: Awaitable[T])
         return await work
 
 
+def _unverifiable_prefect_record(store: ResultStore, key: str) -> IntegrityError:
+    from resultstore.prefect import PrefectRecordError
+
+    return PrefectRecordError(
+        f"record {key!r} in {store.storage_url} is a Prefect result record: read() reads it, "
+        "but it has no checksum to verify; import it (resultstore import-prefect) to get one",
+        key=key,
+        url=store.storage_url,
+    )
+
+
 async def averify_all(
     store: ResultStore,
     prefix: str = "",
@@ -308,6 +319,9 @@ async def averify_all(
             done(entry.key, "damaged", 0, entry.error)
             return
         size = entry.metadata.size
+        if entry.metadata.serializer.startswith("prefect:"):  # read in place, no checksum
+            done(entry.key, "refused", size, _unverifiable_prefect_record(store, entry.key))
+            return
         try:
             metadata = await _one_large_at_a_time(size, large, store.averify(entry.key))
             if require_signed and not store.signed:
@@ -453,8 +467,8 @@ async def adelete_expired(
         if metadata is None:
             summary.damaged.append(entry.key)
             continue
-        if not metadata.is_expired(moment):
-            continue
+        if not metadata.is_expired(moment) or metadata.serializer.startswith("prefect:"):
+            continue  # a Prefect record (read in place) is another tool's: never deleted
         summary.expired += 1
         summary.bytes_freed += metadata.size
         if dry_run:

@@ -511,25 +511,26 @@ def allows_pickle(store: ResultStore) -> bool:
     return any(name == "pickle" or name.startswith("pickle+") for name in store._allowed)
 
 
-async def read_in_place(store: ResultStore, key: str, native: IntegrityError) -> ResultRecord[Any]:
-    """``store.read(key)`` of bytes that are not a native record: a Prefect record, decoded.
+async def _in_place(
+    store: ResultStore, key: str, native: IntegrityError, action: str, *, refuse_signed: bool
+) -> PrefectRecord:
+    """The Prefect record under ``key`` (parsed, not decoded), or ``native`` raised again.
 
-    Called only after the native read failed with ``native``, which is raised again
-    when the bytes are a native record after all (damaged) or not a Prefect record.
-    Unsigned, a Prefect record is refused by a store with a signing key, before it is
-    read whole.
+    ``native`` is the error of the native read, raised again when the bytes are a
+    native record after all (damaged) or not a Prefect record. With ``refuse_signed``
+    a store with a signing key refuses the (unsigned) record before reading it whole.
     """
     from resultstore.errors import SignatureError
     from resultstore.records import MAGIC
 
     url = store.storage_url
-    with store._guard("read", key):
+    with store._guard(action, key):
         reader = await store.store.open(key)
         try:
             head = await reader.read(64)
             if head.startswith(MAGIC) or not _looks_like_json_object(head):
                 raise native
-            if store.signed:
+            if refuse_signed and store.signed:
                 raise SignatureError(
                     f"record {key!r} in {url} is a Prefect record, which is not signed, but a "
                     "signing key is configured; refusing to decode it (import it with "
@@ -547,8 +548,35 @@ async def read_in_place(store: ResultStore, key: str, native: IntegrityError) ->
     record = parse_prefect_record(head + rest, key, url)
     if record is None:
         raise native
+    return record
+
+
+async def read_in_place(store: ResultStore, key: str, native: IntegrityError) -> ResultRecord[Any]:
+    """``store.read(key)`` of bytes that are not a native record: a Prefect record, decoded.
+
+    Called only after the native read failed with ``native``, which is raised again
+    when the bytes are a native record after all (damaged) or not a Prefect record.
+    Unsigned, a Prefect record is refused by a store with a signing key, before it is
+    read whole.
+    """
+    record = await _in_place(store, key, native, "read", refuse_signed=True)
+    url = store.storage_url
     value = decode_prefect_record(record, allow_pickle=allows_pickle(store), url=url)
     return prefect_result_record(record, value, url)
+
+
+async def metadata_in_place(store: ResultStore, key: str, native: IntegrityError) -> ResultMetadata:
+    """``store.read_metadata(key)`` of bytes that are not a native record.
+
+    The same detection as :func:`read_in_place` (so ``read_metadata`` describes
+    what ``read`` reads): a Prefect record gets metadata whose serializer is
+    ``prefect:<type>``, its size, its expiration, ``created`` the Unix epoch
+    (unknown) and an empty checksum (Prefect records have none); anything else
+    raises ``native``. Nothing is decoded, so no pickle is ever run here. A record
+    is JSON, so it is read whole (at most :data:`DEFAULT_MAX_BYTES`).
+    """
+    record = await _in_place(store, key, native, "inspect", refuse_signed=False)
+    return prefect_result_record(record, None, store.storage_url).metadata
 
 
 # -- importing ----------------------------------------------------------------------------

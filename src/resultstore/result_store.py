@@ -587,7 +587,11 @@ class ResultStore:
         return run_sync(self.aread(key, retry=retry, mmap=mmap, columns=columns, verify=verify))
 
     async def aread_metadata(self, key: str) -> ResultMetadata:
-        """The metadata of the record under ``key``, without loading its payload."""
+        """The metadata of the record under ``key``, without loading its payload.
+
+        A Prefect result record, which :meth:`read` reads in place, is described
+        too (serializer ``prefect:<type>``, no checksum; nothing decoded).
+        """
         key = validate_key(key)
         guard = self._guard("inspect", key)
 
@@ -601,8 +605,14 @@ class ResultStore:
                         return header.metadata
                     except HeaderBeyond as beyond:  # a header larger than the probe: rare
                         end = beyond.end
+                    except NotARecordError as exc:  # read() falls back on this error alone
+                        native = exc
+                        break
                     finally:
                         await reader.aclose()
+            from resultstore.prefect import metadata_in_place
+
+            return await metadata_in_place(self, key, native)
 
         return await guard.run(self, once)
 

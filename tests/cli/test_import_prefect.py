@@ -65,3 +65,36 @@ def test_import_prefect_of_a_missing_folder_is_one_error_line(
         code=3,
         says=["is not a folder"],
     )
+
+
+def test_inspect_and_ls_describe_a_prefect_record_that_get_reads(file_cli: Cli) -> None:
+    # Detected by content: Prefect's bytes where a native record was expected.
+    root = Path(file_cli.cwd) / "store"
+    root.mkdir(exist_ok=True)
+    shutil.copy(PREFECT3 / "dict-json", root / "p.rsr")
+    ResultStore(file_cli.url).write(1, key="native")
+
+    shown = json.loads(file_cli.run("inspect", "p").stdout)
+    assert shown["serializer"] == "prefect:json" and shown["key"] == "p"
+    assert shown["size"] == (PREFECT3 / "dict-json").stat().st_size
+    assert shown["checksum"] is None and shown["created"] is None
+    assert shown["format"].startswith("a Prefect result record") and shown["signature"] == "none"
+    assert json.loads(file_cli.run("get", "p").stdout)["s"] == "text"
+
+    listed = [json.loads(line) for line in file_cli.run("--json", "ls").stdout.splitlines()]
+    assert {row["key"]: row["serializer"] for row in listed} == {
+        "native": "pickle",
+        "p": "prefect:json",
+    }
+
+    checked = file_cli.fails("check", code=5, says=["1 record(s) failed"])
+    assert "REFUSED  p: record 'p'" in checked.stdout and "no checksum" in checked.stdout
+
+    signed = {"RESULTSTORE_SIGNING_KEY": "cli-signing-key-0123456789"}
+    shown = json.loads(file_cli.run("inspect", "p", env=signed).stdout)
+    assert shown["serializer"] == "prefect:json"
+    assert shown["signature"] == "none (this store has a signing key, so it refuses to read it)"
+    file_cli.fails("get", "p", code=5, env=signed, says=["'p'", "Prefect record"])
+
+    (root / "junk.rsr").write_bytes(b'{"not": "a Prefect record, nor a native one"}')
+    file_cli.fails("inspect", "junk", code=5, says=["'junk'", "damaged"])

@@ -153,6 +153,78 @@ def test_native_records_and_other_bytes_are_unchanged() -> None:
         store.read("other-json")
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_read_metadata_describes_a_prefect_record_as_read_finds_it(name: str) -> None:
+    serializer, _ = EXPECTED[name]
+    store = _memory("meta", [PREFECT3 / name], serializer="json")  # even pickle ones
+    metadata = store.read_metadata(name)
+    assert metadata.serializer == f"prefect:{serializer}"
+    assert metadata.size == (PREFECT3 / name).stat().st_size
+    assert metadata.storage_key == name and metadata.checksum == "" and not metadata.signed
+    assert metadata.expiration is None
+    if "json" in serializer:
+        assert metadata == store.read(name).metadata
+
+
+def test_read_metadata_keeps_a_prefect_expiration_and_decodes_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "was-unpickled"
+    doc = json.loads((PREFECT3 / "int-pickle").read_text())
+    doc["metadata"]["expiration"] = "2031-01-02T03:04:05Z"
+    doc["result"] = base64.b64encode(
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    ).decode()
+    store = ResultStore(f"memory://prefect-meta-{uuid.uuid4().hex[:8]}")  # allows pickle
+    run_sync(store.store.write("p", Payload([json.dumps(doc).encode()])))
+    metadata = store.read_metadata("p")
+    assert metadata.serializer == "prefect:pickle"
+    assert metadata.expiration == datetime.datetime(
+        2031, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc
+    )
+    assert not marker.exists()
+
+
+def test_read_metadata_of_other_bytes_still_reports_damage() -> None:
+    store = ResultStore(f"memory://prefect-junk-{uuid.uuid4().hex[:8]}")
+    run_sync(store.store.write("junk", Payload([b"not a record, not JSON either......"])))
+    run_sync(store.store.write("json", Payload([b'{"some": "json", "x": [1, 2, 3, 4, 5]}'])))
+    run_sync(store.store.write("short", Payload([b"{}"])))
+    for key in ("junk", "json", "short"):
+        with pytest.raises(IntegrityError, match=f"'{key}'.*damaged"):
+            store.read_metadata(key)
+        with pytest.raises(IntegrityError, match=f"'{key}'.*damaged"):
+            store.read(key)
+    store.write(1, key="native")
+    raw = bytearray(run_sync(store._read_raw("native"))[1][0])
+    raw[-1] ^= 0xFF  # a damaged native record is not mistaken for anything else
+    run_sync(store.store.write("native", Payload([bytes(raw)])))
+    store.read_metadata("native")  # the header is intact
+    with pytest.raises(IntegrityError, match=r"'native'.*checksum"):
+        store.read("native")
+
+
+def test_scan_check_and_gc_see_prefect_records_for_what_they_are() -> None:
+    doc = json.loads((PREFECT3 / "int-json").read_text())
+    doc["metadata"]["expiration"] = "2001-01-01T00:00:00Z"  # long expired
+    store = _memory("bulk", [PREFECT3 / "uuid-json"])
+    run_sync(store.store.write("expired", Payload([json.dumps(doc).encode()])))
+    store.write(7, key="native")
+    entries = {entry.key: entry for entry in store.scan()}
+    assert sorted(entries) == ["expired", "native", "uuid-json"]
+    assert not any(entry.damaged for entry in entries.values())
+    assert entries["uuid-json"].metadata is not None
+    assert entries["uuid-json"].metadata.serializer == "prefect:json"
+
+    summary = store.verify_all()
+    assert summary.ok == 1 and sorted(summary.failed) == ["expired", "uuid-json"]
+    assert isinstance(summary.failed["uuid-json"], PrefectRecordError)
+    assert "is a Prefect result record" in str(summary.failed["uuid-json"])
+    assert "no checksum" in str(summary.failed["uuid-json"])
+
+    gc = store.delete_expired(full=True)
+    assert gc.expired == 0 and gc.damaged == []
+    assert store.read("expired").result == 42  # another tool's record: never deleted
+
+
 # -- adversarial --------------------------------------------------------------------------
 
 

@@ -187,7 +187,10 @@ def check(
 
             summary = store.verify_all(prefix, require_signed=require_signed, progress=seen)
     for key, exc in sorted(summary.failed.items()):
-        out.info(f"{'REFUSED' if isinstance(exc, SignatureError) else 'DAMAGED'}  {key}: {exc}")
+        from resultstore.prefect import PrefectRecordError  # (unverifiable: no checksum)
+
+        refused = isinstance(exc, (SignatureError, PrefectRecordError))
+        out.info(f"{'REFUSED' if refused else 'DAMAGED'}  {key}: {exc}")
     failed = len(summary.failed)
     out.summary(
         url=store.storage_url,

@@ -243,10 +243,24 @@ def inspect(
     its payload), and "signature" says "verified"; without one a signature is reported
     as "not verified", never just as present.
     """
+    from resultstore.records import NotARecordError
+
     with open_store(ctx) as store:
-        metadata = store.verify(key) if store.signed else store.read_metadata(key)
+        try:
+            metadata = store.verify(key) if store.signed else store.read_metadata(key)
+        except NotARecordError:  # a Prefect record (as read() finds them), or raised again
+            metadata = store.read_metadata(key)
     shown = metadata_dict(metadata)
-    if store.signed:
+    if metadata.serializer.startswith("prefect:"):
+        shown["created"] = shown["checksum"] = None  # Prefect records hold neither
+        shown["format"] = (
+            "a Prefect result record, read in place by 'get' (no checksum; "
+            "'resultstore import-prefect' makes it a native record)"
+        )
+        shown["signature"] = "none" + (
+            " (this store has a signing key, so it refuses to read it)" if store.signed else ""
+        )
+    elif store.signed:
         shown["signature"] = "verified"
     elif metadata.signed:
         shown["signature"] = "not verified (no signing key configured: set RESULTSTORE_SIGNING_KEY)"

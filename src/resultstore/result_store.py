@@ -170,11 +170,29 @@ def _allowed_serializers(
     return frozenset({serializer.name, *serializer.also_reads, *extra})
 
 
-def _reopen(storage_url: str, serializer: str) -> ResultStore:
-    """Unpickle a ResultStore: the store this process allows for its URL."""
+def _reopen(storage_url: str, serializer: str | dict[str, Any]) -> ResultStore:
+    """Unpickle a ResultStore: the store this process allows for its URL, and the
+    pickled store's serializer (its configuration, or a name from older pickles)."""
     from resultstore.references import store_for_reference
 
-    return store_for_reference(storage_url)
+    store = store_for_reference(storage_url)
+    wanted = get_serializer(serializer)
+    if store.serializer == wanted:
+        return store
+    # That store's keys, retry policy, timeout and allowed serializers, writing with the
+    # pickled serializer (and so reading it: a store always decodes its own serializer).
+    reopened = ResultStore(
+        store.store,
+        wanted,
+        store.storage_key_fn,
+        store.cache_result_in_memory,
+        store.persist_result,
+        retry=store.retry,
+        timeout=store.timeout,
+    )
+    reopened._given_options, reopened._signer = store._given_options, store._signer
+    reopened._allowed = store._allowed | _allowed_serializers(wanted, (), None)
+    return reopened
 
 
 def _holder(holder: object) -> str:
@@ -221,9 +239,11 @@ class ResultStore:
     Any other is refused with :class:`SerializerNotAllowedError` before its
     payload is read.
 
-    Pickling a ResultStore carries only its URL and serializer name, never a
-    key or credential: it is unpickled as the store this process allows for
-    that URL (see :meth:`use_for_references`).
+    Pickling a ResultStore carries only its URL and serializer configuration,
+    never a key or credential: it is unpickled as the store this process allows
+    for that URL (see :meth:`use_for_references`), writing with the same
+    serializer (``{"type": "compressed/json", "compressionlib": "zlib"}`` stays
+    that; unpickling runs the sender's code anyway, so this grants it nothing).
     """
 
     def __init__(
@@ -293,10 +313,12 @@ class ResultStore:
         """True when this store signs what it writes and verifies what it reads."""
         return self._signer is not None
 
-    def __reduce__(self) -> tuple[Callable[[str, str], ResultStore], tuple[str, str]]:
-        # Only the URL and serializer name travel: never a signing key or a credential.
-        # The receiving process reads through the store it allows for that URL.
-        return _reopen, (self.storage_url, self.serializer.name)
+    def __reduce__(self) -> tuple[Callable[[str, Any], ResultStore], tuple[str, Any]]:
+        # Only the URL and the serializer's configuration travel (its name if it has
+        # none): never a signing key or a credential. The receiving process reads
+        # through the store it allows for that URL, with this serializer.
+        config = self.serializer.configuration
+        return _reopen, (self.storage_url, self.serializer.name if config is None else config)
 
     def derive(self, storage_url: str) -> ResultStore:
         """A store for ``storage_url`` configured as this one is.

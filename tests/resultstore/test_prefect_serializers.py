@@ -273,3 +273,68 @@ def test_a_stream_longer_or_shorter_than_declared_is_refused(lib: str) -> None:
 def test_unknown_names_still_list_what_is_installed() -> None:
     with pytest.raises(UnknownSerializerError, match=r"pickle\+lzma.*compressionlib"):
         get_serializer("pickle+brotli")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "compressed/json", "compressionlib": "zlib"},
+        {"type": "pickle", "picklelib": "pickle"},
+        {"type": "compressed/pickle", "compressionlib": "bz2", "level": 3},
+        {"type": "json"},
+        "json+zstd",
+        "npy",
+        "auto-json",
+    ],
+)
+def test_a_pickled_store_keeps_its_serializer_configuration(config: Any, memory_url: str) -> None:
+    key = "signing-key-0123456789abcdef"
+    # The receiving process's store for this URL: default serializer, a signing key.
+    registered = ResultStore(memory_url, signing_key=key).use_for_references()
+    sender = ResultStore(memory_url, serializer=config)
+    wanted = get_serializer(config)
+    assert sender.serializer == wanted and hash(sender.serializer) == hash(wanted)
+
+    back = pickle.loads(pickle.dumps(sender))
+
+    assert back.serializer == sender.serializer and back.serializer is not None
+    assert back.serializer.configuration == sender.serializer.configuration
+    assert type(back.serializer) is type(sender.serializer)
+    assert back.signed and back.timeout == registered.timeout  # the receiver's own settings
+    assert key.encode() not in pickle.dumps(back)
+    value: Any = [1, 2, 3]
+    if wanted.name == "npy":
+        import numpy as np
+
+        value = np.arange(1, 4)
+    written = back.write(value, key="k")
+    assert back.read_metadata(written).serializer == sender.serializer.encode(value)[0]
+    assert list(back.read(written).result) == [1, 2, 3]
+    assert list(registered.read(written).result) == [1, 2, 3]  # signed with the receiver's key
+
+
+def test_a_pickled_store_with_the_receivers_serializer_is_that_store(memory_url: str) -> None:
+    registered = ResultStore(
+        memory_url, serializer={"type": "compressed/json", "compressionlib": "zlib"}
+    ).use_for_references()
+    sender = ResultStore(memory_url, serializer="json+zlib")
+    assert pickle.loads(pickle.dumps(sender)) is registered
+    other = pickle.loads(pickle.dumps(ResultStore(memory_url, serializer="json+bz2")))
+    assert other is not registered and other.serializer == get_serializer("json+bz2")
+
+
+def test_equal_configurations_give_equal_serializer_instances() -> None:
+    made = [
+        get_serializer({"type": "compressed/json", "compressionlib": "zlib"}),
+        get_serializer('{"type": "compressed/json", "compressionlib": "zlib", "level": 6}'),
+        get_serializer("json+zlib"),
+        CompressedJSONSerializer(compressionlib="zlib"),
+        CompressedJSONSerializer(6, "zlib", "json"),
+    ]
+    assert all(s == made[0] for s in made) and len(set(made)) == 1
+    assert CompressedJSONSerializer(5, "zlib") != made[0]
+    assert PickleSerializer("pickle") == PickleSerializer("pickle") != PickleSerializer()
+    assert len({PickleSerializer("pickle"), PickleSerializer("pickle"), PickleSerializer()}) == 2
+    for serializer in (*made, PickleSerializer("pickle"), get_serializer("auto-strict")):
+        copy = pickle.loads(pickle.dumps(get_serializer(serializer.configuration or {})))
+        assert copy == serializer and hash(copy) == hash(serializer)

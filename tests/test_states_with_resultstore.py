@@ -98,6 +98,7 @@ def test_a_result_written_late_is_fetched_as_soon_as_it_lands(tmp_path: Path) ->
     assert time.monotonic() - started < 6
 
 
+@pytest.mark.serial
 def test_retry_result_failure_false_reads_once_and_names_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

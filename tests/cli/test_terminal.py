@@ -22,7 +22,12 @@ from cli_harness import Cli
 
 from resultstore import ResultStore
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+# A real terminal redraws on a timer: run alone (scripts/check.sh), where load cannot
+# hold back the screen the test reads.
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+    pytest.mark.serial,
+]
 
 
 class Terminal:

@@ -33,6 +33,10 @@ from lockstores import locks_redis, url_for  # noqa: F401 - fixtures
 from resultstore import ResultStore, RetryPolicy, StorageError
 from seaweedfs import SeaweedFS
 
+# Deadlines and leases measured in elapsed time: run alone (scripts/check.sh), not
+# beside parallel workers that share the machine's cores.
+pytestmark = pytest.mark.serial
+
 WORKER = Path(__file__).with_name("compute_once_worker.py")
 PROCESSES = 8
 KEYS = 50
@@ -221,7 +225,7 @@ def test_under_network_faults_results_are_never_torn_or_lost(
     for key in keys:
         if runs[key]:  # computed at least once: its value is stored, whole
             assert store.read(key).result == {"key": key, "payload": key.encode() * 200}
-    assert faults > 10, proxy.counts
+    assert faults > 10, (proxy.counts, len(errors), [str(e) for e in errors[:3]])
     assert len(returned) + len(errors) == 4 * len(keys)
     assert len(returned) >= len(keys)  # most calls succeed despite the faults
     twice = sorted(key for key, count in runs.items() if count > 1)

@@ -26,6 +26,10 @@ from resultstore import ResultStore, RetryPolicy, StorageUnavailableError
 from resultstore.stores.memory import MemoryStore
 from seaweedfs import SeaweedFS
 
+# Deadlines and leases measured in elapsed time: run alone (scripts/check.sh), not
+# beside parallel workers that share the machine's cores.
+pytestmark = pytest.mark.serial
+
 TIMEOUT = 2.0
 BOUND = TIMEOUT * 1.1  # the target: the configured timeout + 10%
 SCHEMES = ("s3", "s3+obstore")

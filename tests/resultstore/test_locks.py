@@ -44,6 +44,7 @@ def store(lock_url: str) -> Iterator[ResultStore]:  # noqa: F811 - the imported 
 # -- acquire, release, holders --------------------------------------------------------
 
 
+@pytest.mark.serial  # measures elapsed time
 def test_acquire_is_idempotent_for_its_holder_and_refused_to_others(store: ResultStore) -> None:
     assert store.acquire_lock("job", holder="alice", hold_timeout=30)
     assert store.acquire_lock("job", holder="alice", hold_timeout=30)  # renews, still True
@@ -99,6 +100,7 @@ def test_the_default_holder_is_this_thread(store: ResultStore) -> None:
     store.release_lock("job")
 
 
+@pytest.mark.serial  # measures elapsed time
 def test_wait_for_lock(store: ResultStore) -> None:
     assert store.wait_for_lock("job", timeout=0)  # not locked: at once
     store.acquire_lock("job", holder="alice", hold_timeout=30)
@@ -117,6 +119,7 @@ def test_wait_for_lock(store: ResultStore) -> None:
     assert not store.is_locked("job")
 
 
+@pytest.mark.serial  # measures elapsed time
 def test_an_expired_lease_is_taken_over_and_its_holder_cannot_release_it(
     store: ResultStore,
 ) -> None:
@@ -133,6 +136,7 @@ def test_an_expired_lease_is_taken_over_and_its_holder_cannot_release_it(
     store.release_lock("job", holder="bob")
 
 
+@pytest.mark.serial  # measures elapsed time
 def test_an_expired_lease_not_taken_over_is_still_released_by_its_holder(
     store: ResultStore,
 ) -> None:
@@ -163,6 +167,7 @@ def test_lock_context_manager_and_its_timeout(store: ResultStore) -> None:
     assert not store.is_locked("job")  # released on the way out
 
 
+@pytest.mark.serial  # measures elapsed time
 def test_a_block_that_outlives_its_lease_is_told_at_exit(store: ResultStore) -> None:
     lost = pytest.raises(LockNotHeldError, match=r"taken over|held by 'bob'")
     with lost, store.lock("job", holder="alice", hold_timeout=0.2):
@@ -361,6 +366,7 @@ def test_when_fn_raises_the_lock_is_released_and_the_next_caller_computes(
 
 
 @pytest.mark.parametrize("lock_url", ["s3"], indirect=True)  # renewals reach S3 from a pool
+@pytest.mark.serial  # measures elapsed time
 def test_a_long_computation_keeps_its_lease(store: ResultStore) -> None:
     """hold_timeout=2 s, fn takes 3.2 s: renewals keep the others waiting, not computing.
 
@@ -378,7 +384,10 @@ def test_a_long_computation_keeps_its_lease(store: ResultStore) -> None:
         target=lambda: results.append(store.get_or_compute("long", slow, 1, hold_timeout=2))
     )
     first.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while not calls:  # the first caller holds the lease and computes
+        assert time.monotonic() < deadline and first.is_alive()
+        time.sleep(0.01)
     results.append(store.get_or_compute("long", slow, 2, hold_timeout=2))
     first.join()
     assert calls == [1] and results == [1, 1]

@@ -128,6 +128,7 @@ def test_obstore_setting_names_are_taken_in_any_spelling() -> None:
     assert store._client.config["region"] == "eu-west-1"
 
 
+@pytest.mark.serial
 def test_exit_waits_while_a_thread_is_handing_a_result_to_a_loop() -> None:
     # What obstore's Rust threads do when a call completes: loop.call_soon_threadsafe. The
     # exit hook (registered by the first store) waits, bounded, until none is inside it.

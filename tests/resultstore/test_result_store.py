@@ -389,6 +389,7 @@ def _flip_byte(path: Path, position: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["payload", "header", "magic"])
+@pytest.mark.serial
 def test_a_corrupted_file_raises_integrity_error_without_retrying(
     tmp_path: Path, where: str
 ) -> None:
@@ -535,6 +536,7 @@ def test_a_signing_store_reads_its_own_records(store_url: str) -> None:
     assert ResultStore(store_url).read(key).result == {"trusted": True}
 
 
+@pytest.mark.serial
 def test_a_signing_store_refuses_unsigned_records(store_url: str) -> None:
     ResultStore(store_url).write("unsigned", key="k")
     signed = ResultStore(store_url, signing_key="k1-0123456789abcdef")

@@ -162,6 +162,7 @@ def test_jitter_spreads_each_delay_below_its_backoff(monkeypatch: pytest.MonkeyP
         assert len(set(slept)) > 150  # really random, not a fixed fraction
 
 
+@pytest.mark.serial
 def test_the_deadline_stops_retrying_before_a_sleep_would_pass_it() -> None:
     counter = Counter(not_found())
     policy = RetryPolicy(attempts=100, delay=0.1, deadline=0.35)

@@ -55,7 +55,11 @@ FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHIQ")
 _MAX_HEADER = 1 << 20
 _FIRST_READ = 64 * 1024
-HEADER_PROBE = _FIRST_READ
+# A header is a few hundred bytes plus a few per payload segment, so 8 KiB holds that of a
+# record of a thousand segments or so; a larger one costs a second ranged read (HeaderBeyond).
+# Not 64 KiB: a store reading a large value's prefix page by page (an SQL blob) and every
+# store copying what it fetched paid for 64 KiB where a header needs a few hundred bytes.
+HEADER_PROBE = 8 * 1024
 """Bytes a metadata read opens: the prefix and header of any usual record."""
 _FREE_SEGMENTS = 64  # empty segments allowed beyond one per payload byte (empty buffers)
 _MAX_STEP = 16 * 1024 * 1024  # largest buffer grown ahead of bytes read, size unknown

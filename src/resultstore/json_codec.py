@@ -70,8 +70,13 @@ at write time with a :class:`SerializationError`.
 JSON_MODULES_SETTING = "RESULTSTORE_JSON_MODULES"
 
 _STR_ONLY = {str}
+_NONE = type(None)
 _I64 = 1 << 63
 _U64 = 1 << 64
+_IMIN, _IMAX = -_I64, _U64 - 1  # the integers written plain (JSON parsers' 64-bit range)
+_FMAX = sys.float_info.max
+_FMIN = -_FMAX  # finite floats lie within; nan compares false with both bounds
+_BULK = 16  # lists this long are first tried for one scalar type (checked in bulk)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _ZONE = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+)*\Z")
 _PATHS: dict[str, type[pathlib.PurePath]] = {
@@ -258,20 +263,26 @@ def _plain(obj: Any, depth: int) -> bool:
         values: Any = obj.values()
     elif t is list:
         values = obj
+        if len(obj) >= _BULK:
+            uniform = _uniform(obj)
+            if uniform is not None:
+                return uniform
     else:
         return t is str or t is bool or obj is None or _plain_number(obj)
     if depth > MAX_DEPTH:
         raise _TooDeep
-    for v in values:  # the hot loop: exact types only, commonest first
+    for v in values:  # the hot loop: exact types only, commonest first, nothing allocated
         tv = type(v)
-        if tv is str or tv is float:
-            if tv is float and v - v:  # inf - inf and nan - nan are nan (true), else 0.0
+        if tv is str:
+            continue
+        if tv is float:
+            if not _FMIN <= v <= _FMAX:  # false for nan, inf and -inf
                 return False
         elif tv is int:
-            if not -_I64 <= v < _U64:
+            if not _IMIN <= v <= _IMAX:
                 return False
         elif tv is bool or v is None:
-            pass
+            continue
         elif tv is dict or tv is list:
             if not _plain(v, depth + 1):
                 return False
@@ -280,11 +291,31 @@ def _plain(obj: Any, depth: int) -> bool:
     return True
 
 
+def _uniform(items: list[Any]) -> bool | None:
+    """For a list of one scalar type, whether it is plain, checked at C speed; else None.
+
+    A float list is plain when its sum is finite: a nan or an infinity makes the sum
+    one, and a sum that overflows only sends a plain list to the full encoder, which
+    writes finite floats plain all the same.
+    """
+    types = set(map(type, items))
+    if len(types) != 1:
+        return None
+    (t,) = types
+    if t is str or t is bool or t is _NONE:
+        return True
+    if t is float:
+        return bool(_FMIN <= sum(items) <= _FMAX)
+    if t is int:
+        return bool(min(items) >= _IMIN and max(items) <= _IMAX)
+    return None
+
+
 def _plain_number(obj: Any) -> bool:
     t = type(obj)
     if t is float:
-        return not obj - obj
-    return t is int and -_I64 <= obj < _U64
+        return bool(_FMIN <= obj <= _FMAX)
+    return t is int and bool(_IMIN <= obj <= _IMAX)
 
 
 def _too_deep(obj: Any, serializer: str) -> SerializationError:

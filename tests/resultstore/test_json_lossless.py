@@ -8,6 +8,7 @@ Classes are rebuilt only from an allow-list (``register_json_type`` and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import decimal
@@ -63,6 +64,14 @@ class Perm(enum.Flag):
 class Level(enum.IntEnum):
     LOW = 1
     HIGH = 2
+
+
+class Tone(str, enum.Enum):  # a str subclass: must never pass for a plain str
+    DARK = "dark"
+    LIGHT = "light"
+
+
+register_json_type(Tone)
 
 
 @register_json_type
@@ -285,9 +294,11 @@ hashable_scalars = (
     | st.binary(max_size=8)
     | st.dates()
     | st.uuids()
-    | st.sampled_from(list(Color) + list(Level))
+    | st.sampled_from([*Color, *Level, *Tone, *Perm, Perm.READ | Perm.WRITE, Perm(0)])
     | st.decimals(allow_nan=False)
     | st.timedeltas()
+    | st.builds(pathlib.PureWindowsPath, st.text("ab\\:", max_size=6))
+    | st.builds(pathlib.Path, st.text("ab/", max_size=6))
 )
 scalars = (
     hashable_scalars
@@ -298,6 +309,8 @@ scalars = (
     | st.binary(max_size=8).map(bytearray)
     | st.builds(pathlib.PurePosixPath, st.text("ab/", max_size=6))
     | st.sampled_from(["$type", "$", "\\u0024type", "items"])
+    | st.decimals()  # NaN, sNaN and infinities too
+    | st.dates().map(lambda d: datetime.datetime.combine(d, datetime.time(), PARIS))
 )
 hashables = st.recursive(
     hashable_scalars,
@@ -316,6 +329,20 @@ values = st.recursive(
         | st.builds(Point, st.floats(), st.floats(), st.text(max_size=4))
         | st.builds(Pair, children, children)
         | st.builds(ValueError, st.text(max_size=5), children)
+        | st.builds(QuotaError, st.integers())
+        | st.builds(FileNotFoundError, st.integers(0, 200), st.text(max_size=5))
+        | st.builds(Run, st.text(max_size=4), st.datetimes(), st.frozensets(st.text(max_size=3)))
+        | st.builds(
+            Model,
+            id=st.uuids(),
+            amount=st.decimals(allow_nan=False, allow_infinity=False),
+            when=st.dates(),
+            parts=st.tuples(st.integers(), st.integers()),
+        )
+        | st.lists(scalars, min_size=16, max_size=24)  # long lists: the bulk checks
+        | st.lists(st.floats(), min_size=16, max_size=24)
+        | st.lists(st.integers(), min_size=16, max_size=24)
+        | st.lists(st.booleans() | st.none(), min_size=16, max_size=24)
     ),
     max_leaves=25,
 )
@@ -331,6 +358,62 @@ def test_generated_values_come_back_equal_and_of_the_same_type(value: Any) -> No
 @given(value=values)
 def test_compressed_json_is_as_lossless(value: Any) -> None:
     assert_same(round_trip(value, get_serializer("json+zlib")), value)  # type: ignore[arg-type]
+
+
+PLAIN_LOOKING: dict[str, Any] = {
+    "bool among ints": [1, True, 0, False] * 5,
+    "bools only": [True, False] * 10,
+    "int enum among ints": [1, 2, 3] * 6 + [Level.HIGH],
+    "int enum alone": [Level.LOW] * 20,
+    "str enum among strs": ["a"] * 20 + [Tone.DARK],
+    "str enum as a value": {"tone": Tone.LIGHT, "n": 1},
+    "flag among ints": [Perm.READ, 1, 2],
+    "negative zero in a long list": [0.0, -0.0] * 10,
+    "negative zero alone": -0.0,
+    "nan in a long list": [1.5] * 20 + [math.nan],
+    "inf in a long list": [math.inf] + [1.5] * 20,
+    "-inf in a dict": {"x": -math.inf},
+    "floats whose sum overflows": [sys.float_info.max] * 20,
+    "ints at the 64-bit edges": [-(2**63), 2**64 - 1] * 10,
+    "ints past the 64-bit edges": [-(2**63) - 1] + [0] * 20 + [2**64],
+    "a tuple in a list": [[1, 2], (1, 2)],
+    "tuples only": [(1,)] * 20,
+    "int keys": {1: [1.5] * 20},
+    "a $type key deep down": [{"a": {"$type": "bytes", "base64": "AA=="}}],
+    "float that looks like an int": [1.0, 2.0] * 10,
+}
+
+
+@pytest.mark.parametrize("value", list(PLAIN_LOOKING.values()), ids=list(PLAIN_LOOKING))
+def test_values_that_look_plain_keep_their_types(value: Any) -> None:
+    assert_same(round_trip(value), value)
+    assert_same(round_trip(value, get_serializer("json+zstd")), value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        collections.OrderedDict(a=1),
+        collections.defaultdict(list, a=[1]),
+        [collections.Counter("ab")],
+        type("Text", (str,), {})("x"),
+        [0] * 20 + [type("Count", (int,), {})(1)],
+        [0.5] * 20 + [type("Real", (float,), {})(1.5)],
+        {"rows": type("Rows", (list,), {})([1])},
+    ],
+    ids=[
+        "OrderedDict",
+        "defaultdict",
+        "Counter",
+        "str subclass",
+        "int subclass",
+        "float subclass",
+        "list subclass",
+    ],
+)
+def test_subclasses_of_json_types_are_refused_not_written_as_their_base(value: Any) -> None:
+    with pytest.raises(SerializationError, match="subclass it cannot rebuild"):
+        JSON.dumps(value)
 
 
 # -- refused at write time -------------------------------------------------------------

@@ -30,6 +30,7 @@ from resultstore.errors import (
     SignatureError,
 )
 from resultstore.records import ResultMetadata, utc
+from resultstore.stores.base import Listed
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -231,6 +232,35 @@ async def _headers(store: ResultStore, keys: list[str], concurrency: int) -> lis
     return [found[key] for key in keys if key in found]
 
 
+LISTING_BUDGET = 10
+"""Keys a range listing may read per key it looks for, before the rest are read one by one."""
+
+
+async def listed_between(store: ResultStore, prefix: str, keys: list[str]) -> dict[str, Listed]:
+    """What ``store``'s listing shows of ``keys`` (sorted, each under ``prefix``), by key.
+
+    One listing from just before the first key, stopped once past the last, or after
+    :data:`LISTING_BUDGET` keys per key looked for (where many other keys lie between
+    them). Keys it did not reach, or that a listing out of key order did not show, are
+    missing from the answer: callers read those records instead, so the answer may be
+    incomplete but never wrong.
+    """
+    wanted = set(keys)
+    found: dict[str, Listed] = {}
+    budget = LISTING_BUDGET * len(keys) + 1000
+    after = keys[0][:-1] if len(keys[0]) > len(prefix) else None
+    async for page in store._adetail_pages(prefix, start_after=after):
+        for item in page:
+            if item.key > keys[-1]:
+                return found
+            if item.key in wanted:
+                found[item.key] = item
+        budget -= len(page)
+        if budget <= 0 or len(found) == len(wanted):
+            break
+    return found
+
+
 # -- the operations -----------------------------------------------------------------------
 
 
@@ -360,10 +390,14 @@ async def acopy_all(
 
     Each copy is verified before and after (checksums and signatures stay valid).
     With ``skip_existing`` (the default) a record the destination already holds
-    with the same checksum, size and serializer is skipped, so a second copy of an
-    unchanged store reads headers only. Damaged source records are reported and
-    not copied. Copying a store onto itself, or into or out of a location inside
-    it, is refused before anything is read.
+    with the same checksum, size and serializer is skipped. Where both stores'
+    listings show content MD5s (S3), a record listed with the same MD5 and size on
+    both sides is skipped without being read at all, so a second copy of an
+    unchanged store costs a listing of each; the others are compared by their
+    headers. Damaged source records are reported and not copied (a damaged record
+    the destination already holds byte for byte is skipped: ``check`` finds it).
+    Copying a store onto itself, or into or out of a location inside it, is refused
+    before anything is read.
     """
     from resultstore.references import overlapping
 
@@ -419,7 +453,33 @@ async def acopy_all(
         else:
             done(entry.key, "copied", size)
 
-    async for keys in _batches(source, prefix, concurrency * _BATCH_PER_WORKER):
+    async def identical(page: list[Listed]) -> set[str]:
+        """The keys of ``page`` the destination's listing shows with the same MD5 and size."""
+        keys = sorted(item.key for item in page if item.md5 is not None)
+        if not keys:
+            return set()
+        there = await listed_between(destination, prefix, keys)
+        return {
+            item.key
+            for item in page
+            if item.md5 is not None
+            and (copy := there.get(item.key)) is not None
+            and (copy.md5, copy.size) == (item.md5, item.size)
+        }
+
+    batch = concurrency * _BATCH_PER_WORKER
+    keys: list[str] = []
+    async for page in source._adetail_pages(prefix):
+        same = await identical(page) if skip_existing else set()
+        for item in page:
+            if item.key in same:  # byte for byte what the destination holds: not even read
+                done(item.key, "skipped", item.size or 0)
+            else:
+                keys.append(item.key)
+        while len(keys) >= batch:
+            await each(await _headers(source, keys[:batch], concurrency), copy, concurrency)
+            del keys[:batch]
+    if keys:
         await each(await _headers(source, keys, concurrency), copy, concurrency)
     return summary
 
@@ -445,7 +505,7 @@ async def adelete_expired(
     S3), and damaged records are reported, never deleted.
     """
     from resultstore.expiry import adelete_expired as indexed
-    from resultstore.expiry import expected_entry
+    from resultstore.expiry import expected_entries
 
     concurrency = _check_concurrency(concurrency)
     moment = utc(now) if now is not None else datetime.datetime.now(datetime.timezone.utc)
@@ -477,8 +537,7 @@ async def adelete_expired(
             continue
         doomed.outcomes.append(RecordOutcome(metadata.storage_key, "deleted", metadata.size))
         doomed.keys.append(metadata.storage_key)
-        if (index_entry := expected_entry(metadata)) is not None:
-            doomed.keys.append(index_entry)
+        doomed.keys.extend(expected_entries(metadata))
         if len(doomed.keys) >= DELETE_BATCH:
             await doomed.flush()
     if doomed.keys:

@@ -61,7 +61,7 @@ from resultstore.retry import NO_RETRY, RetryPolicy, bounded
 from resultstore.serializers import Buffer, Serializer, get_serializer
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
-from resultstore.stores.base import BytesReader, Payload, Store
+from resultstore.stores.base import BytesReader, Listed, Payload, Store
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -428,7 +428,7 @@ class ResultStore:
             # entry whose record never lands is removed by gc when it comes due.
             from resultstore.expiry import write_entry
 
-            await write_entry(self, key, expires, created)
+            await write_entry(self, key, expires, created, payload)
         guard = self._guard("write", key)
 
         async def once() -> None:
@@ -682,7 +682,7 @@ class ResultStore:
         if source.expiration is not None:  # indexed there too, so its gc finds the copy
             from resultstore.expiry import write_entry
 
-            await write_entry(destination, key, source.expiration, source.created)
+            await write_entry(destination, key, source.expiration, source.created, Payload(chunks))
         guard = destination._guard("write", key)
 
         async def put() -> None:
@@ -756,18 +756,27 @@ class ResultStore:
         await self._adelete_raw([validate_key(key) for key in keys])
 
     async def _adelete_raw(self, keys: Sequence[str]) -> None:
-        """:meth:`adelete_many` of keys already valid, `resultstore`'s own ones included."""
-        for start in range(0, len(keys), DELETE_BATCH):
-            batch = list(keys[start : start + DELETE_BATCH])
+        """:meth:`adelete_many` of keys already valid, `resultstore`'s own ones included.
+
+        Batches go out a few at a time (each one request on S3): gc deletes a record
+        and its index entry, two batches per 1,000 records.
+        """
+        from resultstore.bulk import each
+
+        batches = [list(keys[i : i + DELETE_BATCH]) for i in range(0, len(keys), DELETE_BATCH)]
+
+        async def delete(batch: list[str]) -> None:
             guard = self._guard(
                 "delete", batch[0] if len(batch) == 1 else f"{batch[0]} (+{len(batch) - 1} more)"
             )
 
-            async def once(batch: list[str] = batch, guard: _Guard = guard) -> None:
+            async def once() -> None:
                 with guard:
                     await self.store.delete_many(batch)
 
             await guard.run(self, once)
+
+        await each(batches, delete, _DELETES_AT_ONCE)
 
     def delete_many(self, keys: Sequence[str]) -> None:
         """Sync twin of :meth:`adelete_many`."""
@@ -813,17 +822,17 @@ class ResultStore:
 
     async def _akey_pages(self, prefix: str) -> AsyncIterator[list[str]]:
         """:meth:`akeys`, a page at a time (what bulk operations read)."""
-        from resultstore.errors import InvalidKeyError
-        from resultstore.keys import RESERVED_PREFIX, is_reserved
+        async for page in self._alisting_pages(_user_prefix(prefix), hide_reserved=True):
+            yield page
 
-        prefix = validate_prefix(prefix)
-        if is_reserved(prefix):
-            raise InvalidKeyError(
-                f"invalid prefix {prefix!r}: keys under {RESERVED_PREFIX!r} are reserved for "
-                "resultstore's own records (lock leases, the expiry index) and never listed",
-                key=prefix,
-            )
-        async for page in self._alisting_pages(prefix, hide_reserved=True):
+    async def _adetail_pages(
+        self, prefix: str, *, start_after: str | None = None
+    ) -> AsyncIterator[list[Listed]]:
+        """:meth:`_akey_pages` with what the listing shows of each key (``Store.list_details``),
+        after ``start_after`` if given."""
+        async for page in self._alisting_details(
+            _user_prefix(prefix), start_after=start_after, hide_reserved=True
+        ):
             yield page
 
     async def _alisting(self, prefix: str, *, hide_reserved: bool) -> AsyncIterator[str]:
@@ -832,47 +841,78 @@ class ResultStore:
             for key in page:
                 yield key
 
-    async def _alisting_pages(
-        self, prefix: str, *, hide_reserved: bool
-    ) -> AsyncIterator[list[str]]:
+    def _alisting_pages(self, prefix: str, *, hide_reserved: bool) -> AsyncIterator[list[str]]:
         """:meth:`_alisting` a page at a time: each page fetched under the timeout and
         retried as a whole; a retried listing starts again and skips what was yielded."""
+        return self._apaged(
+            prefix, hide_reserved, lambda: self.store.list_pages(prefix), lambda key: key
+        )
+
+    def _alisting_details(
+        self, prefix: str, *, start_after: str | None = None, hide_reserved: bool
+    ) -> AsyncIterator[list[Listed]]:
+        """:meth:`_alisting_pages` through ``Store.list_details``: keys after ``start_after``
+        (if given), each with its size and content MD5 where the store's listing shows them."""
+        return self._apaged(
+            prefix,
+            hide_reserved,
+            lambda: self.store.list_details(prefix, start_after=start_after),
+            _listed_key,
+        )
+
+    async def _apaged(
+        self,
+        prefix: str,
+        hide_reserved: bool,
+        start: Callable[[], AsyncIterator[list[T]]],
+        key_of: Callable[[T], str],
+    ) -> AsyncIterator[list[T]]:
+        """The pages of a listing pass ``start()`` makes, each fetched under the timeout
+        and retried as a whole; a retried pass starts again and skips what was yielded."""
         from resultstore.keys import RESERVED_PREFIX, is_reserved
 
         guard = self._guard("list", prefix or "*")
-        seen: set[str] = set()
-        listing: list[AsyncIterator[list[str]]] = []  # the pass under way, if any
+        # The pages yielded so far, kept by reference (nothing per key); a pass retried
+        # after a failure makes a set of their keys, and skips those from then on.
+        yielded: list[list[T]] = []
+        seen: set[str] | None = None
+        listing: list[AsyncIterator[list[T]]] = []  # the pass under way, if any
         # Keys under a prefix that is not a beginning of the reserved namespace, nor
         # inside it, cannot be reserved: no check per key.
         hide_reserved = hide_reserved and (
             RESERVED_PREFIX.startswith(prefix) or is_reserved(prefix)
         )
 
-        async def page() -> list[str] | None:
-            keys: list[str] = []
+        async def page() -> list[T] | None:
+            nonlocal seen
             try:
                 with guard:
                     if not listing:
-                        listing.append(aiter(self.store.list_pages(prefix)))
+                        if yielded:  # a retried pass: skip what the failed one yielded
+                            seen = {key_of(item) for done in yielded for item in done}
+                            yielded.clear()
+                        listing.append(aiter(start()))
                     try:
                         found = await anext(listing[0])
                     except StopAsyncIteration:
                         return None
-                    keys = [key for key in found if key not in seen]
-                    if hide_reserved:
-                        keys = [key for key in keys if not is_reserved(key)]
-                    seen.update(keys)
             except BaseException:
-                seen.difference_update(keys)  # not yielded: the next pass yields them
                 if listing:
                     await _aclose(listing.pop())
                 raise
-            return keys
+            items = found if seen is None else [i for i in found if key_of(i) not in seen]
+            if hide_reserved:
+                items = [item for item in items if not is_reserved(key_of(item))]
+            if seen is None:
+                yielded.append(items)
+            else:
+                seen.update(key_of(item) for item in items)
+            return items
 
         try:
-            while (keys := await guard.run(self, page)) is not None:
-                if keys:
-                    yield keys
+            while (items := await guard.run(self, page)) is not None:
+                if items:
+                    yield items
         finally:
             if listing:
                 await _aclose(listing.pop())
@@ -1368,6 +1408,28 @@ class _Guard:
         raise StorageError(
             f"cannot {where} in {self.url}: {type(exc).__name__}: {exc}", key=self.key, url=self.url
         ) from exc
+
+
+_DELETES_AT_ONCE = 4  # batched delete requests in flight at once
+
+
+def _listed_key(item: Listed) -> str:
+    return item.key
+
+
+def _user_prefix(prefix: str) -> str:
+    """``prefix`` validated, and refused inside the reserved namespace (never listed)."""
+    from resultstore.errors import InvalidKeyError
+    from resultstore.keys import RESERVED_PREFIX, is_reserved
+
+    prefix = validate_prefix(prefix)
+    if is_reserved(prefix):
+        raise InvalidKeyError(
+            f"invalid prefix {prefix!r}: keys under {RESERVED_PREFIX!r} are reserved for "
+            "resultstore's own records (lock leases, the expiry index) and never listed",
+            key=prefix,
+        )
+    return prefix
 
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:

@@ -1053,6 +1053,45 @@ class StoreConformance:
             assert sorted(flat) == run(_keys(store, prefix)), prefix
             assert len(flat) == len(set(flat)), f"a key listed twice under {prefix!r}"
 
+    def test_list_details_show_the_keys_of_list_and_only_true_md5s(self, store: Store) -> None:
+        """``list_details`` lists ``list``'s keys (after ``start_after``); an ``md5`` it
+        shows is the MD5 of the bytes a read returns, and the one ``listed_md5`` promised:
+        ``copy_all`` skips, and ``delete_expired`` deletes, on the strength of it."""
+        import hashlib
+
+        values = {f"details/{i // 7}/{i}": f"value {i}".encode() * (i + 1) for i in range(30)}
+        promised = {}
+        for key, value in values.items():
+            payload = Payload([value])
+            promised[key] = store.listed_md5(payload)
+            run(store.write(key, payload))
+
+        async def details(prefix: str, after: str | None = None) -> list[Any]:
+            pages = [page async for page in store.list_details(prefix, start_after=after)]
+            assert all(isinstance(page, list) and page for page in pages), pages
+            return [item for page in pages for item in page]
+
+        listed = run(details("details/"))
+        assert sorted(item.key for item in listed) == sorted(values)
+        for item in listed:
+            value = values[item.key]
+            if item.size is not None:
+                assert item.size == len(value), f"{item.key}: listed size {item.size}"
+            if item.md5 is not None:
+                assert item.md5 == hashlib.md5(value).hexdigest(), (
+                    f"{item.key}: list_details shows md5 {item.md5}, not the MD5 of its bytes"
+                )
+            expected = promised[item.key]
+            assert expected is None or item.md5 in (expected, None), (
+                f"{item.key}: listed_md5 promised {expected}, the listing shows {item.md5}"
+            )
+        after = sorted(values)[10]
+        later = run(details("details/", after))
+        assert {item.key for item in later} <= {key for key in values if key > after}
+        assert {item.key for item in later} >= {
+            key for key in values if key > after and not key.startswith(after + "/")
+        }
+
     def test_resultstore_own_keys_round_trip_and_list(self, store: Store) -> None:
         """Keys under ``.resultstore/`` (lock leases, the expiry index) are ordinary keys
         to a store: gc finds expired records by listing them, so a store that drops

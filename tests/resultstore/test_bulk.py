@@ -196,7 +196,8 @@ def test_the_index_never_deletes_a_record_its_entry_no_longer_describes(
     assert (summary.expired, summary.deleted) == (0, 0)
     assert store.read("k").result == "v2" and store.read("j").result == "w2"
     assert len(_index_entries(store)) == 1  # only j's entry for its future expiration is left
-    assert "expiry/" in _index_entries(store)[0] and _index_entries(store)[0].endswith("/k/j")
+    (left,) = _index_entries(store)
+    assert left.startswith(".resultstore/expiry/") and "/e/" in left and left.endswith("/j")
 
 
 def test_a_forged_index_entry_deletes_nothing(store: ResultStore) -> None:
@@ -283,3 +284,156 @@ def test_bulk_operations_on_unreachable_storage_raise_instead_of_reporting_nothi
         ):
             with pytest.raises(StorageUnavailableError):
                 operation()
+
+
+# -- what listings settle without reads (S3: content MD5s), and what they never may -------
+
+
+@pytest.fixture(params=["file", "s3fs", "obstore"])
+def listed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
+    """A store on the file system, or on S3 through either client (whose listings show
+    each object's MD5, so gc and copy_all settle records by listing)."""
+    if request.param == "file":
+        url, options = f"file://{tmp_path}/store", {}
+    else:
+        url, options = request.getfixturevalue("s3_url"), {"client": request.param}
+    with ResultStore(url, storage_options=options) as results:
+        yield results
+
+
+class _Reads:
+    """Counts the headers a ResultStore reads (a spy on the real call: no mock)."""
+
+    def __init__(self, store: ResultStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[str] = []
+        real = store.aread_metadata
+
+        async def counted(key: str) -> object:
+            self.keys.append(key)
+            return await real(key)
+
+        monkeypatch.setattr(store, "aread_metadata", counted)
+
+
+def _lists_md5s(store: ResultStore) -> bool:
+    from resultstore.stores.base import Payload
+
+    return store.store.listed_md5(Payload([b"x"])) is not None
+
+
+def test_gc_deletes_what_expired_and_nothing_its_entries_no_longer_describe(
+    listed: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resultstore.expiry import entry_key
+    from resultstore.stores.base import Payload
+
+    for i in range(12):  # expired, unchanged since: on S3 settled by the listings alone
+        listed.write(f"old {i}", key=f"g/expired-{i:02d}", expiration=PAST)
+    for i in range(4):  # rewritten without an expiration: their entries are stale
+        listed.write("v1", key=f"g/rewritten-{i}", expiration=PAST)
+        listed.write("v2", key=f"g/rewritten-{i}")
+    for i in range(4):  # rewritten with a later expiration
+        listed.write("w1", key=f"g/later-{i}", expiration=PAST)
+        listed.write("w2", key=f"g/later-{i}", expiration=FUTURE)
+    for i in range(4):  # live records with forged entries saying they expired
+        listed.write("precious", key=f"g/live-{i}")
+        forged = entry_key(f"g/live-{i}", PAST, PAST)
+        body = [b"{}", b"not json", b'{"key":"g/live-%d","md5":null}' % i, b""][i]
+        anyio.run(listed.store.write, forged, Payload([body]))
+    for i in range(2):  # expired, with a damaged entry: the header still says expired
+        listed.write("gone", key=f"g/damaged-entry-{i}", expiration=PAST)
+        name = entry_key(f"g/damaged-entry-{i}", PAST, NOW)
+        anyio.run(listed.store.write, name, Payload([b"\x00garbage"]))
+    reads = _Reads(listed, monkeypatch)
+
+    summary = listed.delete_expired()
+    assert (summary.expired, summary.deleted) == (14, 14)
+    kept = sorted(listed.keys("g/"))
+    assert kept == sorted(
+        [f"g/rewritten-{i}" for i in range(4)]
+        + [f"g/later-{i}" for i in range(4)]
+        + [f"g/live-{i}" for i in range(4)]
+    )
+    assert all(listed.read(key).result in ("v2", "w2", "precious") for key in kept)
+    settled_by_listing = {f"g/expired-{i:02d}" for i in range(12)}
+    if _lists_md5s(listed):  # none of those headers read: the listings proved them
+        assert not settled_by_listing & set(reads.keys)
+    else:
+        assert settled_by_listing <= set(reads.keys)
+    # Every other entry was read, and settled by its header.
+    assert {f"g/rewritten-{i}" for i in range(4)} <= set(reads.keys)
+    assert {f"g/live-{i}" for i in range(4)} <= set(reads.keys)
+    entries = _index_entries(listed)
+    assert len(entries) == 4 and all("/g/later-" in name for name in entries)
+
+
+def test_a_forged_entry_naming_the_record_s_md5_is_refused_on_a_signed_store(
+    s3_url: str,
+) -> None:
+    """On S3 an entry can name a record's MD5 (its listed ETag): with a signing key the
+    entry must also carry its signature, which a forger without the key cannot make."""
+    import hashlib
+    import json
+
+    from resultstore.expiry import entry_key
+    from resultstore.stores.base import Payload
+
+    key = "k" * 32
+    with ResultStore(s3_url, signing_key=key, storage_options={"client": "obstore"}) as store:
+        for i in range(6):
+            store.write("precious", key=f"s/live-{i}")
+
+        async def md5s() -> dict[str, str | None]:
+            return {
+                item.key: item.md5 async for page in store.store.list_details("s/") for item in page
+            }
+
+        for name, md5 in anyio.run(md5s).items():
+            expiration = PAST.replace(microsecond=0)
+            body = {"expiration": expiration.isoformat(), "key": name, "md5": md5}
+            text = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+            assert hashlib.md5(text).hexdigest()  # what an unsigned store would accept
+            anyio.run(store.store.write, entry_key(name, expiration, PAST), Payload([text]))
+        assert store.delete_expired().deleted == 0
+        assert len(store.keys("s/")) == 6
+
+
+def test_a_signed_store_s_own_entries_are_settled_by_listing(
+    s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ResultStore(s3_url, signing_key="k" * 32, storage_options={"client": "obstore"}) as store:
+        for i in range(8):
+            store.write(i, key=f"s/{i}", expiration=PAST)
+        reads = _Reads(store, monkeypatch)
+        assert store.delete_expired().deleted == 8
+        assert reads.keys == [] and store.keys("s/") == []
+
+
+def test_copy_all_never_skips_a_changed_record(
+    listed: ResultStore, tmp_path: Path, s3_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = ResultStore(f"{s3_url}-copy", storage_options={"client": "obstore"})
+    for i in range(20):
+        listed.write({"i": i}, key=f"c/{i:02d}")
+    assert listed.copy_all(destination).copied == 20
+
+    reads = _Reads(listed, monkeypatch)
+    again = listed.copy_all(destination)
+    assert (again.copied, again.skipped) == (0, 20)
+    if _lists_md5s(listed):  # S3 to S3: the two listings said so, nothing was read
+        assert reads.keys == []
+
+    listed.write({"i": 99}, key="c/07")  # same size, other bytes
+    listed.write({"i": 3}, key="c/03")  # the same value again: other bytes (its header)
+    destination.write({"i": 11}, key="c/12")  # changed in the destination
+    destination.delete("c/15")
+    reads.keys.clear()
+    again = listed.copy_all(destination)
+    # c/03 is compared by its headers (the same payload and checksum: skipped, as before).
+    assert (again.copied, again.skipped) == (3, 17)
+    assert {"c/07", "c/03", "c/12", "c/15"} <= set(reads.keys)
+    if _lists_md5s(listed):
+        assert len(reads.keys) == 4
+    for key in ("c/07", "c/03", "c/12", "c/15"):
+        assert destination.read(key).result == listed.read(key).result
+    destination.close()

@@ -22,6 +22,7 @@ in one line; the verdict is cached, a failed probe (unreachable, denied) is not.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -38,7 +39,7 @@ from resultstore.errors import (
     UnsupportedOperationError,
     store_error,
 )
-from resultstore.stores.base import Store
+from resultstore.stores.base import Payload, Store
 
 __all__ = [
     "CLIENTS",
@@ -49,6 +50,7 @@ __all__ = [
     "Verdict",
     "check_endpoint",
     "choose_client",
+    "etag_md5",
     "judge",
     "s3_location",
 ]
@@ -334,6 +336,38 @@ class BaseS3Store(Store):
 
     def list(self, prefix: str = "") -> AsyncIterator[str]:
         raise NotImplementedError
+
+    part_size: int
+
+    def listed_md5(self, payload: Payload) -> str | None:
+        """The MD5 of ``payload`` when it is written in one PUT: its ETag, as listings show.
+
+        Both clients write values up to ``part_size`` bytes in one PUT (larger ones in
+        parts, whose ETag is not an MD5), so that is when this returns one.
+        """
+        if payload.size > self.part_size:
+            return None
+        digest = hashlib.md5(usedforsecurity=False)
+        for buffer in payload:
+            digest.update(buffer)
+        return digest.hexdigest()
+
+
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
+
+
+def etag_md5(etag: object) -> str | None:
+    """The MD5 an S3 ETag is, for an object written in one PUT; None for any other ETag.
+
+    A multipart object's ETag ends in ``-<parts>``, and is not matched. An object
+    encrypted with SSE-KMS (or SSE-C) has an ETag of the same shape that is not its
+    MD5: it only ever fails to match a digest the core computed, which sends the core
+    back to reading the record (see :meth:`Store.list_details`).
+    """
+    if not isinstance(etag, str):
+        return None
+    found = _MD5_ETAG.fullmatch(etag)
+    return found.group(1).lower() if found else None
 
 
 def judge(outcome: str, header: str, what: str) -> str | None:

@@ -52,6 +52,7 @@ __all__ = [
     "INTERFACE_VERSION",
     "OLDEST_INTERFACE_VERSION",
     "BytesReader",
+    "Listed",
     "LoopLocal",
     "Payload",
     "RangeReader",
@@ -78,6 +79,25 @@ LIST_PAGE = 1000
 
 KeyPage = list[str]
 """A page of keys from :meth:`Store.list_pages` (``list`` is also a method's name there)."""
+
+
+class Listed(NamedTuple):
+    """One key of :meth:`Store.list_details`, with what the listing tells of its value.
+
+    ``md5`` is the hex MD5 of the value's bytes, set only where the backend's listing
+    shows it (an S3 ETag of an object written in one piece) and ``None`` otherwise:
+    the core then skips reads it would otherwise need (an unchanged record in
+    ``copy_all``, an expired one in ``delete_expired``), so it must never be set to
+    anything but the MD5 of the bytes a read of the key would return.
+    """
+
+    key: str
+    size: int | None = None
+    md5: str | None = None
+
+
+DetailPage = list[Listed]
+"""A page of :meth:`Store.list_details`."""
 
 
 async def run_blocking(
@@ -358,6 +378,35 @@ class Store(ABC):
                 page = []
         if page:
             yield page
+
+    async def list_details(
+        self, prefix: str = "", *, start_after: str | None = None
+    ) -> AsyncIterator[DetailPage]:
+        """The keys under ``prefix`` (after ``start_after``, if given) with their details.
+
+        Pages (non-empty lists) of :class:`Listed`. Optional: this default takes the
+        keys of :meth:`list_pages`, with no size or MD5, which is always correct. A
+        store whose listing shows sizes and content MD5s (S3's ListObjectsV2) overrides
+        it; one whose listing comes in ascending order of the keys' UTF-8 bytes (S3's)
+        should start after ``start_after`` natively, so a listing of a range costs
+        what the range holds (the core stops reading once past the keys it wants).
+        """
+        async for page in self.list_pages(prefix):
+            if start_after is not None:
+                page = [key for key in page if key > start_after]
+            if page:
+                yield [Listed(key) for key in page]
+
+    def listed_md5(self, payload: Payload) -> str | None:
+        """The ``md5`` :meth:`list_details` will show for a value written as ``payload``.
+
+        ``None`` (the default) when the listing will not show one. A store whose
+        listing shows content MD5s returns the MD5 of the payload's bytes when it will
+        write them in one piece (an S3 object written in parts has another ETag).
+        The expiry index records it, so ``delete_expired`` can tell from a listing
+        that an expired record is still the one indexed (:mod:`resultstore.expiry`).
+        """
+        return None
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections or handles held by the store."""

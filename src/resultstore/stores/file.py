@@ -113,6 +113,11 @@ _TMP_SUFFIX = ".tmp"
 _RESERVED_FOLDER = RESERVED_PREFIX.rstrip("/")  # resultstore's own records (see _prune)
 # A key segment that needs no more checks (see keys.py): letters, digits, '_', '-', inner dots.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
+# The characters of plain names, and newlines: what _plain_records checks joined names with.
+_PLAIN_CHARS = re.compile(r"[A-Za-z0-9_\-.\n]*")
+_SUFFIX_NL = RESERVED_SUFFIX + "\n"  # the end of a record's name, in joined names
+_TWICE = RESERVED_SUFFIX * 2  # the end of a name whose stem ends in the suffix: not a key's
+_TWICE_NL = _TWICE + "\n"
 _TEMP_NAME = re.compile(r"\..+\.rsr\.[0-9a-f]{16}\.tmp")  # see FileStore._write
 _WRITE_ATTEMPTS = 100  # a folder removed under a writer (by a delete emptying it) is made again
 
@@ -294,6 +299,36 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
+
+
+def _is_folder(name: str, dir_fd: int) -> bool:
+    """True when ``name`` in the folder ``dir_fd`` is a folder (a link to one is not)."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False  # gone meanwhile
+
+
+def _plain_records(joined: str, names: list[str], room: int) -> bool:
+    """True when every one of ``names`` (``joined`` by newlines) is a plain record name.
+
+    That is ``_PLAIN_NAME`` plus ``.rsr`` (a stem of letters, digits, ``_`` and ``-``
+    in segments joined by single dots, not itself ending in ``.rsr``) of at most
+    ``room`` bytes: what makes a valid key segment with no further check. Checked on
+    the joined names, a few passes in C instead of a regular expression per name.
+    """
+    return (
+        _PLAIN_CHARS.fullmatch(joined) is not None
+        and joined.count("\n") == len(names) - 1  # no name holds a newline
+        and joined.count(_SUFFIX_NL) == len(names) - 1  # each name ends with .rsr
+        and joined.endswith(RESERVED_SUFFIX)
+        and not joined.startswith(".")
+        and "\n." not in joined
+        and ".." not in joined
+        and _TWICE_NL not in joined
+        and not joined.endswith(_TWICE)
+        and max(map(len, names)) <= room + len(RESERVED_SUFFIX)
+    )
 
 
 def _is_valid_folder(folder: str) -> bool:
@@ -905,14 +940,17 @@ class FileStore(Store):
     async def delete(self, key: str) -> bool:
         return await run_blocking(self._delete, key, may_wait=self.fsync)
 
-    def _tree(self, base: str, prefix: str) -> Iterator[tuple[str, list[tuple[str, bool]]]]:
-        """``(folder, [(name, is_folder), ...])`` for ``base`` and every folder below it.
+    def _tree(self, base: str, prefix: str) -> Iterator[tuple[str, list[str], str, list[str]]]:
+        """``(folder, names, joined, others)`` for ``base`` and every folder below it.
 
-        Iterative (any depth), never through a symlink (links are listed, not entered),
-        and only into folders that may hold keys starting with ``prefix``: valid key
-        prefixes, not named like a record. Folders that vanish meanwhile are skipped.
-        Names come sorted, and each folder before its subfolders, so listings are
-        stable and ``ls`` reads in order.
+        ``names`` are the folder's entries, sorted; ``joined`` is ``"\\n".join(names)``
+        (what :func:`_plain_records` checks in one pass); ``others`` are the names not
+        named like a record (``others`` is empty, without a look at each name, when every
+        name ends with ``.rsr``, a folder of records). Iterative (any depth), never through
+        a symlink (links are listed, not entered), and only into folders that may hold
+        keys starting with ``prefix``: valid key prefixes, not named like a record. Folders
+        that vanish meanwhile are skipped. Each folder comes before its subfolders, so
+        listings are stable and ``ls`` reads in order.
         """
         pending = [base]
         while pending:
@@ -929,52 +967,59 @@ class FileStore(Store):
                     url=self.url,
                 ) from None
             try:
-                with os.scandir(fd) as found:
-                    # A name like a record's is never entered, whatever it is: no lstat.
-                    entries = [
-                        (
-                            name,
-                            not name.endswith(RESERVED_SUFFIX)
-                            and entry.is_dir(follow_symlinks=False),
-                        )
-                        for entry in found
-                        for name in (entry.name,)
-                    ]
+                # Names alone (no DirEntry per name): a name like a record's is never
+                # entered, whatever it is, so only the other names are looked at.
+                names = os.listdir(fd)
+                names.sort()
+                joined = "\n".join(names)
+                gaps = len(names) - 1  # newlines in ``joined``, if no name holds one
+                if joined.count("\n") == gaps == joined.count(_SUFFIX_NL) and joined.endswith(
+                    RESERVED_SUFFIX
+                ):
+                    others: list[str] = []
+                else:
+                    others = [name for name in names if not name.endswith(RESERVED_SUFFIX)]
+                children = [
+                    child
+                    for name in others
+                    for child in (f"{rel}{name}/",)
+                    if (child.startswith(prefix) or prefix.startswith(child))
+                    and _is_valid_folder(child)
+                    and _is_folder(name, fd)
+                ]
             finally:
                 os.close(fd)
-            entries.sort()
-            yield rel, entries
-            for name, is_folder in reversed(entries):  # popped in order
-                child = f"{rel}{name}/"
-                if (
-                    is_folder
-                    and not name.endswith(RESERVED_SUFFIX)
-                    and (child.startswith(prefix) or prefix.startswith(child))
-                    and _is_valid_folder(child)
-                ):
-                    pending.append(child)
+            yield rel, names, joined, others
+            pending.extend(reversed(children))  # popped in order
 
     def _pages(self, prefix: str) -> Iterator[list[str]]:
         """The keys under ``prefix``, a folder's worth at a time."""
         base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
         cut = len(RESERVED_SUFFIX)
-        for rel, entries in self._tree(base, prefix):
-            # A FIFO, link or folder named like a record is listed too: reading it
-            # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
+        for rel, names, joined, others in self._tree(base, prefix):
+            if not names:
+                continue
             # The folders were checked on the way (_tree): a plain name makes a valid key.
             room = min(MAX_SEGMENT_BYTES, MAX_KEY_BYTES - len(rel.encode()))
-            keys = [
-                rel + stem
-                for name, _ in entries
-                if name.endswith(RESERVED_SUFFIX)
-                for stem in (name[:-cut],)
-                if (
-                    len(stem) <= room
-                    and _PLAIN_NAME.fullmatch(stem)
-                    and not stem.endswith(RESERVED_SUFFIX)
-                )
-                or is_storable(rel + stem)
-            ]
+            if not others and _plain_records(joined, names, room):
+                # A folder of plain records (the usual case): its keys in a few string
+                # operations over the joined names, none per name in Python.
+                keys = (rel + joined.replace(_SUFFIX_NL, "\n" + rel))[:-cut].split("\n")
+            else:
+                # A FIFO, link or folder named like a record is listed too: reading it
+                # raises IntegrityError, so `resultstore ls`/`check` report it as damaged.
+                keys = [
+                    rel + stem
+                    for name in names
+                    if name.endswith(RESERVED_SUFFIX)
+                    for stem in (name[:-cut],)
+                    if (
+                        len(stem) <= room
+                        and _PLAIN_NAME.fullmatch(stem)
+                        and not stem.endswith(RESERVED_SUFFIX)
+                    )
+                    or is_storable(rel + stem)
+                ]
             if rel.startswith(prefix):
                 page = keys
             else:
@@ -994,10 +1039,8 @@ class FileStore(Store):
     def _abandoned(self, older_than: float, dry_run: bool) -> tuple[int, int]:
         cutoff = time.time() - older_than
         count = size = 0
-        for rel, entries in self._tree("", ""):
-            stale = [
-                name for name, is_folder in entries if not is_folder and _TEMP_NAME.fullmatch(name)
-            ]
+        for rel, _, _, others in self._tree("", ""):
+            stale = [name for name in others if _TEMP_NAME.fullmatch(name)]
             if not stale:
                 continue
             try:

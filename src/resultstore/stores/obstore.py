@@ -55,9 +55,10 @@ from resultstore.stores._s3common import (
     BaseS3Store,
     check_endpoint,
     choose_client,
+    etag_md5,
     s3_location,
 )
-from resultstore.stores.base import BytesReader, Payload, Reader, Stat, check_options
+from resultstore.stores.base import BytesReader, Listed, Payload, Reader, Stat, check_options
 
 __all__ = ["ObstoreS3Store"]
 
@@ -560,6 +561,29 @@ class ObstoreS3Store(BaseS3Store):
             async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
                 paths = [meta["path"] for meta in batch]
                 if page := [p for p in paths if p.startswith(prefix) and self._listed(p)]:
+                    yield page
+        except Exception as exc:
+            raise self._translate(exc, "list", prefix or "*") from exc
+
+    async def list_details(
+        self, prefix: str = "", *, start_after: str | None = None
+    ) -> AsyncIterator[list[Listed]]:
+        """ListObjectsV2 pages with each object's size and MD5 (from its ETag), in key
+        order, starting after ``start_after`` on the server (``StartAfter``)."""
+        import obstore
+
+        folder = prefix.rpartition("/")[0]
+        try:
+            async for batch in obstore.list(
+                self._client, folder or None, offset=start_after, chunk_size=1000
+            ):
+                page = [
+                    Listed(path, meta["size"], etag_md5(meta.get("e_tag")))
+                    for meta in batch
+                    for path in (meta["path"],)
+                    if path.startswith(prefix) and self._listed(path)
+                ]
+                if page:
                     yield page
         except Exception as exc:
             raise self._translate(exc, "list", prefix or "*") from exc

@@ -64,11 +64,13 @@ from resultstore.stores._s3common import (
     Verdict,
     check_endpoint,
     endpoint_from_environment,
+    etag_md5,
     judge,
     s3_location,
 )
 from resultstore.stores.base import (
     BytesReader,
+    Listed,
     LoopLocal,
     Payload,
     RangeReader,
@@ -574,6 +576,30 @@ class S3Store(BaseS3Store):
             keys = [item["Key"][len(base) :] for item in page.get("Contents", [])]
             if keys := [key for key in keys if self._listed(key)]:
                 yield keys
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
+
+    async def list_details(
+        self, prefix: str = "", *, start_after: str | None = None
+    ) -> AsyncIterator[list[Listed]]:
+        """ListObjectsV2 pages with each object's size and MD5 (from its ETag), in key
+        order, starting after ``start_after`` on the server (``StartAfter``)."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        request: dict[str, Any] = {"Prefix": base + prefix}
+        if start_after is not None:
+            request["StartAfter"] = base + start_after
+        while True:
+            page = await self._call("list_objects_v2", "list", prefix or "*", **request)
+            found = [
+                Listed(key, item.get("Size"), etag_md5(item.get("ETag")))
+                for item in page.get("Contents", [])
+                for key in (item["Key"][len(base) :],)
+                if self._listed(key)
+            ]
+            if found:
+                yield found
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

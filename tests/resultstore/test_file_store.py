@@ -33,6 +33,7 @@ from resultstore import (
     StorageError,
 )
 from resultstore._loops import run_sync
+from resultstore.stores import file as file_module
 
 T = TypeVar("T")
 Event = tuple[str, str]
@@ -262,6 +263,66 @@ def test_a_file_system_refusing_unnamed_files_gets_named_ones(
     assert [call for call, _ in flushes] == ["replace", "replace"]
     assert store.read("k").result == 2
     assert sorted(os.listdir(tmp_path)) == ["k.rsr"]  # no temporary file left
+
+
+def test_an_overwrite_is_one_rename_of_a_named_file_over_the_record(
+    tmp_path: Path, flushes: list[Event]
+) -> None:
+    """A record already there is replaced as a hand-written write would: no links."""
+    store = ResultStore(tmp_path.as_uri(), storage_options={"fsync": False})
+    store.write(1, key="k")
+    flushes.clear()
+    store.write(2, key="k")
+    assert flushes == [("replace", str(tmp_path / "k.rsr"))]
+    assert store.read("k").result == 2
+    assert sorted(os.listdir(tmp_path)) == ["k.rsr"]
+
+
+def test_a_record_appearing_after_the_writer_looked_is_replaced_all_the_same(
+    tmp_path: Path, flushes: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The look for a record is a hint: a record there by the time of the link is replaced."""
+    store = ResultStore(tmp_path.as_uri())
+    store.write(1, key="k")
+    monkeypatch.setattr(file_module, "_present", lambda name, dir_fd: False)
+    flushes.clear()
+    store.write(2, key="k")
+    record = tmp_path / "k.rsr"
+    assert _steps(flushes, record) == ["flush the new file", "name it", f"flush folder {tmp_path}"]
+    assert flushes[-2] == ("replace", str(record))
+    assert store.read("k").result == 2
+    assert sorted(os.listdir(tmp_path)) == ["k.rsr"]
+    with pytest.raises(ResultExistsError):
+        store.write(3, key="k", if_absent=True)  # a create-only write never looks: it links
+    assert store.read("k").result == 2
+
+
+@pytest.mark.parametrize("count", [1, 3, file_module._IOV_MAX + 5])
+def test_short_writes_are_resumed_until_every_byte_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    """A ``writev`` may write less than asked: the rest follows, in order, to the last byte."""
+    buffers: list[Any] = [bytes([i % 251]) * (i % 7) for i in range(count)]
+    buffers.append(memoryview(bytearray(b"tail" * 100)))
+    expected = b"".join(bytes(b) for b in buffers)
+    real_writev = os.writev
+    calls = []
+
+    def stingy(fd: int, views: Any) -> int:
+        views = list(views)
+        calls.append(len(views))
+        first = next((memoryview(v).cast("B") for v in views if memoryview(v).nbytes), None)
+        return real_writev(fd, [first[:3]]) if first is not None else 0
+
+    monkeypatch.setattr(os, "writev", stingy)
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        file_module._write_all(fd, buffers, len(expected))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == expected
+    assert max(calls) <= file_module._IOV_MAX
 
 
 # -- storage options ---------------------------------------------------------------------

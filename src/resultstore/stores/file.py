@@ -8,16 +8,16 @@ only once it is whole: readers see the old record or the new one, never a
 part, and concurrent writers of one key each leave a whole record. On Linux the
 new file is unnamed (``O_TMPFILE``) and a new record is one ``link`` into place
 (half the directory work of a temporary name renamed, and a crash leaves no
-temporary file); a record already there is replaced by linking the file to a
-temporary name renamed over it. Elsewhere (or on a file system refusing unnamed
-files) every write is a unique temporary file renamed over the target. With
-``fsync`` (``RESULTSTORE_FSYNC``, the default) the new file is flushed
-before it is named and the folder after it, and so is the parent of every folder
-the write created: a write returns only once the record and every directory
-entry leading to it are on disk. Without ``fsync`` a write that returned
-survives a crash of the process (the kernel holds it) but maybe not a power
-loss. A delete with ``fsync`` flushes the folder too, then removes the folders
-it left empty, up to the root.
+temporary file); a record already there (one ``faccessat`` tells) is replaced by
+a named temporary file renamed over it, one rename as a hand-written write does.
+Elsewhere (or on a file system refusing unnamed files) every write is a unique
+temporary file renamed over the target. With ``fsync`` (``RESULTSTORE_FSYNC``,
+the default) the new file is flushed before it is named and the folder after
+it, and so is the parent of every folder the write created: a write returns only
+once the record and every directory entry leading to it are on disk. Without
+``fsync`` a write that returned survives a crash of the process (the kernel
+holds it) but maybe not a power loss. A delete with ``fsync`` flushes the folder
+too, then removes the folders it left empty, up to the root.
 
 **Nothing below the root is followed.** A symbolic link in place of a folder or
 a record is refused, never followed, by every operation (the root itself may
@@ -264,8 +264,14 @@ def _version(fd: int, info: os.stat_result, head: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(fields + head[:_HEAD])
 
 
-def _head(buffers: list[Buffer]) -> bytes:
-    """The first ``_HEAD`` bytes of ``buffers`` back to back (what the file will start with)."""
+def _head(buffers: list[Buffer], size: int) -> bytes:
+    """The first ``_HEAD`` bytes of ``buffers`` back to back (what the file will start with).
+
+    ``size`` is their total length. A small record of ``bytes`` (a header and a pickle)
+    is joined in one call, without a view per buffer.
+    """
+    if size <= _HEAD and all(type(b) is bytes for b in buffers):
+        return b"".join(buffers)
     parts, left = [], _HEAD
     for buffer in buffers:
         view = memoryview(buffer).cast("B")
@@ -276,8 +282,23 @@ def _head(buffers: list[Buffer]) -> bytes:
     return b"".join(parts)
 
 
-def _write_all(fd: int, buffers: list[Buffer]) -> None:
+def _write_all(fd: int, buffers: list[Buffer], size: int) -> None:
+    """Write ``buffers`` (``size`` bytes in all) to ``fd``, resuming after short writes.
+
+    Most records take one ``writev`` of the buffers as they are; views are made only
+    to resume a short write or to split more than ``_IOV_MAX`` buffers.
+    """
+    skip = 0
+    if len(buffers) <= _IOV_MAX:
+        skip = os.writev(fd, buffers)
+        if skip == size:
+            return
     views = [memoryview(b).cast("B") for b in buffers if memoryview(b).nbytes]
+    while skip and views:  # what the first writev wrote
+        if skip >= len(views[0]):
+            skip -= len(views.pop(0))
+        else:
+            views[0], skip = views[0][skip:], 0
     while views:
         written = os.writev(fd, views[:_IOV_MAX])
         while written and views:
@@ -292,6 +313,19 @@ def _write_all(fd: int, buffers: list[Buffer]) -> None:
 
 def _kind(mode: int) -> str:
     return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _temp_name(name: str) -> str:
+    """A unique temporary name for a new file of the record ``name`` (see _TEMP_NAME)."""
+    return f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+
+
+def _present(name: str, dir_fd: int) -> bool:
+    """Whether anything is named ``name`` in the folder ``dir_fd`` (a link is not followed).
+
+    One ``faccessat``: cheaper than a stat, and nothing to build from its answer.
+    """
+    return os.access(name, os.F_OK, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def _is_link(name: str, dir_fd: int) -> bool:
@@ -614,7 +648,8 @@ class FileStore(Store):
         self, key: str, buffers: list[Buffer], if_absent: bool, if_version: str | None
     ) -> str:
         folders, name = self._split(key)
-        tmp = f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+        size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in buffers)
+        tmp = ""  # a temporary name, made when first needed (a new record needs none)
         swap = if_version is not None
         vanished: OSError | None = None
         for _ in range(_WRITE_ATTEMPTS):
@@ -631,9 +666,12 @@ class FileStore(Store):
             except OSError as exc:
                 raise self._error("write", key, exc) from None
             try:
-                if self._unnamed and not swap:
+                # Unnamed files for new records; a record already there is replaced by a
+                # named temporary file renamed over it (one rename, where an unnamed file
+                # would take a failed link, a link and a rename).
+                if self._unnamed and not swap and (if_absent or not _present(name, folder)):
                     try:
-                        version = self._write_unnamed(key, folder, tmp, name, buffers, if_absent)
+                        version = self._write_unnamed(key, folder, name, buffers, size, if_absent)
                     except FileNotFoundError as exc:
                         vanished = exc  # the folder was emptied and removed by a delete since
                         continue
@@ -641,6 +679,7 @@ class FileStore(Store):
                         if self.fsync:
                             os.fsync(folder)
                         return version
+                tmp = tmp or _temp_name(name)
                 try:
                     fd = os.open(tmp, _CREATE_FLAGS, 0o644, dir_fd=folder)
                 except FileNotFoundError as exc:
@@ -651,7 +690,7 @@ class FileStore(Store):
                 renamed = False
                 try:
                     try:
-                        version = self._fill(fd, buffers)
+                        version = self._fill(fd, buffers, size)
                     finally:
                         os.close(fd)
                     if swap:
@@ -676,23 +715,30 @@ class FileStore(Store):
         assert vanished is not None
         raise self._error("write", key, vanished)
 
-    def _fill(self, fd: int, buffers: list[Buffer]) -> str:
-        """Write ``buffers`` to the new file ``fd`` (flushed with fsync); returns its version."""
-        _write_all(fd, buffers)
+    def _fill(self, fd: int, buffers: list[Buffer], size: int) -> str:
+        """Write ``buffers`` (``size`` bytes) to the new file ``fd`` (flushed with fsync);
+        returns its version."""
+        _write_all(fd, buffers, size)
         if self.fsync:
             os.fsync(fd)
-        return _version(fd, os.fstat(fd), _head(buffers))
+        return _version(fd, os.fstat(fd), _head(buffers, size))
 
     def _write_unnamed(
-        self, key: str, folder: int, tmp: str, name: str, buffers: list[Buffer], if_absent: bool
+        self,
+        key: str,
+        folder: int,
+        name: str,
+        buffers: list[Buffer],
+        size: int,
+        if_absent: bool,
     ) -> str | None:
         """Write an unnamed file (``O_TMPFILE``) in ``folder`` and link it in as ``name``.
 
         Half the directory work of a named temporary file renamed into place: a new
         record is one link, with no temporary name to add and remove, and a crash
-        leaves nothing behind. A record already there is replaced by linking the file
-        to the temporary name ``tmp`` and renaming that over it (``if_absent`` refuses
-        instead). Returns the version, or None where the file system (or a missing
+        leaves nothing behind. A record that appeared since the writer looked is replaced
+        by linking the file to a temporary name and renaming that over it (``if_absent``
+        refuses instead). Returns the version, or None where the file system (or a missing
         ``/proc``) does not allow it: the store then uses named temporary files.
         """
         try:
@@ -703,13 +749,14 @@ class FileStore(Store):
             self._unnamed = False
             return None
         try:
-            version = self._fill(fd, buffers)
+            version = self._fill(fd, buffers, size)
             source = f"/proc/self/fd/{fd}"  # linkat(AT_SYMLINK_FOLLOW) of it needs no privilege
             try:
                 os.link(source, name, dst_dir_fd=folder)
             except FileExistsError:
                 if if_absent:
                     raise self._taken(key, folder, name) from None
+                tmp = _temp_name(name)
                 os.link(source, tmp, dst_dir_fd=folder)
                 try:
                     os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)

@@ -162,7 +162,9 @@ def encode_record(
     """
     fields: dict[str, Any] = {
         "serializer": serializer,
-        "created": utc(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(),
+        "created": (
+            datetime.datetime.now(datetime.timezone.utc) if created is None else utc(created)
+        ).isoformat(),
         "expiration": None if expiration is None else utc(expiration).isoformat(),
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": _payload_checksum(segments),
@@ -273,16 +275,17 @@ def _parse_header(
         if len(segments) > size + _FREE_SEGMENTS:
             raise ValueError("more segments than payload bytes")
         expiration = fields["expiration"]
+        # Positional: a named tuple's keywords cost more than the rest of this line.
         metadata = ResultMetadata(
-            storage_key=key,
-            storage_url=url,
-            serializer=_text(fields["serializer"]),
-            size=size,
-            checksum=_text(fields["checksum"]),
-            created=_instant(fields["created"]),
-            expiration=None if expiration is None else _instant(expiration),
-            signed=signature is not None,
-            version=version,
+            key,  # storage_key
+            _text(fields["serializer"]),
+            size,
+            _text(fields["checksum"]),
+            _instant(fields["created"]),
+            None if expiration is None else _instant(expiration),
+            url,  # storage_url
+            signature is not None,  # signed
+            version,
         )
         digest = fields.get("sha256")
         if digest is not None:

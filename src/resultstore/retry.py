@@ -30,10 +30,11 @@ from resultstore.errors import (
     ResultStoreError,
     StorageUnavailableError,
 )
-from resultstore.settings import Settings
 
 if TYPE_CHECKING:
     import asyncio
+
+    from resultstore.settings import Settings
 
 __all__ = ["NO_RETRY", "RetryPolicy"]
 

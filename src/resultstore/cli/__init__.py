@@ -12,8 +12,9 @@ The package: :mod:`~resultstore.cli._app` (the app, its global options, :func:`m
 :mod:`~resultstore.cli._records` (put, get, inspect, rm), :mod:`~resultstore.cli._bulk`
 (ls, check, gc, copy), :mod:`~resultstore.cli._migrate` (import-prefect),
 :mod:`~resultstore.cli._info` (stores, demo),
-:mod:`~resultstore.cli._output` (text, JSON, tables and progress) and
-:mod:`~resultstore.cli._errors` (exit codes). Only this package imports typer, and
+:mod:`~resultstore.cli._output` (text, JSON, tables and progress),
+:mod:`~resultstore.cli._errors` (exit codes) and :mod:`~resultstore.cli._coercion`
+(option values without pydantic, for a quick start). Only this package imports typer, and
 rich only to draw on a terminal; only the console script and ``python -m resultstore``
 import it.
 """

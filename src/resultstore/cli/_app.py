@@ -6,6 +6,10 @@ click without its own error handling, and turns whatever escapes into one line o
 stderr and an exit code (:func:`~resultstore.cli._errors.exit_code_for`): Ctrl-C is
 "interrupted", 130, and a closed output pipe (``| head -1``) ends the process
 quietly with 141, as other Unix tools do.
+
+The app builds a command only when click asks for it (:class:`_Commands`), and its
+option values skip typer's pydantic coercion when they need none
+(:mod:`~resultstore.cli._coercion`): ``resultstore get KEY`` pays for ``get`` alone.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, cast
 
 import typer
 
 from resultstore.cli import _bulk, _info, _migrate, _records
+from resultstore.cli._coercion import PlainFirstCommand, PlainFirstGroup
 from resultstore.cli._context import CliOptions, parse_storage_options
 from resultstore.cli._errors import (
     EXIT_CODES_HELP,
@@ -37,6 +42,54 @@ GLOBAL_HELP = (
     "--storage-option KEY=VALUE, --json, --quiet, --debug."
 )
 
+
+class _Commands(MutableMapping[str, Any]):
+    """The app's commands by name, in the order --help lists them, each built on first use.
+
+    typer builds a click command by reading its function's signature and annotations;
+    building all eleven took longer than running ``get``. click asks for the command it
+    parsed (and --help for all), so ``resultstore get KEY`` builds ``get`` alone.
+    """
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._built:
+            found = [info for info in _registry.registered_commands if info.name == name]
+            if not found:
+                raise KeyError(name)
+            command = typer.main.get_command_from_info(
+                found[0],
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+            self._built[name] = _plain_arguments(command)
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError(f"the command {name!r} cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        names = [str(info.name) for info in _registry.registered_commands]
+        yield from names
+        yield from (name for name in self._built if name not in names)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class _Group(PlainFirstGroup):
+    """The ``resultstore`` group: its commands are :class:`_Commands`, built on first use."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["commands"] = _Commands()  # typer's, built from app.registered_commands, is empty
+        super().__init__(**kwargs)
+
+
 app = typer.Typer(
     name="resultstore",
     help=(
@@ -51,7 +104,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # click's plain help: paragraphs re-wrapped, no <bool> metavars
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=_Group,
 )
+# The commands' registrations (typer's CommandInfo); _Commands builds each from here.
+_registry = typer.Typer()
 
 
 def _version(value: bool) -> None:
@@ -126,17 +182,20 @@ def _global_options(
 
 
 # The commands, in the order --help lists them; each says where to put global options.
-app.command("put", epilog=GLOBAL_HELP)(_records.put)
-app.command("get", epilog=GLOBAL_HELP)(_records.get)
-app.command("ls", epilog=GLOBAL_HELP)(_bulk.list_records)
-app.command("inspect", epilog=GLOBAL_HELP)(_records.inspect)
-app.command("rm", epilog=GLOBAL_HELP)(_records.rm)
-app.command("gc", epilog=GLOBAL_HELP)(_bulk.gc)
-app.command("check", epilog=GLOBAL_HELP)(_bulk.check)
-app.command("copy", epilog=GLOBAL_HELP)(_bulk.copy)
-app.command("import-prefect", epilog=GLOBAL_HELP)(_migrate.import_prefect_command)
-app.command("stores", epilog=GLOBAL_HELP)(_info.stores)
-app.command("demo", epilog=GLOBAL_HELP)(_info.demo)
+for _name, _function in (
+    ("put", _records.put),
+    ("get", _records.get),
+    ("ls", _bulk.list_records),
+    ("inspect", _records.inspect),
+    ("rm", _records.rm),
+    ("gc", _bulk.gc),
+    ("check", _bulk.check),
+    ("copy", _bulk.copy),
+    ("import-prefect", _migrate.import_prefect_command),
+    ("stores", _info.stores),
+    ("demo", _info.demo),
+):
+    _registry.command(_name, epilog=GLOBAL_HELP, cls=PlainFirstCommand)(_function)
 
 # --- global options after the command ---------------------------------------------------
 
@@ -247,20 +306,19 @@ def _argument_usage(param: Any) -> str:
     return name + ("..." if param.nargs != 1 else "")
 
 
-def _plain_arguments(group: Any) -> Any:
-    """``group`` with its commands' arguments shown as people write them.
+def _plain_arguments(command: Any) -> Any:
+    """``command`` with its arguments shown as people write them.
 
     typer adds the Python type to each argument's help (``KEY <str>``) and braces
     in the usage line (``{KEY}``); the help says ``KEY`` and ``[PREFIX]``, as man
     pages do.
     """
-    for command in getattr(group, "commands", {}).values():
-        for param in command.params:
-            if getattr(param, "param_type_name", "") == "argument":
-                param.display_type_rich = lambda ctx: ""
-                param._usage_display_name = lambda param=param: _argument_usage(param)
-                param._rich_display_name = lambda param=param: str(param.metavar or param.name)
-    return group
+    for param in command.params:
+        if getattr(param, "param_type_name", "") == "argument":
+            param.display_type_rich = lambda ctx: ""
+            param._usage_display_name = lambda param=param: _argument_usage(param)
+            param._rich_display_name = lambda param=param: str(param.metavar or param.name)
+    return command
 
 
 def _interrupted(signum: int, frame: object) -> None:
@@ -281,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     given = CliOptions()
-    command = _plain_arguments(typer.main.get_command(app))
+    command = typer.main.get_command(app)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
         with contextlib.suppress(ValueError):  # main() called off the main thread
             signal.signal(signal.SIGINT, _interrupted)

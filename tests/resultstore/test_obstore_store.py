@@ -158,3 +158,31 @@ def test_exit_waits_while_a_thread_is_handing_a_result_to_a_loop() -> None:
         thread.join(10)
     assert not module._in_hand_off()
     assert module._guarded
+
+
+def test_a_small_object_is_read_from_one_buffer_in_pieces(obstore_url: str) -> None:
+    import asyncio
+
+    from resultstore.stores.base import Payload
+
+    store = resolve_store(obstore_url)
+    data = bytes(range(256)) * 40  # 10 KiB: fetched whole, in one hand-off
+
+    async def pieces() -> tuple[bytes, bytes, bytes, int | None, str | None, str | None]:
+        version = await store.write("small", Payload([data]))
+        reader = await store.open("small")
+        try:
+            head = await reader.read(100)
+            buffer = bytearray(5000)
+            got = await reader.readinto(memoryview(buffer))
+            rest = await reader.read()
+            assert got == 5000
+            assert await reader.read(10) == b""  # at the end: nothing more, no error
+            assert await reader.readinto(memoryview(bytearray(4))) == 0
+        finally:
+            await reader.aclose()
+        return head, bytes(buffer), rest, reader.size, reader.version, version
+
+    head, middle, rest, size, version, written = asyncio.run(pieces())
+    assert head + middle + rest == data
+    assert size == len(data) and version == written

@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from resultstore._defaults import DEFAULT_CONCURRENCY
+from resultstore._defaults import DELETE_BATCH as DELETE_BATCH  # expiry uses it too
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
@@ -58,13 +60,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-DEFAULT_CONCURRENCY = 32
-"""Header reads (and deletes, copies, verifications) in flight at once."""
-
 _BATCH_PER_WORKER = 8  # keys taken from the listing per batch, per concurrent worker
 _FIRST_BATCH = 16  # keys of the first batch (the next ones grow four-fold)
 _LARGE = 64 * 1024 * 1024  # records this big are verified or copied one at a time
-DELETE_BATCH = 1000  # keys per batched delete (S3 DeleteObjects takes up to 1,000)
 
 Outcome = Literal[
     "ok", "damaged", "refused", "copied", "skipped", "would-copy", "deleted", "would-delete"

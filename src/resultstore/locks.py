@@ -60,6 +60,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from resultstore._defaults import DEFAULT_COMPUTE_HOLD_TIMEOUT, DEFAULT_HOLD_TIMEOUT
 from resultstore.errors import (
     ConfigurationError,
     ConflictError,
@@ -99,11 +100,6 @@ LEASE_PREFIX = RESERVED_PREFIX + "locks/"
 """Where the lease of key ``k`` lives: ``LEASE_PREFIX + k``."""
 _HASHED_PREFIX = RESERVED_PREFIX + "locks-sha256/"
 """Leases of keys too long to mirror (S3 caps keys at 1024 bytes): named by a hash."""
-
-DEFAULT_HOLD_TIMEOUT = 60.0
-"""Seconds a lease taken by :meth:`ResultStore.lock` lasts unless renewed."""
-DEFAULT_COMPUTE_HOLD_TIMEOUT = 30.0
-"""Seconds a :meth:`ResultStore.get_or_compute` lease lasts; renewed every third of it."""
 
 _FIRST_DELAY = 0.01  # the first wait for a held lock, doubled after each, up to _MAX_DELAY
 _MAX_DELAY = 0.5

@@ -22,16 +22,13 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from resultstore._loops import run_sync
-from resultstore.bulk import (
+from resultstore._defaults import (
+    DEFAULT_COMPUTE_HOLD_TIMEOUT,
     DEFAULT_CONCURRENCY,
+    DEFAULT_HOLD_TIMEOUT,
     DELETE_BATCH,
-    CheckSummary,
-    CopySummary,
-    GcSummary,
-    Progress,
-    ScanEntry,
 )
+from resultstore._loops import run_sync
 from resultstore.errors import (
     ConfigurationError,
     ContainerMissingError,
@@ -44,7 +41,6 @@ from resultstore.errors import (
     UnknownSerializerError,
 )
 from resultstore.keys import validate_key, validate_prefix
-from resultstore.locks import DEFAULT_COMPUTE_HOLD_TIMEOUT, DEFAULT_HOLD_TIMEOUT
 from resultstore.records import (
     HEADER_PROBE,
     HeaderBeyond,
@@ -66,6 +62,7 @@ from resultstore.stores.base import BytesReader, Listed, Payload, Store
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
 
+    from resultstore.bulk import CheckSummary, CopySummary, GcSummary, Progress, ScanEntry
     from resultstore.locks import IsolationLevel, LockManager
     from resultstore.results import PersistedResult
 

@@ -25,6 +25,8 @@ HEAVY = (
     "typer._adapters",
     "rich",
     "rich.console",
+    "resultstore.bulk",
+    "resultstore.locks",
     "resultstore.expiry",
     "resultstore.prefect",
     "resultstore.array_serializers",

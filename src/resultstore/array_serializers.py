@@ -325,6 +325,57 @@ def _polars_objects(frame: Any) -> list[str]:
     return [name for name, dtype in frame.schema.items() if holds(dtype)]
 
 
+class _NotArrowable(SerializationError):
+    """A frame whose data Arrow cannot give back as it is: ``auto`` uses its fallback."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of the same type, all the way down (NaN equals NaN)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if type(a) is dict:
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    try:
+        if type(a).__module__ == "numpy" and hasattr(a, "shape"):
+            np = sys.modules["numpy"]
+            return bool(
+                a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+            )
+        return bool(a == b) or bool(a != a and b != b)
+    except Exception:  # incomparable: not known to be the same
+        return False
+
+
+def _pandas_losses(pa: Any, frame: Any) -> list[str]:
+    """The object-dtype columns of a pandas frame that Arrow would give back changed.
+
+    pyarrow turns an object column into a typed Arrow column and back by its own
+    rules: lists and tuples come back as NumPy arrays, ints and floats as int64 and
+    float64 columns (None as NaN), strings as pandas' string dtype. Typed columns
+    round-trip through pandas' metadata; object columns are converted back and
+    compared value by value (type included), so only what comes back the same is
+    written as ``arrow``.
+    """
+    np_dtype = sys.modules["numpy"].dtype  # pandas imports numpy
+    positions = [
+        i
+        for i, dtype in enumerate(frame.dtypes)
+        if isinstance(dtype, np_dtype) and dtype.kind == "O"
+    ]
+    if not positions:
+        return []
+    part = frame.iloc[:, positions]
+    back = pa.Table.from_pandas(part, preserve_index=False).to_pandas()
+    lost = []
+    for i in range(len(positions)):
+        before, after = part.iloc[:, i], back.iloc[:, i]
+        if after.dtype != before.dtype or not all(map(_same, before, after)):
+            lost.append(str(part.columns[i]))
+    return lost
+
+
 class ArrowSerializer(Serializer):
     """Tables as one Arrow IPC file segment; pandas and polars DataFrames through Arrow.
 
@@ -354,12 +405,27 @@ class ArrowSerializer(Serializer):
                 "to pick one by type)"
             )
         if kind == "polars" and (objects := _polars_objects(obj)):
-            raise SerializationError(
+            raise _NotArrowable(
                 f"arrow serializer cannot encode a polars DataFrame whose column(s) "
                 f"{objects!r} hold Python objects (pl.Object): only pickle can store them "
                 "(serializer='pickle', or 'auto' with pickle allowed)"
             )
         pa = _pyarrow()
+        if kind == "pandas":
+            try:
+                lost = _pandas_losses(pa, obj)
+            except Exception as exc:  # values Arrow cannot type (mixed ints and strs, ...)
+                raise _NotArrowable(
+                    f"{self._cannot_encode(obj, exc)}; store it with pickle (serializer="
+                    "'pickle', or 'auto' with pickle allowed)"
+                ) from None
+            if lost:
+                raise _NotArrowable(
+                    f"arrow serializer cannot encode a pandas DataFrame whose object column(s) "
+                    f"{lost!r} would come back changed (Arrow gives lists and tuples back as "
+                    "arrays, Python ints and floats as typed columns): store it with pickle "
+                    "(serializer='pickle', or 'auto' with pickle allowed)"
+                )
         try:
             if kind == "pandas":
                 table = pa.Table.from_pandas(obj)
@@ -468,10 +534,17 @@ class AutoSerializer(Serializer):
 
     def encode(self, obj: Any) -> tuple[str, list[Buffer]]:
         chosen = self.choose(obj)
-        return chosen.name, chosen.dumps(obj)
+        try:
+            return chosen.name, chosen.dumps(obj)
+        except _NotArrowable as exc:  # a frame Arrow would change: the fallback stores it
+            if self._other is None:
+                raise SerializationError(
+                    f"{self.name} serializer cannot encode this {type(obj).__name__}: {exc}"
+                ) from None
+            return self._other.name, self._other.dumps(obj)
 
     def dumps(self, obj: Any) -> list[Buffer]:
-        return self.choose(obj).dumps(obj)
+        return self.encode(obj)[1]
 
     def loads(self, segments: Sequence[Buffer]) -> Any:
         raise SerializationError(

@@ -242,6 +242,49 @@ def test_arrow_round_trips_pandas_frames() -> None:
     pd.testing.assert_frame_equal(back, frame)
 
 
+def test_pandas_object_columns_arrow_would_change_go_to_pickle(tmp_path: Path) -> None:
+    import datetime
+    import decimal
+
+    pd = pytest.importorskip("pandas")
+    kept = pd.DataFrame(  # object columns that come back as the same values
+        {
+            "dates": pd.Series([datetime.date(2024, 1, 1), None], dtype=object),
+            "money": pd.Series([decimal.Decimal("1.50"), None], dtype=object),
+            "blobs": pd.Series([b"x", None], dtype=object),
+            "rows": pd.Series([{"a": 1, "b": "s"}, {"a": 2, "b": None}], dtype=object),
+        }
+    )
+    store = ResultStore(tmp_path.as_uri(), serializer="auto")
+    store.write(kept, key="kept")
+    assert store.read_metadata("kept").serializer == "arrow"
+    back = store.read("kept").result
+    pd.testing.assert_frame_equal(back, kept)
+    assert [type(v) for v in back["money"]] == [decimal.Decimal, type(None)]
+
+    changed = {
+        "lists": [[1, 2], [3]],  # would come back as NumPy arrays
+        "tuples": [(1, 2), (3,)],
+        "ints": pd.Series([1, 2], dtype=object),  # would come back as an int64 column
+        "floats or None": pd.Series([1.5, None], dtype=object),
+        "lists in dicts": [{"x": [1]}, {"x": [2]}],
+        "mixed": [1, "x"],  # Arrow cannot type it at all
+    }
+    for name, column in changed.items():
+        frame = pd.DataFrame({"ok": [1, 2], name: column})
+        with pytest.raises(SerializationError, match=r"arrow serializer cannot encode.*pickle"):
+            get_serializer("arrow").dumps(frame)
+        store.write(frame, key="f")
+        assert store.read_metadata("f").serializer == "pickle", name
+        back = store.read("f").result
+        assert all(type(a) is type(b) for a, b in zip(back[name], frame[name], strict=True)), name
+        with pytest.raises(SerializationError, match=r"auto-strict serializer cannot encode"):
+            get_serializer("auto-strict").dumps(frame)
+    lists = pd.DataFrame({"lists": [[1, 2], [3]]})
+    with pytest.raises(SerializationError, match=r"\['lists'\] would come back changed"):
+        get_serializer("arrow").dumps(lists)
+
+
 def polars_frame() -> Any:
     """A polars frame with a column of most dtypes, nulls among them."""
     import datetime

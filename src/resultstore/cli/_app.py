@@ -12,7 +12,8 @@ option values skip typer's pydantic coercion when they need none
 (:mod:`~resultstore.cli._coercion`): ``resultstore get KEY`` pays for ``get`` alone.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: typer reads the commands' annotations, and
+# evaluating them from strings (a compile() each) took longer than a `get` does.
 
 import contextlib
 import logging

@@ -1,6 +1,7 @@
 """The commands on single records: ``put``, ``get``, ``inspect`` and ``rm``."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: typer reads the commands' annotations, and
+# evaluating them from strings (a compile() each) took longer than a `get` does.
 
 import enum
 import json

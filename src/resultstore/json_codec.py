@@ -484,6 +484,20 @@ def _time(obj: datetime.time, depth: int) -> Any:
     return out
 
 
+def _path(obj: pathlib.PurePath, depth: int) -> Any:
+    text = str(obj)
+    again = type(obj)(text)
+    if again.parts != obj.parts or str(again) != text:
+        # pathlib does not always parse its own text back: a Windows UNC path with an
+        # empty share name (PureWindowsPath('//a/')) reads back as another path.
+        raise _Refused(
+            type(obj).__name__,
+            f"str() of this path ({text!r}) parses back as another path ({str(again)!r}), "
+            "so it could not be read back; store the str, or use serializer='pickle'",
+        )
+    return {TYPE_KEY: "path", "class": _PATH_NAMES[type(obj)], "value": text}
+
+
 def _complex(obj: complex, depth: int) -> Any:
     return {
         TYPE_KEY: "complex",
@@ -513,16 +527,7 @@ _HANDLERS: dict[type, Callable[[Any, int], Any]] = {
     uuid.UUID: lambda obj, depth: {TYPE_KEY: "uuid", "value": str(obj)},
     decimal.Decimal: lambda obj, depth: {TYPE_KEY: "decimal", "value": str(obj)},
     complex: _complex,
-    **{
-        cls: (
-            lambda obj, depth: {
-                TYPE_KEY: "path",
-                "class": _PATH_NAMES[type(obj)],
-                "value": str(obj),
-            }
-        )
-        for cls in _PATH_NAMES
-    },
+    **dict.fromkeys(_PATH_NAMES, _path),
 }
 
 

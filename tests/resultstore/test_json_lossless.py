@@ -285,6 +285,13 @@ def test_orjson_and_the_default_engine_read_each_other() -> None:
 
 # -- property tests -------------------------------------------------------------------
 
+
+def _reparses(path: pathlib.PurePath) -> bool:
+    """Whether pathlib parses ``str(path)`` back to ``path`` (json refuses the others)."""
+    again = type(path)(str(path))
+    return again.parts == path.parts and str(again) == str(path)
+
+
 hashable_scalars = (
     st.none()
     | st.booleans()
@@ -297,7 +304,7 @@ hashable_scalars = (
     | st.sampled_from([*Color, *Level, *Tone, *Perm, Perm.READ | Perm.WRITE, Perm(0)])
     | st.decimals(allow_nan=False)
     | st.timedeltas()
-    | st.builds(pathlib.PureWindowsPath, st.text("ab\\:", max_size=6))
+    | st.builds(pathlib.PureWindowsPath, st.text("ab\\:", max_size=6)).filter(_reparses)
     | st.builds(pathlib.Path, st.text("ab/", max_size=6))
 )
 scalars = (
@@ -388,6 +395,17 @@ PLAIN_LOOKING: dict[str, Any] = {
 def test_values_that_look_plain_keep_their_types(value: Any) -> None:
     assert_same(round_trip(value), value)
     assert_same(round_trip(value, get_serializer("json+zstd")), value)  # type: ignore[arg-type]
+
+
+def test_a_path_whose_text_parses_as_another_path_is_refused() -> None:
+    odd = pathlib.PureWindowsPath("//server/")  # a UNC drive with an empty share name
+    assert not _reparses(odd)
+    with pytest.raises(SerializationError, match=r"PureWindowsPath \(at value\[0\]\).*parses back"):
+        JSON.dumps([odd])
+    assert_same(
+        round_trip(pathlib.PureWindowsPath("//server/share/x")),
+        pathlib.PureWindowsPath("//server/share/x"),
+    )
 
 
 @pytest.mark.parametrize(

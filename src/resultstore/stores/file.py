@@ -645,10 +645,10 @@ class FileStore(Store):
     # -- the store interface ---------------------------------------------------------
 
     def _write(
-        self, key: str, buffers: list[Buffer], if_absent: bool, if_version: str | None
+        self, key: str, buffers: list[Buffer], if_absent: bool, if_version: str | None, size: int
     ) -> str:
+        """Write the record of ``key``: ``buffers``, ``size`` bytes in all."""
         folders, name = self._split(key)
-        size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in buffers)
         tmp = ""  # a temporary name, made when first needed (a new record needs none)
         swap = if_version is not None
         vanished: OSError | None = None
@@ -860,6 +860,7 @@ class FileStore(Store):
             payload.buffers,
             if_absent,
             if_version,
+            payload.size,
             nbytes=payload.size,
             may_wait=if_version is not None,  # waits for the folder's lock
         )

@@ -16,6 +16,7 @@ option values skip typer's pydantic coercion when they need none
 # evaluating them from strings (a compile() each) took longer than a `get` does.
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -24,8 +25,8 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Annotated, Any, cast
 
 import typer
+from typer.models import CommandInfo
 
-from resultstore.cli import _bulk, _info, _migrate, _records
 from resultstore.cli._coercion import PlainFirstCommand, PlainFirstGroup
 from resultstore.cli._context import CliOptions, parse_storage_options
 from resultstore.cli._errors import (
@@ -60,6 +61,9 @@ class _Commands(MutableMapping[str, Any]):
             found = [info for info in _registry.registered_commands if info.name == name]
             if not found:
                 raise KeyError(name)
+            if found[0].callback is None:  # its module is imported now, not with the app
+                module, function = _CALLBACKS[name]
+                found[0].callback = getattr(importlib.import_module(module), function)
             command = typer.main.get_command_from_info(
                 found[0],
                 pretty_exceptions_short=app.pretty_exceptions_short,
@@ -182,21 +186,24 @@ def _global_options(
             logging.getLogger(name).setLevel(logging.DEBUG)
 
 
-# The commands, in the order --help lists them; each says where to put global options.
-for _name, _function in (
-    ("put", _records.put),
-    ("get", _records.get),
-    ("ls", _bulk.list_records),
-    ("inspect", _records.inspect),
-    ("rm", _records.rm),
-    ("gc", _bulk.gc),
-    ("check", _bulk.check),
-    ("copy", _bulk.copy),
-    ("import-prefect", _migrate.import_prefect_command),
-    ("stores", _info.stores),
-    ("demo", _info.demo),
-):
-    _registry.command(_name, epilog=GLOBAL_HELP, cls=PlainFirstCommand)(_function)
+# The commands, in the order --help lists them, and the functions that implement them;
+# each says where to put global options.
+_CALLBACKS: dict[str, tuple[str, str]] = {
+    "put": ("resultstore.cli._records", "put"),
+    "get": ("resultstore.cli._records", "get"),
+    "ls": ("resultstore.cli._bulk", "list_records"),
+    "inspect": ("resultstore.cli._records", "inspect"),
+    "rm": ("resultstore.cli._records", "rm"),
+    "gc": ("resultstore.cli._bulk", "gc"),
+    "check": ("resultstore.cli._bulk", "check"),
+    "copy": ("resultstore.cli._bulk", "copy"),
+    "import-prefect": ("resultstore.cli._migrate", "import_prefect_command"),
+    "stores": ("resultstore.cli._info", "stores"),
+    "demo": ("resultstore.cli._info", "demo"),
+}
+_registry.registered_commands += [
+    CommandInfo(name, cls=PlainFirstCommand, epilog=GLOBAL_HELP) for name in _CALLBACKS
+]
 
 # --- global options after the command ---------------------------------------------------
 

@@ -31,6 +31,7 @@ from resultstore.errors import (
     ResultNotFoundError,
     SignatureError,
 )
+from resultstore.keys import RESERVED_PREFIX
 from resultstore.records import ResultMetadata, utc
 from resultstore.stores.base import Listed
 
@@ -130,6 +131,8 @@ class GcSummary:
     expired: int = 0
     deleted: int = 0
     bytes_freed: int = 0
+    """The payload sizes of the records deleted, from their headers; the objects' whole
+    sizes for those a listing settled without a read (:mod:`resultstore.expiry`)."""
     damaged: list[str] = field(default_factory=list)
     dry_run: bool = False
     indexed: bool = False
@@ -150,6 +153,10 @@ class Doomed:
         """Delete the keys gathered so far (one batched request per 1,000), then report."""
         keys, outcomes = self.keys, self.outcomes
         self.keys, self.outcomes = [], []
+        # Records first, then index entries, each batch in one folder where it can be
+        # (S3 servers delete a batch of neighbours faster than one spread over folders);
+        # an interrupted gc never leaves a record without its entry.
+        keys.sort(key=lambda key: (key.startswith(RESERVED_PREFIX), key))
         await self.store._adelete_raw(keys)
         self.summary.deleted += len(outcomes)
         if self.progress is not None:

@@ -1,7 +1,7 @@
 """The expiry index: where ``gc`` finds the records that are due without reading the rest.
 
 Every write with an expiration first writes a small index entry named
-``.resultstore/expiry/<hour>/e/<expiration>/<key>``, where ``<hour>`` (``YYYYMMDDHH``,
+``.resultstore/expiry/<hour>/e/<key>.<expiration>``, where ``<hour>`` (``YYYYMMDDHH``,
 UTC) is the later of the record's expiration hour and the hour it was written (its
 ``created`` time) and ``<expiration>`` is the expiration itself, in microseconds since
 1970 (UTC). The entry's body names the key, the expiration and, on a store whose
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from resultstore.errors import IntegrityError, InvalidKeyError, ResultNotFoundError
-from resultstore.keys import MAX_KEY_BYTES, RESERVED_PREFIX
+from resultstore.keys import MAX_KEY_BYTES, MAX_SEGMENT_BYTES, RESERVED_PREFIX
 from resultstore.records import ResultMetadata, utc
 from resultstore.stores.base import Listed, Payload
 
@@ -105,10 +105,16 @@ def _from_micros(text: str) -> datetime.datetime | None:
 
 
 def entry_key(key: str, expiration: datetime.datetime, created: datetime.datetime) -> str:
-    """The index entry of a record under ``key`` with that expiration, written at ``created``."""
+    """The index entry of a record under ``key`` with that expiration, written at ``created``.
+
+    The expiration ends the name (``<key>.<microseconds>``), so the entries of the keys
+    of one folder share one folder of the index (SeaweedFS and the file store keep a
+    folder per name segment: a segment per expiration would cost a folder per entry).
+    """
     hour = max(_hour(expiration), _hour(created))
-    direct = f"{INDEX_PREFIX}{hour}/e/{_micros(expiration)}/{key}"
-    if len(direct.encode()) <= MAX_KEY_BYTES:
+    direct = f"{INDEX_PREFIX}{hour}/e/{key}.{_micros(expiration)}"
+    last = direct.rpartition("/")[2]
+    if len(direct.encode()) <= MAX_KEY_BYTES and len(last.encode()) <= MAX_SEGMENT_BYTES:
         return direct
     return f"{INDEX_PREFIX}{hour}/h/{xxhash.xxh3_128_hexdigest(key.encode())}"
 
@@ -251,7 +257,7 @@ async def _parse(store: ResultStore, entry: Listed) -> _Due | None:
     kind, _, tail = rest.partition("/")
     expiration = None
     if kind == "e":
-        micros, _, key = tail.partition("/")
+        key, _, micros = tail.rpartition(".")
         expiration = _from_micros(micros)
         if expiration is None:
             return None

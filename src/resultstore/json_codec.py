@@ -263,14 +263,14 @@ def _plain(obj: Any, depth: int) -> bool:
         values: Any = obj.values()
     elif t is list:
         values = obj
-        if len(obj) >= _BULK:
-            uniform = _uniform(obj)
-            if uniform is not None:
-                return uniform
     else:
         return t is str or t is bool or obj is None or _plain_number(obj)
     if depth > MAX_DEPTH:
         raise _TooDeep
+    if t is list and len(obj) >= _BULK:
+        uniform = _uniform(obj)
+        if uniform is not None:
+            return uniform
     for v in values:  # the hot loop: exact types only, commonest first, nothing allocated
         tv = type(v)
         if tv is str:

@@ -491,6 +491,13 @@ def test_nesting_past_the_limit_and_cycles_are_refused() -> None:
     for _ in range(MAX_DEPTH - 1):
         fine = [fine]
     assert round_trip(fine) == fine
+    for leaf in ([1] * 20, [1.5] * 20, ["s"] * 20, [{"a": 1}] * 20):  # long lists at the edge
+        at_limit: Any = leaf
+        for _ in range(MAX_DEPTH - (2 if isinstance(leaf[0], dict) else 1)):
+            at_limit = [at_limit]
+        assert round_trip(at_limit) == at_limit
+        with pytest.raises(SerializationError, match=f"deeper than {MAX_DEPTH} levels"):
+            JSON.dumps([at_limit])
 
 
 # -- adversarial records ---------------------------------------------------------------

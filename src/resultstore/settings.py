@@ -30,16 +30,15 @@ ENV_PREFIX = "RESULTSTORE_"
 _JSON_FIELDS = {"storage_options", "signing_keys_old"}
 # Lists that may be given as a JSON list or as comma-separated text.
 _LIST_FIELDS = {"allowed_serializers", "reference_urls", "json_modules"}
-_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+# Patterns are compiled on first use (re caches them): most environments set none of
+# the variables they check, and every ResultStore() reads the settings.
+_MODULE_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*\Z"
 # An integer as pydantic reads it from text: ASCII digits, optional sign, single
 # underscores between digits, optionally ".0" zeros after.
-_INT_TEXT = re.compile(r"[+-]?\d+(?:_\d+)*(?:\.0+)?\Z", re.ASCII)
+_INT_TEXT = r"(?a)[+-]?\d+(?:_\d+)*(?:\.0+)?\Z"
 # A float's underscores may sit anywhere but first, last or doubled (pydantic's rule),
 # and are dropped before this pattern is matched.
-_FLOAT_TEXT = re.compile(
-    r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?\Z|[+-]?(?:inf|infinity|nan)\Z",
-    re.ASCII | re.IGNORECASE,
-)
+_FLOAT_TEXT = r"(?ai)[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?\Z|[+-]?(?:inf|infinity|nan)\Z"
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 _HIDDEN = "**********"
@@ -104,7 +103,7 @@ def _int(value: object) -> int:
     if not isinstance(value, str):
         _fail("Input should be a valid integer")
     text = value.strip()
-    if not _INT_TEXT.match(text):
+    if not re.match(_INT_TEXT, text):
         _fail("Input should be a valid integer, unable to parse string as an integer")
     return int(text.partition(".")[0])
 
@@ -117,7 +116,7 @@ def _finite_float(value: object) -> float:
         if text[:1] == "_" or text[-1:] == "_" or "__" in text:
             _fail("Input should be a valid number, unable to parse string as a number")
         text = text.replace("_", "")
-        if not _FLOAT_TEXT.match(text):
+        if not re.match(_FLOAT_TEXT, text):
             _fail("Input should be a valid number, unable to parse string as a number")
         number = float(text)
     else:
@@ -188,7 +187,7 @@ def _serializer(value: object) -> str:
 def _json_modules(value: object) -> list[str]:
     names = _str_list(value)
     for name in names:
-        if not _MODULE_NAME.match(name):
+        if not re.match(_MODULE_NAME, name):
             _fail(f"Value error, {name!r} is not a module name (such as myapp.models)")
     return names
 

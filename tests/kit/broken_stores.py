@@ -20,7 +20,15 @@ from kvstore import KVStore
 
 from resultstore.errors import ResultNotFoundError, StorageError, store_error
 from resultstore.registry import redact_url
-from resultstore.stores.base import BytesReader, Payload, Reader, Stat, Store, run_blocking
+from resultstore.stores.base import (
+    BytesReader,
+    Listed,
+    Payload,
+    Reader,
+    Stat,
+    Store,
+    run_blocking,
+)
 
 _versions = itertools.count(1)
 
@@ -237,6 +245,24 @@ class SkipsKeysAtPageBoundaries(DictStore):
         for start in range(0, len(keys), self.page_size + 1):
             for key in keys[start : start + self.page_size]:
                 yield key
+
+
+class ListsVersionsAsMD5s(DictStore):
+    """``list_details`` shows each record's version as its ``md5`` (an ETag that is not a
+    content hash): ``copy_all`` would skip a changed record whose counter matched."""
+
+    async def list_details(
+        self, prefix: str = "", *, start_after: str | None = None
+    ) -> AsyncIterator[list[Listed]]:
+        with self.lock:
+            found = sorted((k, v) for k, v in self.records.items() if k.startswith(prefix))
+        page = [
+            Listed(key, len(data), version.rjust(32, "0"))
+            for key, (data, version) in found
+            if start_after is None or key > start_after
+        ]
+        if page:
+            yield page
 
 
 class StatLetsKeyErrorEscape(DictStore):

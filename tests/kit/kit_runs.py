@@ -141,6 +141,10 @@ class TestSkipsKeysAtPageBoundaries(DictCase):
     store_class = broken.SkipsKeysAtPageBoundaries
 
 
+class TestListsVersionsAsMD5s(DictCase):
+    store_class = broken.ListsVersionsAsMD5s
+
+
 class TestStatLetsKeyErrorEscape(DictCase):
     store_class = broken.StatLetsKeyErrorEscape
 

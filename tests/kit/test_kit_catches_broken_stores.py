@@ -122,7 +122,7 @@ def test_the_kv_plugin_ran_every_mixin(kit: Outcomes) -> None:
 
 def test_every_broken_store_ran_the_whole_kit_and_failed_it(kit: Outcomes) -> None:
     broken = {store: checks for store, checks in kit.items() if store not in _CORRECT}
-    assert len(broken) == 17
+    assert len(broken) == 18
     for store, checks in broken.items():
         reference = "KVStore" if "test_the_secret_never_shows" in checks else "DictStore"
         assert set(checks) == set(kit[reference]), f"{store} did not run the whole kit"
@@ -251,6 +251,16 @@ def test_listings_that_repeat_or_skip_keys_at_page_boundaries_are_caught(
 ) -> None:
     """A paged listing whose cursor resumes at the last key seen, or one past the next."""
     caught(kit, store, "test_list_yields_each_of_many_keys_once", says=f"2 {says}")
+
+
+def test_a_listing_showing_versions_as_md5s_is_caught(kit: Outcomes) -> None:
+    """An ``md5`` that is not the MD5 of the bytes would let copy_all skip a changed record."""
+    caught(
+        kit,
+        "ListsVersionsAsMD5s",
+        "test_list_details_show_the_keys_of_list_and_only_true_md5s",
+        says="not the MD5 of its bytes",
+    )
 
 
 def test_a_raw_key_error_escaping_stat_is_caught(kit: Outcomes) -> None:

@@ -438,3 +438,53 @@ def test_copy_all_never_skips_a_changed_record(
     for key in ("c/07", "c/03", "c/12", "c/15"):
         assert destination.read(key).result == listed.read(key).result
     destination.close()
+
+
+def test_a_damaged_watermark_makes_gc_list_the_whole_index(listed: ResultStore) -> None:
+    from resultstore.expiry import WATERMARK_KEY
+    from resultstore.stores.base import Payload
+
+    listed.write(1, key="w/a", expiration=PAST)
+    assert listed.delete_expired().deleted == 1
+    anyio.run(listed.store.write, WATERMARK_KEY, Payload([b"\xff not json"]))
+    for i in range(5):
+        listed.write(i, key=f"w/{i}", expiration=PAST)
+    listed.write("live", key="w/live", expiration=FUTURE)
+    assert listed.delete_expired().deleted == 5
+    assert listed.keys("w/") == ["w/live"]
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "a..b.rsr",
+        "x.rsr.rsr",
+        "p.rsr\nq.rsr",
+        ".hidden.rsr",
+        "-dash.rsr",
+        "sp ace.rsr",
+        "é.rsr",
+        "n" * 201 + ".rsr",
+        "trailing.rsr\n",
+        "notarecord",
+    ],
+)
+def test_the_file_store_lists_a_folder_with_one_odd_name_as_it_lists_names_one_by_one(
+    tmp_path: Path, odd: str
+) -> None:
+    """A folder of plain record names is listed in a few passes over the joined names;
+    one odd name among them must send it back to the checks of each name."""
+    from resultstore.keys import is_storable
+
+    folder = tmp_path / "store" / "f"
+    folder.mkdir(parents=True)
+    names = [f"{i}.rsr" for i in range(50)] + [odd]
+    for name in names:
+        (folder / name).write_bytes(b"")
+    store = ResultStore((tmp_path / "store").as_uri())
+    expected = sorted(
+        f"f/{name[:-4]}"
+        for name in names
+        if name.endswith(".rsr") and is_storable(f"f/{name[:-4]}")
+    )
+    assert sorted(store.keys("f/")) == expected

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# Read once, at start-up: the tests hide RESULTSTORE_* variables from themselves.
+_SKIP_NOTHING = os.environ.get("RESULTSTORE_TESTS_SKIP_NOTHING") == "1"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -32,7 +35,7 @@ def pytest_runtest_makereport(
     report: pytest.TestReport = outcome.get_result()
     if not report.skipped or hasattr(report, "wasxfail"):
         return
-    if os.environ.get("RESULTSTORE_TESTS_SKIP_NOTHING") != "1":
+    if not _SKIP_NOTHING:
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome = "failed"

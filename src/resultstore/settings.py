@@ -386,12 +386,39 @@ def _variable(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+# Read elsewhere, by the S3 stores (which client), so known here too.
+_OTHER_VARIABLES = frozenset({"RESULTSTORE_S3_CLIENT"})
+
+
+def _misspelled(env: Mapping[str, str]) -> None:
+    """Refuse a ``RESULTSTORE_*`` variable that is nearly the name of a setting.
+
+    ``RESULTSTORE_STORAGE_ULR`` would otherwise be ignored, and results would go to the
+    default store. A name far from every setting (a plugin's own, such as
+    ``RESULTSTORE_REDIS_PASSWORD``) is left alone.
+    """
+    known = {_variable(field) for field in _FIELDS} | _OTHER_VARIABLES
+    unknown = [name for name in env if name.startswith(ENV_PREFIX) and name not in known]
+    if not unknown:
+        return
+    import difflib
+
+    for name in sorted(unknown):
+        near = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+        if near:
+            raise ConfigurationError(
+                f"unknown setting {name}: did you mean {near[0]}? rename or unset it"
+            )
+
+
 def get_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment), now.
 
-    A bad value raises a one-line :class:`ConfigurationError` naming the variable.
+    A bad value raises a one-line :class:`ConfigurationError` naming the variable, and
+    so does a ``RESULTSTORE_*`` variable that is nearly a setting's name (a typo).
     """
     env = os.environ if environ is None else environ
+    _misspelled(env)
     values: dict[str, Any] = {}
     for field in _FIELDS:
         raw = env.get(_variable(field))

@@ -224,3 +224,34 @@ def test_settings_are_immutable_and_survive_copy_and_pickle() -> None:
         assert twin.model_fields_set == {"read_attempts", "fsync"}
     assert settings != get_settings({})
     assert list(Settings.model_fields) == list(Reference.model_fields)
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("RESULTSTORE_STORAGE_ULR", "RESULTSTORE_STORAGE_URL"),
+        ("RESULTSTORE_SERIALISER", "RESULTSTORE_SERIALIZER"),
+        ("RESULTSTORE_TIMEOUTS", "RESULTSTORE_TIMEOUT"),
+        ("RESULTSTORE_FSYN", "RESULTSTORE_FSYNC"),
+        ("RESULTSTORE_SIGNING_KEYS", "RESULTSTORE_SIGNING_KEY"),
+        ("RESULTSTORE_S3CLIENT", "RESULTSTORE_S3_CLIENT"),
+    ],
+)
+def test_a_misspelled_variable_is_an_error_naming_the_setting_meant(typed: str, meant: str) -> None:
+    # Ignored, it would send every result to the default store without a word.
+    with pytest.raises(ConfigurationError) as caught:
+        get_settings({typed: "x", "RESULTSTORE_FSYNC": "0"})
+    assert str(caught.value) == f"unknown setting {typed}: did you mean {meant}? rename or unset it"
+    assert "\n" not in str(caught.value)
+
+
+def test_variables_far_from_every_setting_are_left_to_their_owners() -> None:
+    # A plugin's own variables share the prefix (the redis plugin reads these two).
+    settings = get_settings(
+        {
+            "RESULTSTORE_REDIS_USERNAME": "u",
+            "RESULTSTORE_REDIS_PASSWORD": "p",
+            "RESULTSTORE_S3_CLIENT": "obstore",
+        }
+    )
+    assert settings == get_settings({})

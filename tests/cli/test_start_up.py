@@ -40,6 +40,8 @@ HEAVY = (
     "botocore",
     "obstore",
     "fsspec",
+    "importlib.metadata",  # the entry-point scan reads the folders itself (plugins.py)
+    "email",
 )
 
 _CHILD = """

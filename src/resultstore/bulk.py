@@ -309,14 +309,9 @@ async def _one_large_at_a_time(size: int, large: anyio.Lock, work: Awaitable[T])
 
 
 def _unverifiable_prefect_record(store: ResultStore, key: str) -> IntegrityError:
-    from resultstore.prefect import PrefectRecordError
+    from resultstore.prefect import unverifiable
 
-    return PrefectRecordError(
-        f"record {key!r} in {store.storage_url} is a Prefect result record: read() reads it, "
-        "but it has no checksum to verify; import it (resultstore import-prefect) to get one",
-        key=key,
-        url=store.storage_url,
-    )
+    return unverifiable(key, store.storage_url)
 
 
 async def averify_all(

@@ -138,6 +138,16 @@ class PrefectRecordError(IntegrityError):
     class that would have to be imported, a payload past the size limit, bad base64."""
 
 
+def unverifiable(key: str, url: str) -> PrefectRecordError:
+    """The error of verifying a Prefect record read in place: it has no checksum."""
+    return PrefectRecordError(
+        f"record {key!r} in {url} is a Prefect result record: read() reads it, "
+        "but it has no checksum to verify; import it (resultstore import-prefect) to get one",
+        key=key,
+        url=url,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class PrefectRecord:
     """A Prefect result record, recognized but not decoded yet."""

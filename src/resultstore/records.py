@@ -47,6 +47,7 @@ __all__ = [
     "encode_record",
     "read_header",
     "read_record",
+    "record_head",
     "utc",
 ]
 
@@ -180,6 +181,23 @@ def encode_record(
         header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header))
     return [prefix + header, *segments]
+
+
+def record_head(first: Buffer) -> bytes | None:
+    """The bytes a record whose first bytes are ``first`` starts with: prefix and header.
+
+    What ``Payload.head`` carries when the core copies a record it read (copy_to); None
+    when ``first`` does not hold them whole or does not start like a record. Nothing is
+    verified here: whoever reads the copy back verifies it (``read_header``).
+    """
+    view = memoryview(first).cast("B")
+    if len(view) < _PREFIX.size:
+        return None
+    magic, _, header_len, _ = _PREFIX.unpack_from(view)
+    end = _PREFIX.size + header_len
+    if magic != MAGIC or end > len(view):
+        return None
+    return bytes(view[:end])
 
 
 @functools.lru_cache(maxsize=64)

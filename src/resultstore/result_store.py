@@ -50,6 +50,7 @@ from resultstore.records import (
     encode_record,
     read_header,
     read_record,
+    record_head,
     utc,
 )
 from resultstore.registry import redact_url, resolve_store, scheme_of
@@ -57,7 +58,7 @@ from resultstore.retry import NO_RETRY, RetryPolicy, bounded
 from resultstore.serializers import Buffer, Serializer, get_serializer
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
-from resultstore.stores.base import BytesReader, Listed, Payload, Store
+from resultstore.stores.base import BytesReader, Head, Listed, Payload, Store
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -419,7 +420,8 @@ class ResultStore:
             signer=self._signer,
             key=key,
         )
-        payload = Payload(buffers)
+        head = buffers[0]  # encode_record: the record's prefix and header, as bytes
+        payload = Payload(buffers, head=head if isinstance(head, bytes) else None)
         if expires is not None and created is not None:
             # Indexed first, so gc finds the record without reading every header; an
             # entry whose record never lands is removed by gc when it comes due.
@@ -625,6 +627,12 @@ class ResultStore:
         async def once() -> ResultMetadata:
             end = HEADER_PROBE  # the header alone: ranged stores fetch no payload
             with guard:
+                if self.store.supports_read_head:  # a copy kept with the object (S3: a HEAD)
+                    kept = await self.store.read_head(key)
+                    if kept is not None:
+                        metadata = await self._kept_metadata(key, kept)
+                        if metadata is not None:
+                            return metadata
                 while True:
                     reader = await self.store.open(key, end=end)
                     try:
@@ -642,6 +650,45 @@ class ResultStore:
             return await metadata_in_place(self, key, native)
 
         return await guard.run(self, once)
+
+    async def _kept_metadata(self, key: str, kept: Head) -> ResultMetadata | None:
+        """The metadata in the header copy a store kept (``read_head``), or None.
+
+        The copy is as untrusted as the object, and parsed by the same bounded,
+        verifying parser as the object's header, against the object's size from the
+        same request. Anything else than exactly a header that verifies (too long,
+        damaged, followed by other bytes, with a signing key: not signed by it) is
+        None: the object is then read, since it alone is authoritative, and a bad
+        copy never makes a record look damaged.
+        """
+        data, size, version = kept
+        if (
+            not isinstance(data, bytes)
+            or len(data) > HEADER_PROBE
+            or type(size) is not int
+            or size < len(data)
+            or not (version is None or isinstance(version, str))
+        ):
+            return None
+        reader = BytesReader(data, version=version)
+        reader.size = size
+        try:
+            header, rest, _ = await read_header(reader, key, self.storage_url)
+        except ResultStoreError:
+            return None
+        if rest:
+            return None
+        signer = self._signer
+        if signer is not None:
+            signature = header.signature
+            if (
+                signature is None
+                or signer.is_v2(signature)  # an earlier release's: covers the payload
+                or header.digest is None
+                or not signer.verify_header(key, header.signed_bytes, signature)
+            ):
+                return None
+        return header.metadata
 
     def read_metadata(self, key: str) -> ResultMetadata:
         """Sync twin of :meth:`aread_metadata`."""
@@ -663,12 +710,20 @@ class ResultStore:
     async def averify(self, key: str) -> ResultMetadata:
         """Check the record under ``key`` (framing, checksum, signature) without unpickling it.
 
-        Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record.
+        Raises :class:`IntegrityError` (or :class:`SignatureError`) for a bad record; a
+        Prefect record, which :meth:`read` reads in place, has no checksum to verify and
+        raises :class:`~resultstore.prefect.PrefectRecordError` saying so.
         """
         key = validate_key(key)
-        metadata, _ = await _Guard.bounded(
-            self, "verify", key, lambda: self._verified("verify", key)
-        )
+        try:
+            metadata, _ = await _Guard.bounded(
+                self, "verify", key, lambda: self._verified("verify", key)
+            )
+        except NotARecordError as native:
+            from resultstore.prefect import metadata_in_place, unverifiable
+
+            await metadata_in_place(self, key, native)  # raises native unless Prefect's
+            raise unverifiable(key, self.storage_url) from None
         return metadata
 
     def verify(self, key: str) -> ResultMetadata:
@@ -684,15 +739,16 @@ class ResultStore:
         """
         key = validate_key(key)
         source, chunks = await _Guard.bounded(self, "read", key, lambda: self._read_raw(key))
+        payload = Payload(chunks, head=record_head(chunks[0]))
         if source.expiration is not None:  # indexed there too, so its gc finds the copy
             from resultstore.expiry import write_entry
 
-            await write_entry(destination, key, source.expiration, source.created, Payload(chunks))
+            await write_entry(destination, key, source.expiration, source.created, payload)
         guard = destination._guard("write", key)
 
         async def put() -> None:
             with guard:
-                await destination.store.write(key, Payload(chunks))
+                await destination.store.write(key, payload)
 
         await guard.run(destination, put)
         copied = await destination.aread_metadata(key)

@@ -183,6 +183,20 @@ def test_read_metadata_keeps_a_prefect_expiration_and_decodes_nothing(tmp_path: 
     assert not marker.exists()
 
 
+def test_verify_of_a_prefect_record_says_it_has_no_checksum_not_that_it_is_damaged() -> None:
+    store = ResultStore(f"memory://prefect-verify-{uuid.uuid4().hex[:8]}")
+    run_sync(store.store.write("p", Payload([(PREFECT3 / "dict-json").read_bytes()])))
+    run_sync(store.store.write("junk", Payload([b"not a record, not JSON either......"])))
+    with pytest.raises(PrefectRecordError) as caught:
+        store.verify("p")
+    assert str(caught.value) == (
+        f"record 'p' in {store.storage_url} is a Prefect result record: read() reads it, but "
+        "it has no checksum to verify; import it (resultstore import-prefect) to get one"
+    )
+    with pytest.raises(IntegrityError, match=r"'junk'.*damaged"):
+        store.verify("junk")
+
+
 def test_read_metadata_of_other_bytes_still_reports_damage() -> None:
     store = ResultStore(f"memory://prefect-junk-{uuid.uuid4().hex[:8]}")
     run_sync(store.store.write("junk", Payload([b"not a record, not JSON either......"])))

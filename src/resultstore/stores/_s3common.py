@@ -18,10 +18,20 @@ store's prefix, a name no valid key can start with (its segment ends with the re
 ``.rsr``), is never listed, and is deleted afterwards. A server that ignores a condition
 makes that kind of conditional write raise :class:`UnsupportedOperationError` saying so,
 in one line; the verdict is cached, a failed probe (unreachable, denied) is not.
+
+Header copies. Every write of a record also puts its header (``Payload.head``, a few
+hundred bytes) base64-encoded in one user-metadata entry, :data:`HEAD_METADATA`, in the
+same request (the PUT, or the CreateMultipartUpload of a multipart upload), when the
+encoded copy is at most :data:`HEAD_LIMIT` bytes (well within S3's 2 KB of user
+metadata); ``read_head`` reads it back with one HEAD. On a server that reads a whole
+chunk for any GET, a ranged GET of a large object's header costs several times a HEAD,
+so a metadata read then costs the same for a 200 MB record as for a 1 KB one.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -45,13 +55,17 @@ __all__ = [
     "CLIENTS",
     "CLIENT_VARIABLE",
     "DEFAULT_CLIENT",
+    "HEAD_LIMIT",
+    "HEAD_METADATA",
     "PROBE_FOLDER",
     "BaseS3Store",
     "Verdict",
     "check_endpoint",
     "choose_client",
     "etag_md5",
+    "head_metadata",
     "judge",
+    "kept_head",
     "s3_location",
 ]
 
@@ -66,6 +80,12 @@ PROBE_FOLDER = ".resultstore.rsr/probe"
 """Where (below a store's prefix) the conditional-write probe writes; never listed."""
 _RESERVED = PROBE_FOLDER.split("/", 1)[0] + "/"
 _WRONG_ETAG = '"00000000000000000000000000000000"'
+
+HEAD_METADATA = "resultstore-head"
+"""The user-metadata entry (``x-amz-meta-resultstore-head``) holding a copy of a record's header."""
+HEAD_LIMIT = 1500
+"""The longest base64 copy of a header written (S3 allows 2 KB of user metadata in all)."""
+_HEAD_READ_LIMIT = 2048  # the longest copy decoded: S3 keeps no more; a hostile server might
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 MIN_PART = 5 * 1024 * 1024
@@ -225,6 +245,7 @@ class BaseS3Store(Store):
     interface_version = 2
     supports_ranged_read = True
     supports_conditional_write = True
+    supports_read_head = True
     client_name: ClassVar[str] = ""
     """``s3fs`` or ``obstore``."""
 
@@ -351,6 +372,33 @@ class BaseS3Store(Store):
         for buffer in payload:
             digest.update(buffer)
         return digest.hexdigest()
+
+
+def head_metadata(payload: Payload) -> dict[str, str] | None:
+    """The user metadata that keeps ``payload.head`` with the object, or None.
+
+    None when the payload carries no header or its base64 is over :data:`HEAD_LIMIT`
+    bytes: the object is then written without a copy, and read_metadata reads it.
+    """
+    head = payload.head
+    if head is None or len(head) > HEAD_LIMIT * 3 // 4:
+        return None
+    return {HEAD_METADATA: base64.b64encode(head).decode("ascii")}
+
+
+def kept_head(value: object) -> bytes | None:
+    """The header copy an object's metadata entry holds, decoded; None when it holds none.
+
+    The entry is as untrusted as the object: anything but a string of at most
+    ``_HEAD_READ_LIMIT`` characters of strict base64 is no copy (the core then reads
+    the object's own header), and the decoded bytes are at most 1.5 KB.
+    """
+    if not isinstance(value, str) or not value or len(value) > _HEAD_READ_LIMIT:
+        return None
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (UnicodeError, binascii.Error, ValueError):
+        return None
 
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')

@@ -19,6 +19,10 @@ does all of that once, above every store. A store's contract:
   :class:`~resultstore.errors.ResultNotFoundError`. ``supports_ranged_read``
   says the backend fetches only that range (header reads of large records
   then cost what small ones do).
+- ``read_head(key)`` (optional, ``supports_read_head``): the copy of a record's
+  header the store kept beside the value (``Payload.head``, written with it in the
+  same request) where a cheap metadata request returns it (S3 user metadata, one
+  HEAD), so a metadata read costs that request whatever the record's size.
 - ``stat(key)`` is a cheap probe of size and version; ``exists``; ``delete``
   is idempotent (``True``/``False`` when the backend tells whether there was
   a record, ``None`` when it does not); ``list`` yields the keys under a
@@ -52,6 +56,7 @@ __all__ = [
     "INTERFACE_VERSION",
     "OLDEST_INTERFACE_VERSION",
     "BytesReader",
+    "Head",
     "Listed",
     "LoopLocal",
     "Payload",
@@ -141,12 +146,18 @@ class Payload:
 
     Iterate over it for the buffers in order (no copies), or call
     :meth:`join` when the backend needs a single ``bytes``.
+
+    ``head``, when the core knows it, is the record's header: exactly the bytes
+    the record starts with (its prefix and JSON header, a few hundred bytes). A
+    store whose ``supports_read_head`` is true keeps a copy of it where a cheap
+    metadata request returns it (:meth:`Store.read_head`); other stores ignore it.
     """
 
-    __slots__ = ("buffers", "size")
+    __slots__ = ("buffers", "head", "size")
 
-    def __init__(self, buffers: Sequence[Buffer]) -> None:
+    def __init__(self, buffers: Sequence[Buffer], head: bytes | None = None) -> None:
         self.buffers = list(buffers)
+        self.head = head
         # bytes (a record's header, most payloads) know their length; views are asked.
         self.size = sum(len(b) if type(b) is bytes else memoryview(b).nbytes for b in self.buffers)
 
@@ -279,6 +290,20 @@ class Stat(NamedTuple):
     version: str | None = None
 
 
+class Head(NamedTuple):
+    """What :meth:`Store.read_head` returns: the kept copy of a record's header.
+
+    ``data`` is the copy as the backend holds it (untrusted: the core parses and
+    verifies it as it does the object's own header, and reads the object instead
+    when it does not verify); ``size`` and ``version`` are the whole value's, from
+    the same request.
+    """
+
+    data: bytes
+    size: int
+    version: str | None = None
+
+
 class Store(ABC):
     """Base class of every store; subclasses are registered by URL scheme.
 
@@ -298,6 +323,9 @@ class Store(ABC):
 
     supports_conditional_write: ClassVar[bool] = False
     """``write(..., if_absent=True)`` and ``write(..., if_version=v)`` are atomic on the backend."""
+
+    supports_read_head: ClassVar[bool] = False
+    """:meth:`read_head` returns the copy of ``Payload.head`` kept with the value."""
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
@@ -336,6 +364,21 @@ class Store(ABC):
             return Stat(size, reader.version)
         finally:
             await reader.aclose()
+
+    async def read_head(self, key: str) -> Head | None:
+        """The copy of the record's header kept with the value, with its size and version.
+
+        Optional, for stores whose ``supports_read_head`` is true: the copy of
+        ``payload.head`` that :meth:`write` kept where one cheap request returns it
+        with the value's size and version (S3 user metadata, read with one HEAD),
+        so the core's metadata reads skip a ranged read of the value. The copy must
+        be written atomically with the value, in the same request (never a second
+        write a reader could see apart from it), and replaced or dropped by every
+        write, so it is never a stale one. Return None when the value has no copy
+        (written without ``head``, by another tool, or too large to keep); raise
+        ``self.not_found(key)`` when there is no value. This default keeps none.
+        """
+        return None
 
     async def exists(self, key: str) -> bool:
         """True when a value is stored under exactly ``key``."""

@@ -20,9 +20,11 @@ gives up after 5 s (never more than ``RESULTSTORE_TIMEOUT``) and a response that
 sends nothing for ``RESULTSTORE_STALL_TIMEOUT`` seconds fails.
 
 Interface v2: ranged reads are obstore range gets (an empty range is a HEAD), ``stat`` a
-HEAD, versions ETags; ``if_absent`` is obstore's create mode and ``if_version`` its update
-mode with the ETag (``If-None-Match: *`` / ``If-Match``, always one PUT), once the
-endpoint has shown it honours them; ``delete`` is one request and ``delete_many``
+HEAD, ``read_head`` a HEAD returning the header copy each write puts in the object's
+user metadata (obstore attributes, see ``_s3common``), versions ETags; ``if_absent`` is
+obstore's create mode and ``if_version`` its update mode with the ETag
+(``If-None-Match: *`` / ``If-Match``, always one PUT), once the endpoint has shown it
+honours them; ``delete`` is one request and ``delete_many``
 DeleteObjects batches of 1,000. The process waits at exit until obstore's threads have
 handed back their last results (see the end of this module).
 """
@@ -51,14 +53,25 @@ from resultstore.errors import (
 )
 from resultstore.settings import get_settings
 from resultstore.stores._s3common import (
+    HEAD_METADATA,
     PROBE_FOLDER,
     BaseS3Store,
     check_endpoint,
     choose_client,
     etag_md5,
+    head_metadata,
+    kept_head,
     s3_location,
 )
-from resultstore.stores.base import BytesReader, Listed, Payload, Reader, Stat, check_options
+from resultstore.stores.base import (
+    BytesReader,
+    Head,
+    Listed,
+    Payload,
+    Reader,
+    Stat,
+    check_options,
+)
 
 __all__ = ["ObstoreS3Store"]
 
@@ -451,6 +464,8 @@ class ObstoreS3Store(BaseS3Store):
                 chunk_size=self.part_size,
                 max_concurrency=self.max_concurrency,
                 mode=mode,
+                # The header's copy, in the same PUT (a multipart upload's creation).
+                attributes=head_metadata(payload),
             )
         except Exception as exc:
             if mode is not None:
@@ -532,6 +547,30 @@ class ObstoreS3Store(BaseS3Store):
             await self._check_bucket("check", key)
             raise self.not_found(key) from None
         return Stat(int(meta["size"]), meta.get("e_tag"))
+
+    async def read_head(self, key: str) -> Head | None:
+        """The header copy in the object's user metadata, with its size and ETag: one HEAD.
+
+        obstore's ``head`` returns no attributes; a get with ``head=True`` is the same
+        HEAD request and does.
+        """
+        import obstore
+
+        try:
+            result = await obstore.get_async(self._client, key, options={"head": True})
+        except Exception as exc:
+            if not _is_missing(exc) or "NoSuchBucket" in str(exc):
+                raise self._translate(exc, "read", key, head=True) from exc
+            await self._check_bucket("read", key)
+            raise self.not_found(key) from None
+        try:
+            data = kept_head(result.attributes.get(HEAD_METADATA))
+        except Exception:  # attributes obstore cannot decode: no copy, the object will tell
+            return None
+        if data is None:
+            return None
+        meta = result.meta
+        return Head(data, int(meta["size"]), meta.get("e_tag"))
 
     async def exists(self, key: str) -> bool:
         try:

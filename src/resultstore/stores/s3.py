@@ -10,7 +10,9 @@ An upload left unfinished by a killed writer is aborted by ``clean_abandoned``
 (``resultstore gc``).
 
 Interface v2 on S3's own terms: ``open(key, start=, end=)`` is one ranged GET (an empty
-range is a HEAD), ``stat`` a HEAD, versions are ETags (quoted, as S3 returns them),
+range is a HEAD), ``stat`` a HEAD, ``read_head`` a HEAD returning the header copy each
+write puts in the object's user metadata (see ``_s3common``), versions are ETags (quoted,
+as S3 returns them),
 ``write(if_absent=True)`` sends ``If-None-Match: *`` on the PUT or on the
 CompleteMultipartUpload, ``write(if_version=etag)`` sends ``If-Match``, once the
 endpoint has shown it honours them (see ``_s3common``); ``delete`` is one DeleteObject
@@ -59,17 +61,21 @@ from resultstore.errors import (
 from resultstore.serializers import Buffer
 from resultstore.settings import get_settings
 from resultstore.stores._s3common import (
+    HEAD_METADATA,
     PROBE_FOLDER,
     BaseS3Store,
     Verdict,
     check_endpoint,
     endpoint_from_environment,
     etag_md5,
+    head_metadata,
     judge,
+    kept_head,
     s3_location,
 )
 from resultstore.stores.base import (
     BytesReader,
+    Head,
     Listed,
     LoopLocal,
     Payload,
@@ -379,6 +385,8 @@ class S3Store(BaseS3Store):
         multipart = payload.size > self.part_size
         if condition:
             await self._require(key, if_absent=if_absent, multipart=multipart)
+        metadata = head_metadata(payload)  # the header's copy, in the same request
+        extra: dict[str, Any] = {} if metadata is None else {"Metadata": metadata}
         if not multipart:
             try:
                 done = await self._call(
@@ -389,11 +397,14 @@ class S3Store(BaseS3Store):
                     Key=name,
                     Body=payload.join(),
                     **condition,
+                    **extra,
                 )
             except _Refused as refusal:
                 raise self._condition_failed(key, refusal.code, if_version) from None
             return _etag(done)
-        return await self._write_multipart(key, name, payload, condition, refused, if_version)
+        return await self._write_multipart(
+            key, name, payload, condition, refused, if_version, extra
+        )
 
     async def _write_multipart(
         self,
@@ -403,8 +414,10 @@ class S3Store(BaseS3Store):
         condition: dict[str, str],
         refused: frozenset[str] | set[str],
         if_version: str | None,
+        extra: dict[str, Any],
     ) -> str | None:
-        upload = await self._call("create_multipart_upload", "write", key, Key=name)
+        # The object's metadata is set when the upload is created, and lands with it.
+        upload = await self._call("create_multipart_upload", "write", key, Key=name, **extra)
         upload_id = upload["UploadId"]
         etags: dict[int, str] = {}
         limiter = anyio.CapacityLimiter(self.max_concurrency)
@@ -494,20 +507,33 @@ class S3Store(BaseS3Store):
         reader.size = stat.size
         return reader
 
-    async def stat(self, key: str) -> Stat:
+    async def _head(self, key: str, action: str) -> Any:
+        """One HEAD of ``key``'s object; ``self.not_found(key)`` if there is none."""
         try:
-            head = await self._call(
+            return await self._call(
                 "head_object",
-                "check",
+                action,
                 key,
                 refused={"404", "NoSuchKey", "NotFound"},
                 Key=self._object(key),
             )
         except _Refused:
             # A HEAD has no error body: its 404 means no such key, no such bucket, or no S3.
-            await self._check_bucket("check", key)
+            await self._check_bucket(action, key)
             raise self.not_found(key) from None
+
+    async def stat(self, key: str) -> Stat:
+        head = await self._head(key, "check")
         return Stat(int(head.get("ContentLength") or 0), head.get("ETag"))
+
+    async def read_head(self, key: str) -> Head | None:
+        """The header copy in the object's user metadata, with its size and ETag: one HEAD."""
+        head = await self._head(key, "read")
+        metadata = head.get("Metadata")
+        data = kept_head(metadata.get(HEAD_METADATA) if isinstance(metadata, dict) else None)
+        if data is None:
+            return None
+        return Head(data, int(head.get("ContentLength") or 0), head.get("ETag"))
 
     async def exists(self, key: str) -> bool:
         try:

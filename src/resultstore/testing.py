@@ -69,6 +69,12 @@ Checks that depend on what a store can do read its flags:
   backend fetches only the range). False: the same read must still return
   exactly those bytes (its cost is not checked); range *results* are required
   from every store.
+- ``supports_read_head`` true: after a write whose payload carries ``head`` (a
+  record's header), ``read_head`` returns exactly those bytes (or None for a
+  header too large to keep) with the value's size and version, also for a large
+  value and for conditional writes; after an overwrite it returns the new
+  header, or None when the new payload has none, never the old one; for a
+  missing key it raises ``ResultNotFoundError``.
 
 Opt-in mixins for what only the plugin can provide
 --------------------------------------------------
@@ -148,6 +154,7 @@ from resultstore.errors import (
     UnsupportedOperationError,
     VersionConflictError,
 )
+from resultstore.records import encode_record
 from resultstore.result_store import ResultStore
 from resultstore.retry import RetryPolicy
 from resultstore.stores.base import Payload, Reader, Store
@@ -826,6 +833,73 @@ class StoreConformance:
             f"whole {whole * 1000:.2f} ms: supports_ranged_read is true, so the backend "
             "must fetch only the range"
         )
+
+    # -- header copies (supports_read_head) --------------------------------------------
+
+    def test_read_head_returns_the_header_written_with_the_value(self, store: Store) -> None:
+        if not store.supports_read_head:
+            return  # the core never asks: nothing to check
+        key = "head/k"
+
+        def record(tag: bytes, size: int = 100, pad: int = 0) -> Payload:
+            """A record's buffers, its header as ``head`` (``pad`` lengthens the header)."""
+            body = _pattern(tag, size)
+            buffers = encode_record([body] + [b""] * pad, serializer="kit-" + tag.decode())
+            head = buffers[0]
+            assert isinstance(head, bytes)
+            return Payload(buffers, head=head)
+
+        def check(what: str, payload: Payload, version: str | None, *, may_drop: bool) -> None:
+            kept = _call(f"read_head({key!r}) after {what}", store.read_head(key))
+            stat = _call(f"stat({key!r})", store.stat(key))
+            if kept is None:
+                assert may_drop, (
+                    f"read_head({key!r}) after {what} returned None: supports_read_head is "
+                    f"true, so a {len(payload.head or b'')}-byte header must be kept"
+                )
+                return
+            assert kept.data == payload.head, (
+                f"read_head({key!r}) after {what} returned {len(kept.data)} bytes that are not "
+                "the header just written (a stale copy, or another write's): the copy must be "
+                "written with the value, in the same request"
+            )
+            assert kept.size == payload.size == stat.size, (
+                f"read_head({key!r}) after {what} says size={kept.size}; the value has "
+                f"{payload.size} bytes"
+            )
+            assert kept.version == stat.version and version in (None, stat.version), (
+                f"read_head({key!r}) after {what} says version={kept.version!r}; write "
+                f"returned {version!r} and stat says {stat.version!r}"
+            )
+
+        first = record(b"a")
+        check("a write", first, _call("write", store.write(key, first)), may_drop=False)
+        second = record(b"bb", 300)
+        check("an overwrite", second, _call("write", store.write(key, second)), may_drop=False)
+        bare = Payload([b"no header here"])
+        run(store.write(key, bare))
+        kept = _call(f"read_head({key!r})", store.read_head(key))
+        assert kept is None, (
+            f"read_head({key!r}) after a write without a header returned a copy "
+            f"({len(kept.data) if kept else 0} bytes, the previous write's): every write "
+            "must replace or drop the copy"
+        )
+        large = record(b"large", self.large_size)
+        check("a large write", large, _call("write", store.write(key, large)), may_drop=False)
+        long_header = record(b"long", 5000, pad=4000)  # a header of about 8 KB
+        written = _call("write", store.write(key, long_header))
+        check("a write with a long header", long_header, written, may_drop=True)
+        if store.supports_conditional_write:
+            run(store.delete(key))
+            created = record(b"created")
+            version = _call("write", store.write(key, created, if_absent=True))
+            check("a create-only write", created, version, may_drop=False)
+            swapped = record(b"swapped")
+            version = _call("write", store.write(key, swapped, if_version=version or "-"))
+            check("a compare-and-swap write", swapped, version, may_drop=False)
+        missing = "head/missing"
+        error = _expect(ResultNotFoundError, f"read_head({missing!r})", store.read_head(missing))
+        _names(error, missing, store.url, f"read_head({missing!r})")
 
     # -- conditional writes -----------------------------------------------------------
 

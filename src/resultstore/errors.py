@@ -91,9 +91,13 @@ class ResultStoreError(Exception):
 
     def _with_suffix(self, suffix: str) -> ResultStoreError:
         """A copy of this error whose message ends with ``suffix``."""
+        return self._retold(self.message + suffix, self.key)
+
+    def _retold(self, message: str, key: str | None) -> ResultStoreError:
+        """A copy of this error (same class, reason and cause) saying ``message`` of ``key``."""
         clone = type(self).__new__(type(self))
-        ResultStoreError.__init__(clone, self.message + suffix, key=self.key, url=self.url)
         clone.__dict__.update({k: v for k, v in self.__dict__.items() if k != "message"})
+        ResultStoreError.__init__(clone, message, key=key, url=self.url)
         clone.__cause__ = self.__cause__
         return clone
 

@@ -59,7 +59,12 @@ from typing import TYPE_CHECKING
 
 import xxhash
 
-from resultstore.errors import IntegrityError, InvalidKeyError, ResultNotFoundError
+from resultstore.errors import (
+    IntegrityError,
+    InvalidKeyError,
+    ResultNotFoundError,
+    ResultStoreError,
+)
 from resultstore.keys import MAX_KEY_BYTES, MAX_SEGMENT_BYTES, RESERVED_PREFIX
 from resultstore.records import ResultMetadata, utc
 from resultstore.stores.base import Listed, Payload
@@ -170,7 +175,14 @@ async def write_entry(
         with guard:
             await store.store.write(name, body)
 
-    await guard.run(store, once)
+    try:
+        await guard.run(store, once)
+    except ResultStoreError as exc:
+        if exc.key != name:
+            raise
+        # The store named its own entry; the caller wrote (and must hear about) ``key``.
+        told = exc.message.replace(repr(name), repr(key)) + " (writing its expiry index entry)"
+        raise exc._retold(told, key) from exc.__cause__
 
 
 async def _read_small(store: ResultStore, name: str, what: str) -> bytes | None:

@@ -244,12 +244,12 @@ def inspect(
     its payload), and "signature" says "verified"; without one a signature is reported
     as "not verified", never just as present.
     """
-    from resultstore.records import NotARecordError
+    from resultstore.prefect import PrefectRecordError
 
     with open_store(ctx) as store:
         try:
             metadata = store.verify(key) if store.signed else store.read_metadata(key)
-        except NotARecordError:  # a Prefect record (as read() finds them), or raised again
+        except PrefectRecordError:  # read in place, nothing to verify: described below
             metadata = store.read_metadata(key)
     shown = metadata_dict(metadata)
     if metadata.serializer.startswith("prefect:"):

@@ -140,3 +140,20 @@ def test_the_readme_s3_producer_and_consumer_run_without_a_warning(
     read = run_strict(receive + consumer + "\nprint(model)", allowed, stdin=made.stdout)
     assert_quiet(read)
     assert read.stdout.strip() == "{'weights': [0.5, 0.25]}"
+
+
+def test_stores_share_botocore_s_parsed_models_not_their_sessions(s3_url: str) -> None:
+    # A new session parses botocore's JSON models again (100-300 ms of CPU per store);
+    # the loader that caches them is shared, each store keeping a session of its own.
+    first, second = ResultStore(s3_url + "/a"), ResultStore(s3_url + "/b")
+    try:
+        first.write(1, key="k")
+        second.write(2, key="k")
+        sessions = [run_sync(store.store._fs()).session for store in (first, second)]  # type: ignore[attr-defined]
+        assert sessions[0] is not sessions[1]
+        loaders = [session.get_component("data_loader") for session in sessions]
+        assert loaders[0] is loaders[1]
+        assert (first.read("k").result, second.read("k").result) == (1, 2)
+    finally:
+        first.close()
+        second.close()

@@ -247,6 +247,41 @@ def test_a_failed_probe_says_what_it_was_doing(
     assert "\n" not in message and "definitely-wrong-secret" not in message
 
 
+class _LosesTheFirstPutsAnswer(FaultProxy):
+    """Forwards the first PUT, then resets the connection halfway through its answer."""
+
+    lost = False
+
+    def _decide(self, method: str) -> str | None:
+        if method == "PUT" and not self.lost:
+            self.lost = True
+            return "reset_mid"
+        return None
+
+
+def test_a_probe_whose_first_answer_was_lost_still_finds_the_conditions_honoured(
+    s3_server: SeaweedFS, s3_bucket: str
+) -> None:
+    # The client's own retry re-sends the probe's create, which landed: the server answers
+    # 412 for a new, randomly named object. That is the condition being honoured, not a
+    # server that refuses it (the verdict is kept for the whole process).
+    with _LosesTheFirstPutsAnswer("127.0.0.1", s3_server.s3_port, kinds=("reset_mid",)) as proxy:
+        options = through(proxy, s3_server, "s3fs")
+        options["config_kwargs"] = {
+            **options["config_kwargs"],
+            "retries": {"max_attempts": 2, "mode": "standard"},
+        }
+        store = ResultStore(
+            f"s3://{s3_bucket}/lost-{uuid.uuid4().hex[:8]}", storage_options=options
+        )
+        store.write(1, key="k", if_absent=True)
+        assert proxy.lost  # the probe's create lost its answer
+        with pytest.raises(ResultExistsError):
+            store.write(2, key="k", if_absent=True)
+        assert store.read("k").result == 1
+        store.close()
+
+
 @pytest.fixture
 def stripping_proxy(s3_server: SeaweedFS) -> Iterator[FaultProxy]:
     """An S3 server that accepts If-None-Match / If-Match and ignores them."""

@@ -168,15 +168,13 @@ def _scan() -> list[PluginEntry]:
                 continue
             key = _normalized(_folder_name(child))
             if key in seen:
-                continue  # the first copy on sys.path wins
-            path = os.path.join(folder, child)
-            if not os.path.isdir(path):
-                continue
+                continue  # the first copy on sys.path wins (an egg-info file too)
             seen.add(key)
+            path = os.path.join(folder, child)
             try:
                 with open(os.path.join(path, "entry_points.txt"), encoding="utf-8") as handle:
                     text = handle.read()
-            except OSError:
+            except (OSError, UnicodeDecodeError):  # none, a file, or not text: no entries
                 continue
             entries.extend(_parse(text, _Distribution(path)))
     return entries

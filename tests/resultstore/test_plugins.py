@@ -69,13 +69,16 @@ def test_the_scan_follows_importlib_metadata_rules_for_awkward_files(
     # The same distribution again, later on sys.path: the first copy wins.
     _dist(second, "Acme.Stores-2.0.dist-info", "acme-stores", "[resultstore.stores]\nold = x:Y\n")
     _dist(second, "other-3.0.egg-info", "other", "[other.group]\nthing = other:thing\n")
+    # An egg-info *file* is a distribution too: it hides a later copy of "shadow".
+    (first / "shadow-1.0.egg-info").write_text("Metadata-Version: 1.1\nName: shadow\n")
+    _dist(second, "shadow-2.0.dist-info", "shadow", "[resultstore.stores]\nshade = s:S\n")
     monkeypatch.setattr(sys, "path", [str(first), str(second), *sys.path])
 
     assert _as_we_see_it() == _as_importlib_sees_it()
     found = plugins.discover("resultstore.stores")
     assert [ep.value for ep in found["acme2"]] == ["acme_stores.sub:Outer.Inner [extra1, extra2]"]
     assert plugins.dist_name(found["acme"][0]) == "acme-stores"  # as its metadata spells it
-    assert "old" not in found
+    assert "old" not in found and "shade" not in found
 
 
 def test_load_imports_the_named_attribute(

@@ -561,6 +561,43 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int, meta_mb: in
         mb = len(value) / 1e6
         ours_concurrent = t["ours_small"][0] + t["ours_small"][1]
         raw_concurrent = t["raw_small"][0] + t["raw_small"][1]
+
+        def metadata_rows(title: str, client: str, ms: list[float]) -> list[Row]:
+            """read_metadata of the large record vs of the 1 KB one (the target), then what
+            it sends and what the server alone does. ``ms``: ours large, ours small, raw
+            ranged GET large, small, raw HEAD large, small."""
+            return [
+                # A metadata read fetches the header only: a large record costs what a
+                # small one does.
+                _row(
+                    f"{title} {meta_mb} MB vs 1 KB record", 1e3 / ms[0], 1e3 / ms[1], "ops/s", 0.67
+                ),
+                _row(
+                    f"  vs a raw {HEADER_PROBE // 1024} KiB ranged GET of it ({client})",
+                    1e3 / ms[0],
+                    1e3 / ms[2],
+                    "ops/s",
+                    None,
+                ),
+                # What it sends: one HEAD, whose user metadata holds the header's copy.
+                _row(f"  vs a raw HEAD of it ({client})", 1e3 / ms[0], 1e3 / ms[4], "ops/s", None),
+                # The server alone: the same request to the large object vs to the small one.
+                _row(
+                    f"  raw ranged GETs: {meta_mb} MB vs 1 KB object ({client})",
+                    1e3 / ms[2],
+                    1e3 / ms[3],
+                    "ops/s",
+                    None,
+                ),
+                _row(
+                    f"  raw HEADs: {meta_mb} MB vs 1 KB object ({client})",
+                    1e3 / ms[4],
+                    1e3 / ms[5],
+                    "ops/s",
+                    None,
+                ),
+            ]
+
         return [
             _row(
                 f"S3 {size_mb} MB write",
@@ -592,45 +629,7 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int, meta_mb: in
                 None,
                 1.5,
             ),
-            # A metadata read fetches the header only: a large record costs what a small one
-            # does (speed of read_metadata of the large one vs of the 1 KB one).
-            _row(
-                f"S3 read_metadata {meta_mb} MB vs 1 KB record",
-                1e3 / t["meta"][0],
-                1e3 / t["meta"][1],
-                "ops/s",
-                0.67,
-            ),
-            _row(
-                f"  vs a raw {HEADER_PROBE // 1024} KiB ranged GET of it (s3fs)",
-                1e3 / t["meta"][0],
-                1e3 / t["meta"][2],
-                "ops/s",
-                None,
-            ),
-            # What it sends: one HEAD, whose user metadata holds the header's copy.
-            _row(
-                "  vs a raw HEAD of it (s3fs)",
-                1e3 / t["meta"][0],
-                1e3 / t["meta"][4],
-                "ops/s",
-                None,
-            ),
-            # The server alone: the same ranged GET of the large object vs of the small one.
-            _row(
-                f"  raw ranged GETs: {meta_mb} MB vs 1 KB object (s3fs)",
-                1e3 / t["meta"][2],
-                1e3 / t["meta"][3],
-                "ops/s",
-                None,
-            ),
-            _row(
-                f"  raw HEADs: {meta_mb} MB vs 1 KB object (s3fs)",
-                1e3 / t["meta"][4],
-                1e3 / t["meta"][5],
-                "ops/s",
-                None,
-            ),
+            *metadata_rows("S3 read_metadata", "s3fs", t["meta"]),
             # The obstore client of s3://, against the same raw s3fs baseline and targets,
             # then against raw calls of obstore itself.
             _row(
@@ -675,41 +674,7 @@ def bench_s3(url: str | None, size_mb: int, small: int, repeat: int, meta_mb: in
                 "ops/s",
                 0.9,
             ),
-            _row(
-                f"S3 obstore read_metadata {meta_mb} MB vs 1 KB record",
-                1e3 / t["ob_meta"][0],
-                1e3 / t["ob_meta"][1],
-                "ops/s",
-                0.67,
-            ),
-            _row(
-                f"  vs a raw {HEADER_PROBE // 1024} KiB ranged GET of it (obstore)",
-                1e3 / t["ob_meta"][0],
-                1e3 / t["ob_meta"][2],
-                "ops/s",
-                None,
-            ),
-            _row(
-                "  vs a raw HEAD of it (obstore)",
-                1e3 / t["ob_meta"][0],
-                1e3 / t["ob_meta"][4],
-                "ops/s",
-                None,
-            ),
-            _row(
-                f"  raw ranged GETs: {meta_mb} MB vs 1 KB object (obstore)",
-                1e3 / t["ob_meta"][2],
-                1e3 / t["ob_meta"][3],
-                "ops/s",
-                None,
-            ),
-            _row(
-                f"  raw HEADs: {meta_mb} MB vs 1 KB object (obstore)",
-                1e3 / t["ob_meta"][4],
-                1e3 / t["ob_meta"][5],
-                "ops/s",
-                None,
-            ),
+            *metadata_rows("S3 obstore read_metadata", "obstore", t["ob_meta"]),
             _row(
                 f"  vs the s3fs client: {small} small",
                 ours_concurrent / sum(t["ob_ours_small"]),

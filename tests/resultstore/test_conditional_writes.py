@@ -19,7 +19,6 @@ from resultstore import (
     VersionConflictError,
 )
 from resultstore.errors import Reason
-from resultstore.stores.base import Reader
 from resultstore.stores.memory import MemoryStore
 
 
@@ -100,27 +99,6 @@ def test_a_store_without_conditional_writes_refuses_them_before_any_io(memory_ur
         store.write(1, key="k", if_absent=True)
     assert caught.value.reason is Reason.UNSUPPORTED and "conditional writes" in str(caught.value)
     assert store.keys() == []
-
-
-class RangeCounting(MemoryStore):
-    """Records the ranges the core opens."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.opened: list[tuple[int, int | None]] = []
-
-    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
-        self.opened.append((start, end))
-        return await super().open(key, start=start, end=end)
-
-
-def test_metadata_reads_open_only_the_header(memory_url: str) -> None:
-    backend = RangeCounting(memory_url)
-    store = ResultStore(backend)
-    store.write(os.urandom(8 << 20), key="big")
-    metadata = store.read_metadata("big")
-    assert metadata.size > 8 << 20
-    assert backend.opened == [(0, 8 * 1024)]  # records.HEADER_PROBE
 
 
 V1_PLUGIN = """

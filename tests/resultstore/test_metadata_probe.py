@@ -3,6 +3,8 @@ header larger than that (a record of thousands of segments) is opened again to i
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from resultstore import ResultStore
@@ -46,3 +48,12 @@ def test_a_header_larger_than_the_probe_is_read_to_its_end(memory_url: str) -> N
     assert second[0] == 0 and second[1] is not None and second[1] > HEADER_PROBE
     assert metadata == store.read("many").metadata
     assert all((a == b).all() for a, b in zip(store.read("many").result, value, strict=True))
+
+
+def test_metadata_reads_open_only_the_header(memory_url: str) -> None:
+    backend = RangeCounting(memory_url)
+    store = ResultStore(backend)
+    store.write(os.urandom(8 << 20), key="big")
+    metadata = store.read_metadata("big")
+    assert metadata.size > 8 << 20
+    assert backend.opened == [(0, 8 * 1024)]  # records.HEADER_PROBE

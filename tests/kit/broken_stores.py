@@ -197,6 +197,16 @@ class IgnoresRanges(DictStore):
         return BytesReader(data, version=version)
 
 
+class FetchesWholeThenSlices(DictStore):
+    """Claims ranged reads, fetches the whole value for every range and slices it (the
+    answers are right; the cost of a header read is that of the value)."""
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        data, version = self._get(key)
+        fetched = bytes(bytearray(data))  # what a whole GET over the network allocates
+        return BytesReader(fetched, start=start, end=end, version=version)
+
+
 class MiscountsSizes(DictStore):
     """Records the size of a payload's first buffer as the value's size (``stat`` is wrong)."""
 

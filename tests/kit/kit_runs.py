@@ -129,6 +129,10 @@ class TestIgnoresRanges(DictCase):
     store_class = broken.IgnoresRanges
 
 
+class TestFetchesWholeThenSlices(DictCase):
+    store_class = broken.FetchesWholeThenSlices
+
+
 class TestMiscountsSizes(DictCase):
     store_class = broken.MiscountsSizes
 

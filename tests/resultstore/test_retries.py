@@ -235,13 +235,13 @@ def test_reading_a_missing_key_retries_then_names_key_url_and_attempts(memory_ur
     assert (caught.value.key, caught.value.url) == ("results/missing", memory_url)
 
 
-def test_retry_false_fails_fast_even_with_a_patient_policy(file_url: str) -> None:
-    store = ResultStore(file_url)  # the default policy: 10 attempts, 0.25 s apart
+def test_retry_false_fails_fast_even_with_a_patient_policy(memory_url: str) -> None:
+    backend = CountingStore(memory_url)
+    store = ResultStore(backend)  # the default policy: 10 attempts, 0.25 s apart
     assert (store.retry.attempts, store.retry.delay) == (10, 0.25)
-    started = time.monotonic()
     with pytest.raises(ResultNotFoundError) as caught:
         store.read("missing", retry=False)
-    assert time.monotonic() - started < 0.1
+    assert backend.opens == 1  # one try, no waiting
     assert str(caught.value) == f"no result under key 'missing' in {store.storage_url}"
 
 
@@ -251,11 +251,9 @@ def test_damaged_records_are_read_once(memory_url: str) -> None:
     store.write("value", key="k")
     data, version = backend._records["k"]
     backend._records["k"] = (data[:-1], version)  # lose the last byte
-    started = time.monotonic()
     with pytest.raises(IntegrityError, match="'k'"):
         store.read("k")
-    assert backend.opens == 1
-    assert time.monotonic() - started < 0.2
+    assert backend.opens == 1  # damage is final: read once, never retried
 
 
 def test_unreachable_storage_is_retried_until_it_answers(memory_url: str) -> None:
@@ -368,11 +366,9 @@ def test_a_delete_says_whether_there_was_a_record(memory_url: str) -> None:
 def test_a_missing_record_is_not_retried_outside_reads(memory_url: str) -> None:
     backend = CountingStore(memory_url)
     store = ResultStore(backend, retry=RetryPolicy(attempts=5, delay=0.01))
-    started = time.monotonic()
     with pytest.raises(ResultNotFoundError) as caught:
         store.read_metadata("missing")
     assert backend.opens == 1
-    assert time.monotonic() - started < 0.1
     assert "gave up" not in str(caught.value)
 
 
@@ -387,6 +383,7 @@ def test_retry_false_and_no_retry_states_try_once_even_for_unreachable_storage(
     assert "gave up" not in str(caught.value)
 
 
+@pytest.mark.serial  # about wall-clock time: run on quiet cores
 def test_unreachable_storage_gives_up_at_the_timeout_not_the_attempts(memory_url: str) -> None:
     backend = CountingStore(memory_url, failures=1000)
     store = ResultStore(backend, retry=RetryPolicy(attempts=1000, delay=0.1), timeout=0.45)

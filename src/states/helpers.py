@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import sys
 import traceback
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from types import GeneratorType, TracebackType
 from typing import Any, TypeGuard, TypeVar, cast
 
-from states._sync import read_result, run_without_loop, sync_compatible
+from states._sync import in_async_context, read_result, run_without_loop, sync_compatible
 from states.constructors import Completed, Crashed, Failed
 from states.exceptions import (
     CancelledRun,
@@ -145,26 +147,73 @@ class StateGroup:
 # --- reading results ---------------------------------------------------------------
 
 
+ASYNC_FETCH_SETTING = "STATES_ASYNC_FETCH_STATE_RESULT"
+"""Environment variable: ``true`` makes ``state.result()`` in async code return an awaitable.
+
+The reference's ``PREFECT_ASYNC_FETCH_STATE_RESULT`` opt-in; unset or false by default.
+"""
+
+_ASYNC_NOT_AWAITED_WARNING = (
+    "State.result() was called from an async context but not awaited. "
+    "This method will be updated to return a coroutine by default in "
+    "the future. Pass `fetch=True` and `await` the call to get rid of "
+    "this warning."
+)
+
+
+def _async_fetch_opted_in() -> bool:
+    value = os.environ.get(ASYNC_FETCH_SETTING, "").strip().lower()
+    return value in {"1", "true", "yes", "on"}
+
+
 def get_state_result(
     state: State[R],
     raise_on_failure: bool = True,
     fetch: bool | None = None,
     retry_result_failure: bool = True,
 ) -> R:
-    """Return the result of ``state`` from sync code; see :func:`aget_state_result`.
+    """Return the result of ``state``; see :meth:`State.result`.
 
-    ``fetch=False`` returns ``state.data`` as it is, without reading storage or
-    checking the state; ``None`` (the default) and ``True`` fetch.
+    As in the reference, with the calling convention of the caller's thread:
+
+    - from sync code (no event loop running in this thread), ``fetch`` ``None``
+      or ``True`` returns the result, reading a ResultReference with its ``get``;
+    - in async code, ``fetch=True`` returns an awaitable of the result
+      (``await get_state_result(state, fetch=True)``), and ``fetch=None`` returns
+      ``state.data`` unfetched with a ``DeprecationWarning``, unless the
+      environment variable ``STATES_ASYNC_FETCH_STATE_RESULT`` is true, when it
+      behaves as ``fetch=True``;
+    - ``fetch=False`` returns ``state.data`` as it is, without reading storage or
+      checking the state.
+
+    :func:`aget_state_result` (``await state.aresult()``) always fetches.
     """
-    if fetch is False:
+    return _get_state_result(state, raise_on_failure, fetch, retry_result_failure, stacklevel=3)
+
+
+def _get_state_result(
+    state: State[R],
+    raise_on_failure: bool,
+    fetch: bool | None,
+    retry_result_failure: bool,
+    *,
+    stacklevel: int,
+) -> R:
+    in_async = in_async_context()
+    if fetch is None and (not in_async or _async_fetch_opted_in()):
+        fetch = True
+    if not fetch:
+        if fetch is None:  # only in async code: the sync default fetches
+            warnings.warn(_ASYNC_NOT_AWAITED_WARNING, DeprecationWarning, stacklevel=stacklevel)
         return cast(R, state.data)
-    return run_without_loop(  # reads the reference with its sync ``get``
-        aget_state_result(
-            state,
-            raise_on_failure=raise_on_failure,
-            retry_result_failure=retry_result_failure,
-        )
+    coro = aget_state_result(
+        state,
+        raise_on_failure=raise_on_failure,
+        retry_result_failure=retry_result_failure,
     )
+    if in_async:
+        return cast(R, coro)  # to be awaited
+    return run_without_loop(coro)  # reads the reference with its sync ``get``
 
 
 async def aget_state_result(

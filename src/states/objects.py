@@ -203,17 +203,15 @@ class State(BaseModel, Generic[R]):
         """Return the run's result, fetching it from storage if needed.
 
         Raises the run's exception for failed, crashed and cancelled states unless
-        ``raise_on_failure`` is false. ``fetch=False`` returns ``data`` untouched.
+        ``raise_on_failure`` is false. From sync code the result is returned; in
+        async code ``await state.result(fetch=True)`` (or ``await state.aresult()``),
+        since there ``fetch=None`` returns ``data`` unfetched with a
+        ``DeprecationWarning``. ``fetch=False`` returns ``data`` untouched.
         See :func:`states.get_state_result`.
         """
-        from states.helpers import get_state_result
+        from states.helpers import _get_state_result
 
-        return get_state_result(
-            self,
-            raise_on_failure=raise_on_failure,
-            fetch=fetch,
-            retry_result_failure=retry_result_failure,
-        )
+        return _get_state_result(self, raise_on_failure, fetch, retry_result_failure, stacklevel=3)
 
     async def aresult(self, raise_on_failure: bool = True, retry_result_failure: bool = True) -> R:
         """Async twin of :meth:`result`; always fetches. See :func:`states.aget_state_result`."""

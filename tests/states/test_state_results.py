@@ -167,10 +167,68 @@ async def test_aget_state_result_follows_the_same_rules() -> None:
     assert isinstance(returned, CancelledRun)
 
 
+# --- State.result / get_state_result in async code (the reference's fetch rules) -------
+
+NOT_AWAITED_WARNING = r"^State\.result\(\) was called from an async context but not awaited\."
+
+
 @pytest.mark.anyio
-async def test_sync_result_works_inside_a_running_event_loop(result_store) -> None:
+async def test_in_async_code_fetch_true_returns_an_awaitable(result_store) -> None:
     ref = result_store.create_result("value")
-    assert Completed(data=ref).result() == "value"
+    state = Completed(data=ref)
+
+    assert await state.result(fetch=True) == "value"
+    assert await get_state_result(state, fetch=True, retry_result_failure=False) == "value"
+    assert ref.retries == [True, False]  # read with the reference's ``aget``
+    with pytest.raises(ValueError, match="boom"):
+        await Failed(data=ValueError("boom")).result(fetch=True)
+    with pytest.raises(UnfinishedRun):
+        await Running().result(fetch=True)
+    assert isinstance(await Failed().result(raise_on_failure=False, fetch=True), FailedRun)
+
+
+@pytest.mark.anyio
+async def test_in_async_code_the_default_returns_data_unfetched_with_a_warning(
+    result_store,
+) -> None:
+    ref = result_store.create_result("value")
+    state = Completed(data=ref)
+
+    with pytest.warns(DeprecationWarning, match=NOT_AWAITED_WARNING) as caught:
+        assert state.result() is ref
+    assert caught[0].filename == __file__  # the warning points at the caller
+    with pytest.warns(DeprecationWarning, match=NOT_AWAITED_WARNING):
+        assert get_state_result(Failed(data="not raised")) == "not raised"
+    assert ref.retries == []
+
+
+@pytest.mark.anyio
+async def test_in_async_code_fetch_false_returns_data_without_a_warning(result_store) -> None:
+    import warnings
+
+    ref = result_store.create_result("value")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Completed(data=ref).result(fetch=False) is ref
+
+
+@pytest.mark.anyio
+async def test_the_async_fetch_opt_in_makes_the_default_awaitable(
+    result_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATES_ASYNC_FETCH_STATE_RESULT", "true")
+    ref = result_store.create_result("value")
+    assert await Completed(data=ref).result() == "value"
+    assert await get_state_result(Completed(data=ref)) == "value"
+
+
+@pytest.mark.anyio
+async def test_a_worker_thread_of_async_code_fetches_synchronously(result_store) -> None:
+    import anyio.to_thread
+
+    ref = result_store.create_result("value")
+    assert await anyio.to_thread.run_sync(Completed(data=ref).result) == "value"
+    assert ref.retries == [True]
 
 
 # --- get_state_exception ------------------------------------------------------------

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 import logging
 import os
 import sys
@@ -65,12 +66,14 @@ _WRITE_WARNING = (
 def format_exception(exc: BaseException, tb: TracebackType | None = None) -> str:
     """Render ``exc`` as ``"ValueError: boom"``, or as a full traceback when ``tb`` is given.
 
-    Exceptions of this package are shown by class name only (``FailedRun: ...``
-    rather than ``states.exceptions.FailedRun: ...``), keeping state messages short.
+    As in the reference, the one-line form is the class name (never its module),
+    ``": "`` and ``str(exc)``: ``"RuntimeError: "`` for an exception without a
+    message. Exceptions of this package are shown by class name in tracebacks
+    too (``FailedRun: ...`` rather than ``states.exceptions.FailedRun: ...``).
     """
     exc_type = type(exc)
     if tb is None:
-        formatted = "".join(traceback.format_exception_only(exc_type, exc)).rstrip("\n")
+        formatted = f"{exc_type.__name__}: {exc}"
     else:
         formatted = "".join(traceback.format_exception(exc_type, exc, tb))
     if exc_type.__module__.startswith("states."):
@@ -129,7 +132,7 @@ class StateGroup:
         return self.final_count == self.total_count
 
     def counts_message(self) -> str:
-        """E.g. ``"total=3 not_final=1 'COMPLETED'=2 'RUNNING'=1"``."""
+        """E.g. ``"total=3, not_final=1, 'COMPLETED'=2, 'RUNNING'=1"``."""
         parts = [f"total={self.total_count}"]
         if self.not_final_count:
             parts.append(f"not_final={self.not_final_count}")
@@ -138,7 +141,7 @@ class StateGroup:
             for state_type, count in self.type_counts.items()
             if count
         )
-        return " ".join(parts)
+        return ", ".join(parts)
 
     def __repr__(self) -> str:
         return f"StateGroup<{self.counts_message()}>"
@@ -315,6 +318,13 @@ async def raise_state_exception(state: State[Any]) -> None:
 # --- building states ---------------------------------------------------------------
 
 
+async def _maybe_await(value: Any) -> Any:
+    """``value``, awaited first if it is awaitable."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
 async def _create_result(
     result_store: ResultFactory,
     obj: Any,
@@ -326,13 +336,23 @@ async def _create_result(
 ) -> ResultReference:
     """Wrap ``obj`` into a reference and, if asked, write it.
 
-    A failed write is logged as a warning and otherwise ignored: losing the
-    stored copy of a result must not fail the run that produced it.
+    ``create_result`` may return the reference or an awaitable of it (the
+    reference's result stores are async); the reference is written with
+    ``awrite``, or with ``write`` (awaited if it returns an awaitable) when it
+    has no ``awrite``. A failed write is logged as a warning and otherwise
+    ignored: losing the stored copy of a result must not fail the run that
+    produced it.
     """
-    result = result_store.create_result(obj, key=key, expiration=expiration)
+    result: ResultReference = await _maybe_await(
+        result_store.create_result(obj, key=key, expiration=expiration)
+    )
     if write_result:
         try:
-            await result.awrite()
+            awrite = getattr(result, "awrite", None)
+            if awrite is not None:
+                await awrite()
+            else:
+                await _maybe_await(cast(Any, result).write())
         except Exception as exc:
             logger.warning(warning, exc)
     return result
@@ -371,7 +391,9 @@ async def exception_to_crashed_state(
     else:
         message = f"Execution was interrupted by an unexpected exception: {format_exception(exc)}"
 
-    data: Any = result_store.create_result(exc) if result_store is not None else exc
+    data: Any = exc
+    if result_store is not None:
+        data = await _maybe_await(result_store.create_result(exc))
     return Crashed(message=message, data=data)
 
 

@@ -67,7 +67,16 @@ def _raised(exc: BaseException) -> BaseException:
 def test_format_exception_without_traceback_is_one_line() -> None:
     assert format_exception(ValueError("boom")) == "ValueError: boom"
     assert format_exception(KeyError("k")) == "KeyError: 'k'"
-    assert format_exception(RuntimeError()) == "RuntimeError"
+    assert format_exception(RuntimeError()) == "RuntimeError: "  # the reference's form
+
+
+class QuotaExceeded(Exception):
+    """An exception class of the caller's own, defined outside the standard library."""
+
+
+def test_format_exception_names_the_class_without_its_module() -> None:
+    assert QuotaExceeded.__module__ != "builtins"
+    assert format_exception(QuotaExceeded("over by 3")) == "QuotaExceeded: over by 3"
 
 
 def test_format_exception_ignores_chained_exceptions_without_traceback() -> None:
@@ -154,9 +163,9 @@ def test_state_group_accepts_any_iterable() -> None:
 
 def test_counts_message_and_repr() -> None:
     group = StateGroup([Running(), Completed(), Completed()])
-    assert group.counts_message() == "total=3 not_final=1 'RUNNING'=1 'COMPLETED'=2"
-    assert repr(group) == "StateGroup<total=3 not_final=1 'RUNNING'=1 'COMPLETED'=2>"
-    assert StateGroup([Failed()]).counts_message() == "total=1 'FAILED'=1"
+    assert group.counts_message() == "total=3, not_final=1, 'RUNNING'=1, 'COMPLETED'=2"
+    assert repr(group) == "StateGroup<total=3, not_final=1, 'RUNNING'=1, 'COMPLETED'=2>"
+    assert StateGroup([Failed()]).counts_message() == "total=1, 'FAILED'=1"
 
 
 # --- exception_to_crashed_state ------------------------------------------------------
@@ -228,10 +237,10 @@ async def test_crashed_state_reports_failed_requests_when_httpx_is_in_use(
     without_request = await exception_to_crashed_state(httpx.ConnectError("refused"))
 
     assert with_request.message == (
-        "Request to https://api.example.com/runs failed: httpx.TimeoutException: timed out."
+        "Request to https://api.example.com/runs failed: TimeoutException: timed out."
     )
     assert without_request.message == (
-        "Request failed while attempting to contact the server: httpx.ConnectError: refused"
+        "Request failed while attempting to contact the server: ConnectError: refused"
     )
 
 
@@ -271,6 +280,16 @@ async def test_failed_state_from_an_exception() -> None:
 async def test_failed_state_message_is_prefixed(message: str | None, expected: str) -> None:
     state = await exception_to_failed_state(ValueError("boom"), message=message)
     assert state.message == expected
+
+
+@pytest.mark.anyio
+async def test_failed_state_message_names_the_exception_class_only() -> None:
+    state = await exception_to_failed_state(QuotaExceeded("over by 3"), message="Task failed.")
+    assert state.message == "Task failed. QuotaExceeded: over by 3"
+    crashed = await exception_to_crashed_state(QuotaExceeded("over by 3"))
+    assert crashed.message == (
+        "Execution was interrupted by an unexpected exception: QuotaExceeded: over by 3"
+    )
 
 
 @pytest.mark.anyio
@@ -491,3 +510,36 @@ async def test_an_aggregated_failure_raises_the_first_failure(result_store) -> N
     state = await return_value_to_state(states, result_store)
     with pytest.raises(ValueError, match=r"^first$"):
         await state.aresult()
+
+
+# --- result stores whose create_result is a coroutine (as the reference's are) -------
+
+
+class AsyncFactory:
+    """A result store in the reference's style: ``await store.create_result(obj)``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def create_result(
+        self, obj: Any, key: str | None = None, expiration: datetime.datetime | None = None
+    ) -> Any:
+        return self.inner.create_result(obj, key=key, expiration=expiration)
+
+
+@pytest.mark.anyio
+async def test_an_async_create_result_is_awaited(result_store) -> None:
+    store: Any = AsyncFactory(result_store)
+
+    completed = await return_value_to_state(3, store, key="three", write_result=True)
+    manual = await return_value_to_state(Failed(data="why"), store)
+    aggregate = await return_value_to_state([Completed()], store)
+    failed = await exception_to_failed_state(ValueError("boom"), result_store=store)
+    crashed = await exception_to_crashed_state(KeyboardInterrupt(), result_store=store)
+
+    assert result_store.storage == {"three": 3}
+    assert await completed.aresult() == 3
+    assert manual.data.value == "why"
+    assert aggregate.is_completed() and aggregate.data.value[0].is_completed()
+    assert isinstance(failed.data.value, ValueError)
+    assert isinstance(crashed.data.value, KeyboardInterrupt)

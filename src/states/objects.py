@@ -10,6 +10,7 @@ storage. How ``data`` travels through JSON is defined in one place, the
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from enum import Enum
 from typing import Annotated, Any, Generic, TypeVar
 from uuid import UUID
@@ -34,7 +35,10 @@ R = TypeVar("R")
 
 
 class StateType(str, Enum):
-    """The kinds of state a run can be in; the value equals the name."""
+    """The kinds of state a run can be in; the value equals the name.
+
+    ``repr(StateType.COMPLETED)`` is ``"StateType.COMPLETED"``.
+    """
 
     SCHEDULED = "SCHEDULED"
     PENDING = "PENDING"
@@ -45,6 +49,9 @@ class StateType(str, Enum):
     CRASHED = "CRASHED"
     PAUSED = "PAUSED"
     CANCELLING = "CANCELLING"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}.{self.value}"
 
 
 TERMINAL_STATES: frozenset[StateType] = frozenset(
@@ -223,15 +230,26 @@ class State(BaseModel, Generic[R]):
             retry_result_failure=retry_result_failure,
         )
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """Return a copy stamped now (unless ``update`` sets ``timestamp``), as in the reference.
+
+        A copy is the same state entered again, so it gets a fresh timestamp; the
+        rest is pydantic's ``model_copy`` (shallow unless ``deep``). To keep the
+        timestamp use :meth:`copy`.
+        """
+        changes = dict(update or {})
+        changes.setdefault("timestamp", _utcnow())
+        return super().model_copy(update=changes, deep=deep)
+
     def copy(self, update: dict[str, Any] | None = None) -> Self:  # type: ignore[override]
-        """Return a copy with ``update`` applied (unvalidated, as ``model_copy``).
+        """Return a copy with ``update`` applied (unvalidated), keeping the timestamp.
 
         The copy gets its own ``state_details`` so changing one state's details
         never changes the other's; ``data`` is shared, not copied.
         """
         changes = dict(update or {})
         changes.setdefault("state_details", self.state_details.model_copy())
-        return self.model_copy(update=changes)
+        return super().model_copy(update=changes)
 
     def fresh_copy(self, **kwargs: Any) -> Self:
         """A copy stamped now, with its own ``state_details``: the same state, entered anew.
@@ -242,6 +260,18 @@ class State(BaseModel, Generic[R]):
         update = {"timestamp": _utcnow(), "state_details": self.state_details.model_copy()}
         update.update(kwargs.pop("update", None) or {})
         return self.model_copy(update=update, **kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the dumps are equal, as in the reference's models.
+
+        Compares field values only, so a State equals a subclass's or a
+        parametrised ``State[int]``'s with the same values, and equals the dict
+        of its ``model_dump()``.
+        """
+        mine = self.model_dump()
+        if isinstance(other, BaseModel):
+            return mine == other.model_dump()
+        return bool(mine == other)
 
     def __hash__(self) -> int:
         """States of the same runs, timestamp and type hash alike (sets, dict keys)."""
@@ -257,6 +287,6 @@ class State(BaseModel, Generic[R]):
         shown = []
         if self.message:
             shown.append(repr(self.message))
-        if self.name != _default_name(self.type):
+        if (self.name or "").lower() != self.type.value.lower():
             shown.append(f"type={self.type.value}")
         return f"{self.name}({', '.join(shown)})"

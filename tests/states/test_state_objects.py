@@ -45,6 +45,11 @@ def test_state_type_values_are_their_names() -> None:
     assert StateType.COMPLETED == "COMPLETED"  # a str enum
 
 
+def test_state_type_repr_is_its_qualified_name() -> None:
+    assert repr(StateType.COMPLETED) == "StateType.COMPLETED"
+    assert repr([StateType.FAILED]) == "[StateType.FAILED]"
+
+
 def test_terminal_states() -> None:
     assert set(TERMINAL_STATES) == {
         StateType.COMPLETED,
@@ -167,6 +172,12 @@ def test_str_shows_the_message_and_the_type_only_for_renamed_states() -> None:
     assert str(Retrying()) == "Retrying(type=RUNNING)"
 
 
+def test_str_compares_the_name_with_the_type_ignoring_case() -> None:
+    assert str(Completed(name="COMPLETED", message="hi")) == "COMPLETED('hi')"
+    assert str(Completed(name="completed")) == "completed()"
+    assert str(Failed(name="Test")) == "Test(type=FAILED)"
+
+
 # --- copy ----------------------------------------------------------------------------
 
 
@@ -187,6 +198,43 @@ def test_copy_has_its_own_state_details() -> None:
     copied.state_details.cache_key = "changed"
     assert state.state_details.cache_key is None
     assert copied == state.copy(update={"state_details": copied.state_details})
+
+
+def test_model_copy_is_stamped_now_unless_given_a_timestamp() -> None:
+    old = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    state = Completed(timestamp=old, message="done", data=[1])
+
+    copied = state.model_copy()
+    assert copied.timestamp > old
+    assert (copied.type, copied.message, copied.data) == (StateType.COMPLETED, "done", [1])
+    assert state.timestamp == old
+    assert state.model_copy(update={"timestamp": old}).timestamp == old
+    assert state.copy().timestamp == old  # ``copy`` keeps it
+
+
+# --- equality ------------------------------------------------------------------------
+
+
+def test_states_with_the_same_values_are_equal() -> None:
+    when = _utcnow()
+    state = Completed(timestamp=when, message="ok", data={"rows": 1})
+
+    assert state == Completed(timestamp=when, message="ok", data={"rows": 1})
+    assert state != Completed(timestamp=when, message="ok", data={"rows": 2})
+    assert state != Completed(message="ok", data={"rows": 1})  # another timestamp
+    assert state != Failed(timestamp=when, message="ok", data={"rows": 1})
+
+
+def test_equality_compares_values_not_classes() -> None:
+    class MyState(State[Any]):
+        pass
+
+    when = _utcnow()
+    state = Completed(timestamp=when, data=1)
+    assert state == Completed(cls=MyState, timestamp=when, data=1)
+    assert state == Completed(cls=State[int], timestamp=when, data=1)
+    assert state == state.model_dump()  # and a state equals its dump
+    assert state != "Completed"
 
 
 # --- JSON ----------------------------------------------------------------------------

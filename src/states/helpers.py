@@ -150,10 +150,11 @@ class StateGroup:
 # --- reading results ---------------------------------------------------------------
 
 
-ASYNC_FETCH_SETTING = "STATES_ASYNC_FETCH_STATE_RESULT"
-"""Environment variable: ``true`` makes ``state.result()`` in async code return an awaitable.
+ASYNC_FETCH_SETTINGS = ("STATES_ASYNC_FETCH_STATE_RESULT", "PREFECT_ASYNC_FETCH_STATE_RESULT")
+"""Environment variables: either true makes ``state.result()`` in async code return an awaitable.
 
-The reference's ``PREFECT_ASYNC_FETCH_STATE_RESULT`` opt-in; unset or false by default.
+The reference's opt-in is the setting ``PREFECT_ASYNC_FETCH_STATE_RESULT`` (false by
+default), honoured under its own name too so a program moving over keeps it.
 """
 
 _ASYNC_NOT_AWAITED_WARNING = (
@@ -165,8 +166,10 @@ _ASYNC_NOT_AWAITED_WARNING = (
 
 
 def _async_fetch_opted_in() -> bool:
-    value = os.environ.get(ASYNC_FETCH_SETTING, "").strip().lower()
-    return value in {"1", "true", "yes", "on"}
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+        for name in ASYNC_FETCH_SETTINGS
+    )
 
 
 def get_state_result(
@@ -184,8 +187,8 @@ def get_state_result(
     - in async code, ``fetch=True`` returns an awaitable of the result
       (``await get_state_result(state, fetch=True)``), and ``fetch=None`` returns
       ``state.data`` unfetched with a ``DeprecationWarning``, unless the
-      environment variable ``STATES_ASYNC_FETCH_STATE_RESULT`` is true, when it
-      behaves as ``fetch=True``;
+      environment variable ``STATES_ASYNC_FETCH_STATE_RESULT`` (or the reference's
+      ``PREFECT_ASYNC_FETCH_STATE_RESULT``) is true, when it behaves as ``fetch=True``;
     - ``fetch=False`` returns ``state.data`` as it is, without reading storage or
       checking the state.
 

@@ -106,9 +106,9 @@ def test_format_exception_shortens_this_package_s_exceptions() -> None:
 
 @pytest.mark.parametrize(
     "obj",
-    [[Completed()], (Completed(), Failed())],
+    [[Completed()], (Completed(), Failed()), {Completed(), Failed()}],
 )
-def test_lists_and_tuples_of_states_are_state_iterables(obj: Any) -> None:
+def test_lists_tuples_and_sets_of_states_are_state_iterables(obj: Any) -> None:
     assert is_state_iterable(obj) is True
 
 

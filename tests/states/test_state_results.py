@@ -213,10 +213,13 @@ async def test_in_async_code_fetch_false_returns_data_without_a_warning(result_s
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "variable", ["STATES_ASYNC_FETCH_STATE_RESULT", "PREFECT_ASYNC_FETCH_STATE_RESULT"]
+)
 async def test_the_async_fetch_opt_in_makes_the_default_awaitable(
-    result_store, monkeypatch: pytest.MonkeyPatch
+    result_store, monkeypatch: pytest.MonkeyPatch, variable: str
 ) -> None:
-    monkeypatch.setenv("STATES_ASYNC_FETCH_STATE_RESULT", "true")
+    monkeypatch.setenv(variable, "true")
     ref = result_store.create_result("value")
     assert await Completed(data=ref).result() == "value"
     assert await get_state_result(Completed(data=ref)) == "value"

@@ -35,7 +35,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import xxhash
 
-from resultstore.errors import ConfigurationError, SerializationError, UnsupportedOperationError
+from resultstore.errors import (
+    ConfigurationError,
+    SerializationError,
+    UnknownSerializerError,
+    UnsupportedOperationError,
+)
 from resultstore.records import (
     HEADER_PROBE,
     HeaderBeyond,
@@ -47,7 +52,7 @@ from resultstore.records import (
     _unsigned,
     read_header,
 )
-from resultstore.serializers import Buffer, get_serializer
+from resultstore.serializers import Buffer, record_serializer
 from resultstore.stores.base import BytesReader
 
 if TYPE_CHECKING:
@@ -95,9 +100,9 @@ def _check_signature(store: ResultStore, key: str, header: _Header) -> None:
 
 def _decode(store: ResultStore, metadata: ResultMetadata, segments: Sequence[Buffer]) -> Any:
     try:
-        return get_serializer(metadata.serializer).loads(segments)
-    except SerializationError as exc:
-        raise SerializationError(
+        return record_serializer(metadata.serializer).loads(segments)
+    except (SerializationError, UnknownSerializerError) as exc:
+        raise type(exc)(
             f"record {metadata.storage_key!r} in {store.storage_url}: {exc}",
             key=metadata.storage_key,
             url=store.storage_url,

@@ -263,6 +263,22 @@ def _text(value: object) -> str:
     return value
 
 
+_MAX_NAME = 256
+_NAME_BAD = frozenset(map(chr, [*range(0x20), *range(0x7F, 0xA0)]))
+
+
+def _name(value: object) -> str:
+    """A serializer name: text of at most 256 characters, none of them control characters.
+
+    Names reach messages, ``ls`` and ``inspect``: a newline or a terminal escape
+    sequence in one is damage, never shown raw.
+    """
+    name = _text(value)
+    if len(name) > _MAX_NAME or not _NAME_BAD.isdisjoint(name):
+        raise ValueError("the serializer name is too long or holds control characters")
+    return name
+
+
 def _length(value: object) -> int:
     if type(value) is not int or value < 0:  # not bool, float or a numeric string
         raise ValueError("a segment length is not a non-negative integer")
@@ -296,7 +312,7 @@ def _parse_header(
         # Positional: a named tuple's keywords cost more than the rest of this line.
         metadata = ResultMetadata(
             key,  # storage_key
-            _text(fields["serializer"]),
+            _name(fields["serializer"]),
             size,
             _text(fields["checksum"]),
             _instant(fields["created"]),
@@ -393,7 +409,16 @@ async def _read_segment(
     doubling from 64 KiB, so a header claiming terabytes costs nothing.
     """
     if known_size:
-        buffer = bytearray(length)
+        try:
+            buffer = bytearray(length)
+        except MemoryError:  # a sparse file, say: the store "holds" bytes it never stored
+            raise IntegrityError(
+                f"record {key!r}{_in(url)} claims a {length}-byte payload segment, more "
+                "memory than this process can allocate; nothing was decoded (a sparse or "
+                "hostile file, or a record too large for this machine)",
+                key=key,
+                url=url,
+            ) from None
         buffer[: len(have)] = have
         got = await reader.readinto(memoryview(buffer)[len(have) :])
         return buffer, len(have) + got == length

@@ -55,7 +55,7 @@ from resultstore.records import (
 )
 from resultstore.registry import redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy, bounded
-from resultstore.serializers import Buffer, Serializer, get_serializer
+from resultstore.serializers import Buffer, Serializer, get_serializer, record_serializer
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
 from resultstore.stores.base import BytesReader, Head, Listed, Payload, Store
@@ -509,7 +509,7 @@ class ResultStore:
         name = metadata.serializer
         if name in self._allowed:
             return
-        if get_serializer(name).code_free:  # an unknown name is reported by _read_once
+        if record_serializer(name).code_free:  # an unknown name is reported by _read_once
             return
         allowed = ", ".join(sorted(self._allowed))
         raise SerializerNotAllowedError(
@@ -546,7 +546,7 @@ class ResultStore:
             serializer = (
                 self.serializer
                 if metadata.serializer == self.serializer.name
-                else get_serializer(metadata.serializer)
+                else record_serializer(metadata.serializer)
             )
             value = serializer.loads(segments)
         except (SerializationError, UnknownSerializerError) as exc:

@@ -725,6 +725,27 @@ def get_serializer(serializer: str | Mapping[str, Any] | Serializer) -> Serializ
     return _instance(serializer)
 
 
+def record_serializer(name: str) -> Serializer:
+    """The serializer a record's header names, by name only.
+
+    A record's serializer name is untrusted data: it is looked up among the
+    installed names (built-in and entry points) and nothing else. A
+    configuration (JSON text), which only settings and code may give, is an
+    unknown name here, so a record cannot pick options, nest configurations or
+    reach errors meant for settings. Long names are cut short in the message.
+    """
+    if not name.lstrip().startswith("{"):
+        try:
+            return _instance(name)
+        except UnknownSerializerError:
+            pass
+    shown = name if len(name) <= 80 else name[:80] + "..."
+    raise UnknownSerializerError(
+        f"unknown serializer {shown!r}; installed serializers: "
+        f"{', '.join(sorted(available_serializers()))}"
+    )
+
+
 @functools.cache
 def _instance(name: str) -> Serializer:
     builtin = _BUILTIN.get(name)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from resultstore.errors import ConfigurationError, ReferenceNotAllowedError
-from resultstore.registry import redact_url, scheme_of
+from resultstore.registry import has_userinfo, redact_url, scheme_of
 from resultstore.settings import get_settings
 
 if TYPE_CHECKING:
@@ -88,6 +88,13 @@ def _refused(url: str, why: str) -> ReferenceNotAllowedError:
 
 def _location(url: str, *, trusted: bool) -> _Location:
     """The location ``url`` names, checked; ``trusted`` URLs (settings) may be plain paths."""
+    if not trusted:
+        return _untrusted_location(url)[0]
+    return _parse_location(url, trusted=True)
+
+
+def _parse_location(url: str, *, trusted: bool, decode: bool = True) -> _Location:
+    """The location ``url`` names; ``decode=False`` keeps percent-escapes in its path."""
     scheme = _ALIASES.get(scheme_of(url), scheme_of(url))
     if "://" not in url:
         if not trusted:
@@ -99,16 +106,45 @@ def _location(url: str, *, trusted: bool) -> _Location:
     if "@" in parts.netloc:
         raise _refused(url, "storage URLs in references carry no user info")
     host = parts.netloc.lower()
-    raw = unquote(parts.path)
+    raw = unquote(parts.path) if decode else parts.path
     if scheme == "file":
         raw = unquote(parts.netloc + parts.path)
         if trusted:
             raw = os.path.realpath(os.path.expanduser(raw))
         host = ""
-    segments = tuple(segment for segment in raw.split("/") if segment)
+    segments = tuple(segment for segment in raw.split("/") if segment or not decode)
+    if not decode:  # the path exactly as a store that does not decode it sees it
+        segments = segments[1:] if segments[:1] == ("",) else segments
     if any(segment in (".", "..") or "\\" in segment for segment in segments):
         raise _refused(url, "its path has '.' or '..' segments")
     return _Location(scheme, host, segments, parts.query)
+
+
+def _untrusted_location(url: str) -> tuple[_Location, _Location]:
+    """A reference's location, decoded and as written, or ReferenceNotAllowedError.
+
+    Stores differ on whether they percent-decode a URL's path (the file store does,
+    S3 and memory do not), so a reference is allowed only when both readings lie in
+    allowed storage: ``s3://bucket/%61llowed`` is not ``s3://bucket/allowed`` to an
+    S3 store. Control characters, user info and URLs that do not parse are refused
+    here, as references, not as settings.
+    """
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url + unquote(url)):
+        raise _refused(url, "its URL holds control characters")
+    if has_userinfo(url):
+        raise _refused(url, "storage URLs in references carry no user info")
+    try:
+        decoded = _parse_location(url, trusted=False)
+        written = (
+            decoded
+            if decoded.scheme == "file"
+            else _parse_location(url, trusted=False, decode=False)
+        )
+    except ReferenceNotAllowedError:
+        raise
+    except (ConfigurationError, ValueError) as exc:  # a bad scheme, an unclosed '[', ...
+        raise _refused(url, f"it is not a valid storage URL ({str(exc).splitlines()[0]})") from None
+    return decoded, written
 
 
 def overlapping(first_url: str, second_url: str) -> bool:
@@ -159,12 +195,20 @@ def store_for_reference(storage_url: str) -> ResultStore:
 
     if not isinstance(storage_url, str) or not storage_url:
         raise _refused(str(storage_url), "the storage URL is not a non-empty string")
-    location = _location(storage_url, trusted=False)
+    location, written = _untrusted_location(storage_url)
     with _lock:
         exact = _registered.get(location)
         if exact is not None:
             return exact
-        owners = [loc for loc in _registered if loc.contains(location)]
+        owners = [
+            loc
+            for loc, store in _registered.items()
+            if loc.contains(location)
+            and (
+                loc.contains(written)
+                or _parse_location(store.storage_url, trusted=True, decode=False).contains(written)
+            )
+        ]
         owner = max(owners, key=lambda loc: len(loc.path)) if owners else None
         cache_key = (storage_url, owner.path if owner else None)
         cached = _cache.get(cache_key)
@@ -175,10 +219,17 @@ def store_for_reference(storage_url: str) -> ResultStore:
             return _remember(cache_key, _registered[owner].derive(storage_url))
     settings = get_settings()
     allowed = [_location(prefix, trusted=True) for prefix in settings.reference_urls]
+    written_allowed = [  # the prefixes as written too (see _untrusted_location)
+        _parse_location(prefix, trusted=True, decode=False)
+        for prefix in [*settings.reference_urls, settings.storage_url]
+        if "%" in prefix
+    ]
     default = _default_location()
     if default is not None:
         allowed.append(default)
-    if not any(prefix.contains(location) for prefix in allowed):
+    if not any(prefix.contains(location) for prefix in allowed) or not any(
+        prefix.contains(written) for prefix in allowed + written_allowed
+    ):
         raise _refused(storage_url, "this process does not allow that storage")
     store = ResultStore(storage_url)
     if location.scheme == "file" and not any(

@@ -45,14 +45,16 @@ import binascii
 import builtins
 import datetime
 import decimal
+import errno
 import json
 import os
 import pathlib
 import pickle
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import pydantic_core
 
@@ -363,8 +365,9 @@ def _json_hook(key: str, url: str | None) -> Callable[[dict[str, Any]], Any]:
             try:
                 return _plain_tz(_adapter(cls).validate_python(obj.get("data")))
             except Exception as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise _error(
-                    key, url, f"its {name} value {obj.get('data')!r:.80} is invalid ({exc})"
+                    key, url, f"its {name} value {obj.get('data')!r:.80} is invalid ({reason})"
                 ) from None
         if "__exc_type__" in obj:
             name = obj["__exc_type__"]
@@ -377,7 +380,12 @@ def _json_hook(key: str, url: str | None) -> Callable[[dict[str, Any]], Any]:
                     f"it holds an exception of class {name!r}, which resultstore does not "
                     "import (only built-in exceptions are decoded)",
                 )
-            return exc_cls(obj.get("message"))
+            try:  # some built-in exceptions take other arguments (UnicodeDecodeError: 5)
+                return exc_cls(obj.get("message"))
+            except Exception as exc:
+                raise _error(
+                    key, url, f"its {name} exception cannot be rebuilt ({type(exc).__name__})"
+                ) from None
         return obj
 
     return hook
@@ -390,6 +398,8 @@ def _decode_json(text: str | bytes, key: str, url: str | None) -> Any:
         raise
     except (ValueError, RecursionError) as exc:
         raise _error(key, url, f"its JSON payload is invalid ({exc})") from None
+    except Exception as exc:  # whatever else a hostile payload provokes: never raw
+        raise _error(key, url, f"its JSON payload is invalid ({type(exc).__name__})") from None
 
 
 def _check_json_config(config: dict[str, Any], key: str, url: str | None) -> None:
@@ -634,6 +644,30 @@ def _folder(source: str) -> str | None:
     return os.path.expanduser(source)
 
 
+def _open_regular(path: str) -> BinaryIO | None:
+    """``path`` open for reading if it is a regular file, else None; a link is not followed.
+
+    A folder of Prefect files is untrusted like a store's: a symbolic link there may
+    lead outside it, and opening a FIFO would wait for a writer forever, so only the
+    regular files themselves are read (``O_NOFOLLOW | O_NONBLOCK``, then ``fstat``).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EOPNOTSUPP):  # a link, a socket
+            return None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
 def _walk(root: str) -> Iterator[tuple[str, str]]:
     """``(key, path)`` of every file below ``root``, in a stable order; hidden ones skipped."""
     for folder, dirs, files in os.walk(root):
@@ -725,11 +759,15 @@ async def aimport_prefect(
         summary.source_url = source_url
         for key, path in _walk(folder):
             try:
-                size = os.path.getsize(path)
+                handle = _open_regular(path)
+                if handle is None:
+                    done(ImportOutcome(key, "skipped", "not a regular file (never followed)"))
+                    continue
+                with handle:
+                    size = os.fstat(handle.fileno()).st_size
+                    data = handle.read(64 if size > max_bytes else max_bytes + 1)
                 if size > max_bytes:
-                    with open(path, "rb") as handle:
-                        head = handle.read(64)
-                    if _looks_like_json_object(head):
+                    if _looks_like_json_object(data):
                         done(
                             ImportOutcome(
                                 key,
@@ -746,8 +784,6 @@ async def aimport_prefect(
                     else:
                         done(ImportOutcome(key, "skipped", "not a Prefect result record"))
                     continue
-                with open(path, "rb") as handle:
-                    data = handle.read(max_bytes + 1)
             except OSError as exc:
                 done(ImportOutcome(key, "failed", f"cannot read {path}: {exc}"))
                 continue

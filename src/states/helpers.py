@@ -165,11 +165,22 @@ _ASYNC_NOT_AWAITED_WARNING = (
 )
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
+
+
 def _async_fetch_opted_in() -> bool:
-    return any(
-        os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-        for name in ASYNC_FETCH_SETTINGS
-    )
+    """Whether either of :data:`ASYNC_FETCH_SETTINGS` is true; any other value is an error."""
+    opted_in = False
+    for name in ASYNC_FETCH_SETTINGS:
+        value = os.environ.get(name, "")
+        word = value.strip().lower()
+        if word not in _TRUE and word not in _FALSE:
+            raise ValueError(
+                f"{name}={value!r} is not true or false: set it to true (or 1, yes, on), "
+                "false, or unset it"
+            )
+        opted_in = opted_in or word in _TRUE
+    return opted_in
 
 
 def get_state_result(

@@ -226,6 +226,16 @@ async def test_the_async_fetch_opt_in_makes_the_default_awaitable(
 
 
 @pytest.mark.anyio
+async def test_a_misspelled_async_fetch_setting_is_an_error_naming_it(
+    result_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATES_ASYNC_FETCH_STATE_RESULT", "ture")
+    ref = result_store.create_result("value")
+    with pytest.raises(ValueError, match=r"^STATES_ASYNC_FETCH_STATE_RESULT='ture' is not true"):
+        Completed(data=ref).result()
+
+
+@pytest.mark.anyio
 async def test_a_worker_thread_of_async_code_fetches_synchronously(result_store) -> None:
     import anyio.to_thread
 

@@ -22,7 +22,9 @@ What every store must pass (:class:`StoreConformance`)
 ------------------------------------------------------
 
 - **Round trips**: small, empty and large (``large_size``) payloads from many
-  buffers, byte-exact; ``read(n)``/``readinto`` return exactly what was asked.
+  buffers, byte-exact; ``read(n)``/``readinto`` return exactly what was asked, never
+  short before the end (across a client's chunks); a second ``aclose`` of a reader
+  does nothing, and the store works again after ``aclose()``.
 - **Atomic overwrite**: readers polling a key while it is overwritten, from
   other threads and from other tasks of one event loop (values over 1 MiB, so
   blocking stores go to worker threads), see only a whole old or a whole new
@@ -41,7 +43,13 @@ What every store must pass (:class:`StoreConformance`)
 - **Ranged reads**, from every store: ``open(key, start=, end=)`` returns
   exactly bytes ``[start, end)``: inside, empty, cut at the end, past the end.
 - **Listing**: every key under a prefix once, literally (pattern characters),
-  awkward keys as written, ``many_keys`` keys without duplicates or gaps.
+  awkward keys as written, ``many_keys`` keys without duplicates or gaps from
+  ``list``, ``list_pages`` and ``list_details`` (also after ``start_after``), and no
+  temporary name or missing key in a listing taken while keys are overwritten;
+  ``list_details`` sizes and MD5s are those of the current bytes (after overwrites
+  too), ``listed_md5`` the MD5 of all the payload's buffers.
+- **Keys stay apart**: keys differing only in case, ``%xx``/``+`` escapes, a
+  trailing space or dot, or unicode normalization are distinct records.
 - **Concurrency**: ``concurrency`` writers of distinct keys, of one key, and
   writes, reads, deletes and ``exists`` overlapping on a shared event loop.
 - **Failures are resultstore errors**: every failure a check provokes must be
@@ -61,7 +69,8 @@ Checks that depend on what a store can do read its flags:
   ``creators`` concurrent create-only writers of one key (tasks on several
   threads): exactly one wins, the rest get ``ResultExistsError``;
   ``incrementers`` concurrent compare-and-swap incrementers: no lost update;
-  ``write``, ``stat`` and readers report versions. False: both kinds of
+  ``write``, ``stat`` and readers report versions; a version of another key is a
+  conflict; nothing of the store's own (a probe) is listed. False: both kinds of
   conditional write raise ``UnsupportedOperationError`` in one line, also
   when many come at once, and never write anything.
 - ``supports_ranged_read`` true: reading a 64 KiB range from the middle of a
@@ -75,7 +84,7 @@ Checks that depend on what a store can do read its flags:
   header too large to keep) with the value's size and version, also for a large
   value and for conditional writes; after an overwrite it returns the new
   header, or None when the new payload has none, never the old one; for a
-  missing key it raises ``ResultNotFoundError``.
+  missing or deleted key it raises ``ResultNotFoundError``.
 
 Opt-in mixins for what only the plugin can provide
 --------------------------------------------------
@@ -102,6 +111,12 @@ checks::
   ``StorageUnavailableError`` (not a plain ``StorageError``, not the client's
   exception) in one line naming the key (the prefix for ``list``) and the
   store's URL, within ``unreachable_timeout`` seconds for all of them.
+- :class:`DeniedConformance` (fixture ``denied_store``, made with credentials the
+  backend refuses): every method raises ``AccessDeniedError`` in one line naming key
+  and URL (never ``StorageUnavailableError``, which the core retries).
+- :class:`ContainerMissingConformance` (fixture ``missing_container_store``, whose
+  bucket or database does not exist): every method, ``exists`` and ``list``
+  included, raises ``ContainerMissingError``, never "not found" or an empty listing.
 - :class:`SecretConformance` (fixtures ``secret_store``, and ``secret``, a
   random token by default): the secret appears in no ``url``, ``repr``,
   ``str``, error (message, attributes, chained exceptions) or log record.
@@ -118,9 +133,10 @@ Tuning (class attributes of your subclass)
 ------------------------------------------
 
 ``large_size`` (bytes, default 12 MiB), ``concurrency`` (64), ``many_keys``
-(250), ``creators`` (32), ``incrementers`` (20), ``overwrites`` (12),
+(1100), ``creators`` (32), ``incrementers`` (20), ``overwrites`` (12),
 ``ranged_read_size`` (8 MiB), ``check_timeout`` (seconds a check's threads may
-take, 120); on the mixins ``unreachable_timeout`` (30), ``rounds_across_processes``
+take, 120); on the mixins ``unreachable_timeout``, ``denied_timeout`` and
+``missing_container_timeout`` (30 each), ``rounds_across_processes``
 (20), ``other_process_timeout`` (120) and ``supports_fork`` (True).
 """
 
@@ -149,6 +165,8 @@ import pytest
 
 from resultstore._loops import run_sync
 from resultstore.errors import (
+    AccessDeniedError,
+    ContainerMissingError,
     ResultExistsError,
     ResultNotFoundError,
     ResultStoreError,
@@ -163,6 +181,8 @@ from resultstore.stores.base import Payload, Reader, Store
 
 __all__ = [
     "AWKWARD_KEYS",
+    "ContainerMissingConformance",
+    "DeniedConformance",
     "MultiProcessConformance",
     "SecretConformance",
     "StoreConformance",
@@ -185,6 +205,7 @@ AWKWARD_KEYS = [
     ".hidden/.dotfile",
     "trailing.dot.",
     "percent%20and+plus&amp=eq?q#hash",
+    "/".join(["ü" * 100] * 4),  # 803 bytes, each segment 200 (the longest a key may have)
 ]
 """Keys every store must store and list exactly as given."""
 
@@ -438,8 +459,9 @@ class StoreConformance:
     concurrency: int = 64
     """How many operations the concurrency checks run at once."""
 
-    many_keys: int = 250
-    """Keys written before one listing, to cross the page boundaries of paged listings."""
+    many_keys: int = 1100
+    """Keys written before one listing, to cross the page boundaries of paged listings
+    (1,000 keys a page for S3's ListObjectsV2 and the default ``list_pages``)."""
 
     creators: int = 32
     """Concurrent create-only writers of one key."""
@@ -502,6 +524,101 @@ class StoreConformance:
                 await reader.aclose()
 
         run(check())
+
+    def test_reads_are_never_short_before_the_end(self, store: Store) -> None:
+        """``read(n)`` and ``readinto`` return exactly what was asked until the value ends,
+        across the chunks a client receives (the core takes a short read for the end of
+        the record, and a record cut short for a damaged one); ``aclose`` may come twice."""
+        size = 1_000_003
+        data = _pattern(bytes(range(251)), size)
+        run(store.write("r/chunks", Payload([data])))
+        steps = [70_001, 1, 200_000, 65_536, 131_073]
+
+        async def in_steps(start: int, end: int | None) -> None:
+            expected = data[start:end]
+            what = f"a reader of open('r/chunks', start={start}, end={end})"
+            reader = await store.open("r/chunks", start=start, end=end)
+            try:
+                pos, turn = 0, 0
+                while pos < len(expected):
+                    n = steps[turn % len(steps)]
+                    want = expected[pos : pos + n]
+                    if turn % 2:
+                        into = bytearray(n)
+                        got_n = await reader.readinto(memoryview(into))
+                        got = bytes(into[:got_n])
+                        call = f"readinto(<{n} bytes>)"
+                    else:
+                        got = await reader.read(n)
+                        call = f"read({n})"
+                    assert len(got) == len(want), (
+                        f"{what}: {call} at offset {pos} returned {len(got)} bytes, not "
+                        f"{len(want)}: a read returns exactly the bytes asked for unless the "
+                        "value ends first (loop over the client's chunks)"
+                    )
+                    assert got == want, f"{what}: {call} at offset {pos} returned wrong bytes"
+                    pos += n
+                    turn += 1
+                if turn % 2:  # the last call was a read: read again
+                    assert await reader.read(10) == b"", f"{what}: read bytes past the end"
+                else:
+                    past = await reader.readinto(memoryview(bytearray(10)))
+                    assert past == 0, f"{what}: readinto read {past} bytes past the end"
+            finally:
+                await reader.aclose()
+            try:
+                await reader.aclose()
+            except Exception as exc:
+                raise AssertionError(
+                    f"{what}: a second aclose() raised {_describe(exc)}; closing a closed "
+                    "reader must do nothing (async with, then an explicit close, is common)"
+                ) from None
+
+        for start, end in [(0, None), (12_345, 900_000)]:
+            _call(f"reading 'r/chunks' from {start} to {end} in steps", in_steps(start, end))
+
+        results = ResultStore(store, retry=None)
+        value = _pattern(b"a record read in chunks|", 700_001)
+        key = results.write(value, key="r/record")
+        assert results.read(key, retry=False).result == value, "a record read back wrong"
+
+    def test_the_store_is_usable_after_aclose(self, store: Store) -> None:
+        """``aclose`` releases connections; the store reconnects on its next call (the core
+        closes stores between uses, and ``ResultStore.close()`` may come more than once)."""
+
+        async def use(round: int) -> None:
+            key = f"closed/{round}"
+            await store.write(key, Payload([key.encode()]))
+            assert await read_all(store, key) == key.encode()
+            assert await store.exists(key)
+            assert key in await _keys(store, "closed/")
+            await store.aclose()
+            await store.aclose()
+
+        for round in range(3):
+            _call(f"using the store after {round} aclose() calls", use(round))
+        assert _call("list('closed/')", _keys(store, "closed/")) == [
+            f"closed/{i}" for i in range(3)
+        ]
+
+    def test_the_store_declares_an_interface_version_this_release_speaks(
+        self, store: Store
+    ) -> None:
+        """The registry refuses a plugin class without a valid ``interface_version``: the
+        kit says so before a user's first ``resolve_store`` does."""
+        from resultstore.stores.base import INTERFACE_VERSION, OLDEST_INTERFACE_VERSION
+
+        declared = getattr(type(store), "interface_version", None)
+        speaks = f"{OLDEST_INTERFACE_VERSION} to {INTERFACE_VERSION}"
+        assert type(declared) is int and declared >= OLDEST_INTERFACE_VERSION, (
+            f"{type(store).__name__}.interface_version is {declared!r}; set "
+            f"`interface_version = {INTERFACE_VERSION}` on the class (this resultstore speaks "
+            f"versions {speaks}): resolve_store refuses the plugin without it"
+        )
+        assert declared <= INTERFACE_VERSION, (
+            f"{type(store).__name__}.interface_version is {declared}, newer than this "
+            f"resultstore speaks ({speaks}): upgrade resultstore"
+        )
 
     def test_overwrite_replaces_whole_value(self, store: Store) -> None:
         run(store.write("k", Payload([b"a much longer first value"])))
@@ -903,6 +1020,11 @@ class StoreConformance:
         missing = "head/missing"
         error = _expect(ResultNotFoundError, f"read_head({missing!r})", store.read_head(missing))
         _names(error, missing, store.url, f"read_head({missing!r})")
+        run(store.write(key, record(b"deleted")))
+        run(store.delete(key))
+        what = f"read_head({key!r}) after a delete"
+        error = _expect(ResultNotFoundError, what, store.read_head(key))
+        _names(error, key, store.url, what)
 
     # -- conditional writes -----------------------------------------------------------
 
@@ -936,6 +1058,11 @@ class StoreConformance:
         )
         assert again is not None and again != first
         assert run(read_all(store, key)) == b"3"
+        listed = _call("list()", _keys(store))
+        assert listed == [key], (
+            f"after create-only writes, list() shows {listed}, not just [{key!r}]: never "
+            "list records of your own (probes, version companions, locks)"
+        )
 
     def test_compare_and_swap_writes(self, store: Store) -> None:
         key = "conditional/swapped"
@@ -962,10 +1089,29 @@ class StoreConformance:
         )
         _names(error, key, store.url, what)
         assert run(read_all(store, key)) == b"second", f"{what} changed the value"
+        other = "conditional/neighbour"
+        theirs = run(store.write(other, Payload([b"the neighbour's value"])))
+        assert theirs is not None, "write returned no version, though conditional writes are on"
+        if theirs != second:  # versions that are content hashes may coincide; these do not
+            what = f"a write of {key!r} against the version of {other!r}"
+            error = _expect(
+                VersionConflictError, what, store.write(key, Payload([b"wrong"]), if_version=theirs)
+            )
+            _names(error, key, store.url, what)
+            assert run(read_all(store, key)) == b"second", f"{what} changed {key!r}"
+            assert run(read_all(store, other)) == b"the neighbour's value", (
+                f"{what} changed {other!r}: a compare-and-swap must match the key and the "
+                "version together (UPDATE ... WHERE key = ? AND version = ?)"
+            )
         run(store.delete(key))
         what = "a write against the version of a deleted record"
         _expect(VersionConflictError, what, store.write(key, Payload([b"late"]), if_version=second))
         assert run(store.exists(key)) is False, f"{what} recreated it"
+        listed = _call("list()", _keys(store))
+        assert listed == [other], (
+            f"after compare-and-swap writes, list() shows {listed}, not just [{other!r}]: "
+            "never list records of your own (probes, version companions, locks)"
+        )
 
     def test_concurrent_create_only_writers_of_one_key_exactly_one_wins(self, store: Store) -> None:
         key, count, threads = "conditional/race", self.creators, 4
@@ -1107,12 +1253,94 @@ class StoreConformance:
         )
         assert run(_keys(store, "many/3/")) == sorted(k for k in keys if k.startswith("many/3/"))
 
+        # The core lists through list_pages and list_details, which a store may override
+        # with its own paging: they must hold the same keys, each once, across pages.
+        async def paged() -> list[str]:
+            return [key async for page in store.list_pages("many/") for key in page]
+
+        async def detailed(after: str | None) -> list[str]:
+            pages = store.list_details("many/", start_after=after)
+            return [item.key async for page in pages for item in page]
+
+        ordered = sorted(keys)
+        cuts = {None, ordered[len(keys) // 2], ordered[min(len(keys) - 1, 999)]}
+        listings = [("list_pages('many/')", _call("list_pages('many/')", paged()), keys)]
+        for after in sorted(cuts, key=str):
+            what = f"list_details('many/', start_after={after!r})"
+            expected = [key for key in keys if after is None or key > after]
+            listings.append((what, _call(what, detailed(after)), expected))
+        for what, listed, expected in listings:
+            twice = sorted(key for key, seen in collections.Counter(listed).items() if seen > 1)
+            missing = sorted(set(expected) - set(listed))
+            extra = sorted(set(listed) - set(expected))
+            assert not (twice or missing or extra), (
+                f"{what} yielded {len(listed)} keys of {len(expected)}: {len(twice)} twice "
+                f"{twice[:3]}, {len(missing)} missing {missing[:3]}, {len(extra)} not expected "
+                f"{extra[:3]}; every key under the prefix (after start_after) must come "
+                "exactly once (page boundaries? a next page never asked for?)"
+            )
+
     def test_awkward_keys_round_trip_and_list(self, store: Store) -> None:
         for key in AWKWARD_KEYS:
             run(store.write(key, Payload([key.encode()])))
         assert run(_keys(store)) == sorted(AWKWARD_KEYS)
         for key in AWKWARD_KEYS:
             assert run(read_all(store, key)) == key.encode()
+
+    def test_listings_while_keys_are_overwritten_show_each_key_once(self, store: Store) -> None:
+        """A listing taken while keys are overwritten shows each of them, once, and nothing
+        else: no temporary or in-flight names (a write's temporary file, an upload not yet
+        complete), no key missing (a write that deletes first). Values over 1 MiB, so
+        blocking stores write in worker threads while the listing runs."""
+        keys = [f"relisted/{i}" for i in range(6)]
+        values = [_pattern(b"first value|", 1_100_000), _pattern(b"SECOND VALUE#", 1_200_001)]
+        for key in keys:
+            run(store.write(key, Payload([values[0]])))
+        problems: list[str] = []
+        listings = 0
+
+        async def main() -> None:
+            nonlocal listings
+            done = anyio.Event()
+
+            async def writer() -> None:
+                try:
+                    for turn in range(2):
+                        for key in keys:
+                            await store.write(key, Payload([values[(turn + 1) % 2]]))
+                            await anyio.sleep(0)
+                finally:
+                    done.set()
+
+            async def lister() -> None:
+                nonlocal listings
+                while not done.is_set():
+                    try:
+                        listed = await _listed(store, "relisted/")
+                    except Exception as exc:
+                        problems.append(f"the listing raised {_describe(exc)[:200]}")
+                    else:
+                        if sorted(listed) != keys:
+                            problems.append(f"the listing showed {sorted(listed)[:8]}")
+                    listings += 1
+                    await anyio.sleep(0)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer)
+                    tg.start_soon(lister)
+                    tg.start_soon(lister)
+            finally:
+                await store.aclose()  # clients tied to this loop close before it ends
+
+        anyio.run(main)
+        assert not problems, (
+            f"{len(problems)} of {listings} listings of 'relisted/' taken while its {len(keys)} "
+            f"keys were overwritten were wrong (e.g. {problems[0]}): a listing shows every "
+            "stored key exactly once, and never a temporary name or an unfinished write"
+        )
+        assert listings >= 2, f"too little overlap: {listings} listings"
+        assert run(_keys(store, "relisted/")) == keys
 
     def test_list_pages_yield_the_keys_of_list(self, store: Store) -> None:
         """The core lists through ``list_pages``: its pages hold exactly ``list``'s keys."""
@@ -1132,42 +1360,104 @@ class StoreConformance:
 
     def test_list_details_show_the_keys_of_list_and_only_true_md5s(self, store: Store) -> None:
         """``list_details`` lists ``list``'s keys (after ``start_after``); an ``md5`` it
-        shows is the MD5 of the bytes a read returns, and the one ``listed_md5`` promised:
-        ``copy_all`` skips, and ``delete_expired`` deletes, on the strength of it."""
+        shows is the MD5 of the bytes a read returns now (also after an overwrite), and an
+        ``md5`` that ``listed_md5`` promises is the MD5 of the payload's bytes, all its
+        buffers: ``copy_all`` skips, and ``delete_expired`` deletes, on the strength of it."""
         import hashlib
 
+        def payload_of(value: bytes, i: int) -> Payload:
+            if i % 3 == 0:
+                return Payload([value])
+            cut = len(value) // 3  # several buffers, as the core writes records
+            return Payload(
+                [value[:cut], memoryview(value)[cut : 2 * cut], bytearray(value[2 * cut :])]
+            )
+
         values = {f"details/{i // 7}/{i}": f"value {i}".encode() * (i + 1) for i in range(30)}
-        promised = {}
-        for key, value in values.items():
-            payload = Payload([value])
-            promised[key] = store.listed_md5(payload)
-            run(store.write(key, payload))
+        promised: dict[str, str | None] = {}
+
+        def write(key: str, value: bytes, i: int) -> None:
+            payload = payload_of(value, i)
+            promise = store.listed_md5(payload)
+            assert promise is None or promise == hashlib.md5(value).hexdigest(), (
+                f"listed_md5 of the {payload.size} bytes written to {key!r} (in "
+                f"{len(payload.buffers)} buffers) is {promise}, not their MD5: it must be the "
+                "MD5 of all the payload's bytes, or None"
+            )
+            promised[key] = promise
+            _call(f"write({key!r})", store.write(key, payload))
+
+        for i, (key, value) in enumerate(values.items()):
+            write(key, value, i)
 
         async def details(prefix: str, after: str | None = None) -> list[Any]:
             pages = [page async for page in store.list_details(prefix, start_after=after)]
             assert all(isinstance(page, list) and page for page in pages), pages
             return [item for page in pages for item in page]
 
-        listed = run(details("details/"))
-        assert sorted(item.key for item in listed) == sorted(values)
-        for item in listed:
-            value = values[item.key]
-            if item.size is not None:
-                assert item.size == len(value), f"{item.key}: listed size {item.size}"
-            if item.md5 is not None:
-                assert item.md5 == hashlib.md5(value).hexdigest(), (
-                    f"{item.key}: list_details shows md5 {item.md5}, not the MD5 of its bytes"
+        def check(when: str) -> None:
+            listed = _call("list_details('details/')", details("details/"))
+            assert sorted(item.key for item in listed) == sorted(values)
+            for item in listed:
+                value = values[item.key]
+                if item.size is not None:
+                    assert item.size == len(value), (
+                        f"{item.key}: list_details {when} shows size {item.size}; the value "
+                        f"has {len(value)} bytes"
+                    )
+                if item.md5 is not None:
+                    assert item.md5 == hashlib.md5(value).hexdigest(), (
+                        f"{item.key}: list_details {when} shows md5 {item.md5}, not the MD5 "
+                        "of its bytes (a stale one, from before an overwrite?)"
+                    )
+                expected = promised[item.key]
+                assert expected is None or item.md5 in (expected, None), (
+                    f"{item.key}: listed_md5 promised {expected}, the listing shows {item.md5}"
                 )
-            expected = promised[item.key]
-            assert expected is None or item.md5 in (expected, None), (
-                f"{item.key}: listed_md5 promised {expected}, the listing shows {item.md5}"
-            )
+
+        check("after the writes")
+        for i, key in enumerate(sorted(values)):
+            if i % 2:
+                values[key] = f"overwritten {i}".encode() * (i + 2)
+                write(key, values[key], i)
+        check("after overwrites with other bytes")
+
         after = sorted(values)[10]
         later = run(details("details/", after))
         assert {item.key for item in later} <= {key for key in values if key > after}
         assert {item.key for item in later} >= {
             key for key in values if key > after and not key.startswith(after + "/")
         }
+
+    def test_keys_differing_only_in_case_escaping_or_form_stay_apart(self, store: Store) -> None:
+        """Keys are compared as exact strings: a backend that folds case, trims trailing
+        spaces or dots, normalizes unicode, or decodes ``%xx`` and ``+`` in names would
+        make two keys one record (and overwrite one with the other)."""
+        groups = [
+            ["alias/x y", "alias/x%20y", "alias/x+y", "alias/x%2520y"],
+            ["alias/a%2Fb", "alias/a/b"],
+            ["alias/Case", "alias/case", "alias/CASE"],
+            ["alias/Straße", "alias/strasse"],
+            ["alias/pad", "alias/pad ", "alias/pad."],
+            ["alias/caf\u00e9", "alias/cafe\u0301"],
+        ]
+        keys = [key for group in groups for key in group]
+        for key in keys:
+            _call(f"write({key!r})", store.write(key, Payload([key.encode()])))
+        for group in groups:
+            for key in group:
+                got = _call(f"read {key!r}", read_all(store, key))
+                assert got == key.encode(), (
+                    f"{key!r} reads back {got!r}: the keys {group} must be distinct records "
+                    "(case folded, spaces or dots trimmed, unicode normalized, or %xx/+ decoded?)"
+                )
+        listed = _call("list('alias/')", _listed(store, "alias/"))
+        assert sorted(listed) == sorted(keys), (
+            f"list('alias/') shows {sorted(listed)}; expected every key as written: {sorted(keys)}"
+        )
+        assert _call("list('alias/c')", _keys(store, "alias/c")) == sorted(
+            key for key in keys if key.startswith("alias/c")
+        ), "a prefix must match case-sensitively"
 
     def test_resultstore_own_keys_round_trip_and_list(self, store: Store) -> None:
         """Keys under ``.resultstore/`` (lock leases, the expiry index) are ordinary keys
@@ -1284,59 +1574,133 @@ class UnreachableConformance:
     def test_an_unreachable_backend_is_storage_unavailable_naming_key_and_url(
         self, unreachable_store: Store
     ) -> None:
-        store = unreachable_store
-        key, prefix = "unreachable/key", "unreachable/"
-        probes: list[tuple[str, str, Callable[[], Coroutine[Any, Any, object]]]] = [
-            (f"write({key!r})", key, lambda: store.write(key, Payload([b"x"]))),
-            (f"open({key!r})", key, lambda: store.open(key)),
-            (f"open({key!r}, start=1, end=3)", key, lambda: store.open(key, start=1, end=3)),
-            (f"stat({key!r})", key, lambda: store.stat(key)),
-            (f"exists({key!r})", key, lambda: store.exists(key)),
-            (f"delete({key!r})", key, lambda: store.delete(key)),
-            (f"list({prefix!r})", prefix, lambda: _keys(store, prefix)),
+        _every_method_fails(
+            unreachable_store,
+            StorageUnavailableError,
+            "on an unreachable backend",
+            "unreachable",
+            self.unreachable_timeout,
+        )
+
+
+def _every_method_fails(
+    store: Store, kind: type[ResultStoreError], when: str, name: str, timeout: float
+) -> None:
+    """Every store method, and ResultStore's write and read, raise ``kind`` naming key and URL."""
+    key, prefix = f"{name}/key", f"{name}/"
+    probes: list[tuple[str, str, Callable[[], Coroutine[Any, Any, object]]]] = [
+        (f"write({key!r})", key, lambda: store.write(key, Payload([b"x"]))),
+        (f"open({key!r})", key, lambda: store.open(key)),
+        (f"open({key!r}, start=1, end=3)", key, lambda: store.open(key, start=1, end=3)),
+        (f"stat({key!r})", key, lambda: store.stat(key)),
+        (f"exists({key!r})", key, lambda: store.exists(key)),
+        (f"delete({key!r})", key, lambda: store.delete(key)),
+        (f"list({prefix!r})", prefix, lambda: _keys(store, prefix)),
+    ]
+    if store.supports_conditional_write:
+        probes += [
+            (
+                f"write({key!r}, if_absent=True)",
+                key,
+                lambda: store.write(key, Payload([b"x"]), if_absent=True),
+            ),
+            (
+                f"write({key!r}, if_version=...)",
+                key,
+                lambda: store.write(key, Payload([b"x"]), if_version="kit-version"),
+            ),
         ]
-        if store.supports_conditional_write:
-            probes += [
-                (
-                    f"write({key!r}, if_absent=True)",
-                    key,
-                    lambda: store.write(key, Payload([b"x"]), if_absent=True),
-                ),
-                (
-                    f"write({key!r}, if_version=...)",
-                    key,
-                    lambda: store.write(key, Payload([b"x"]), if_version="kit-version"),
-                ),
-            ]
-        started = time.monotonic()
+    started = time.monotonic()
+    try:
+        for what, named, probe in probes:
+            what = f"{what} {when}"
+            error = _expect(kind, what, probe())
+            message = str(error)
+            assert named in message and store.url in message, (
+                f"{what}: the message must name {named!r} and {store.url}: {message!r}"
+            )
+            assert error.url == store.url, f"{what}: error.url is {error.url!r}"
+            if named == key:
+                assert error.key == key, f"{what}: error.key is {error.key!r}"
+        results = ResultStore(store, retry=RetryPolicy(attempts=1, delay=0))
+        for what, call in [
+            ("ResultStore.write", lambda: results.write(1, key=key)),
+            ("ResultStore.read", lambda: results.read(key, retry=False)),
+        ]:
+            error = _expect_call(kind, f"{what} ({when})", call)
+            assert store.url in str(error)
+    finally:
+        closing = time.monotonic()
         try:
-            for what, named, probe in probes:
-                what = f"{what} on an unreachable backend"
-                error = _expect(StorageUnavailableError, what, probe())
-                message = str(error)
-                assert named in message and store.url in message, (
-                    f"{what}: the message must name {named!r} and {store.url}: {message!r}"
-                )
-                assert error.url == store.url, f"{what}: error.url is {error.url!r}"
-                if named == key:
-                    assert error.key == key, f"{what}: error.key is {error.key!r}"
-            results = ResultStore(store, retry=RetryPolicy(attempts=1, delay=0))
-            for what, call in [
-                ("ResultStore.write", lambda: results.write(1, key=key)),
-                ("ResultStore.read", lambda: results.read(key, retry=False)),
-            ]:
-                error = _expect_call(StorageUnavailableError, f"{what} (unreachable)", call)
-                assert store.url in str(error)
-        finally:
-            closing = time.monotonic()
-            try:
-                run(store.aclose())
-            except Exception as exc:
-                pytest.fail(f"aclose() of an unreachable store raised {_describe(exc)}")
-            assert time.monotonic() - closing < self.unreachable_timeout
-        elapsed = time.monotonic() - started
-        assert elapsed < self.unreachable_timeout, (
-            f"the probes of an unreachable backend took {elapsed:.1f} s; give up sooner"
+            run(store.aclose())
+        except Exception as exc:
+            pytest.fail(f"aclose() of a store {when} raised {_describe(exc)}")
+        assert time.monotonic() - closing < timeout
+    elapsed = time.monotonic() - started
+    assert elapsed < timeout, f"the probes of a store {when} took {elapsed:.1f} s; give up sooner"
+
+
+class DeniedConformance:
+    """Refused credentials are ``AccessDeniedError``, from every method.
+
+    Provide ``denied_store``: a store of your scheme whose backend refuses it (a wrong
+    password or token). Not ``StorageUnavailableError``, which the core retries for
+    ``RESULTSTORE_TIMEOUT`` and words as "check the host and port"; not a raw client error.
+    """
+
+    denied_timeout: float = 30.0
+    """Seconds every probe of the denied store may take together."""
+
+    @pytest.fixture
+    def denied_store(self) -> Store:
+        pytest.fail(
+            "DeniedConformance needs a `denied_store` fixture: a store of your scheme "
+            "made with credentials the backend refuses (a wrong password)",
+            pytrace=False,
+        )
+
+    def test_refused_credentials_are_access_denied_naming_key_and_url(
+        self, denied_store: Store
+    ) -> None:
+        _every_method_fails(
+            denied_store,
+            AccessDeniedError,
+            "with refused credentials",
+            "denied",
+            self.denied_timeout,
+        )
+
+
+class ContainerMissingConformance:
+    """A missing bucket, database or folder is ``ContainerMissingError``, from every method.
+
+    Provide ``missing_container_store``: a store of your scheme whose container (the
+    bucket, the database) does not exist and is not created by a write. Never
+    ``ResultNotFoundError``, ``exists() == False`` or an empty listing: a mistyped
+    bucket must not look like a store without that record (the core would retry reads
+    of it, and ``gc``/``ls`` would report an empty store).
+    """
+
+    missing_container_timeout: float = 30.0
+    """Seconds every probe of the store may take together."""
+
+    @pytest.fixture
+    def missing_container_store(self) -> Store:
+        pytest.fail(
+            "ContainerMissingConformance needs a `missing_container_store` fixture: a store "
+            "of your scheme whose bucket or database does not exist",
+            pytrace=False,
+        )
+
+    def test_a_missing_container_is_its_own_error_naming_key_and_url(
+        self, missing_container_store: Store
+    ) -> None:
+        _every_method_fails(
+            missing_container_store,
+            ContainerMissingError,
+            "whose container is missing",
+            "nocontainer",
+            self.missing_container_timeout,
         )
 
 

@@ -22,6 +22,8 @@ from kvstore import KVServer, KVStore, free_port
 from resultstore.stores.base import Store
 from resultstore.stores.memory import MemoryStore
 from resultstore.testing import (
+    ContainerMissingConformance,
+    DeniedConformance,
     MultiProcessConformance,
     SecretConformance,
     StoreConformance,
@@ -38,7 +40,7 @@ def kv_server() -> Iterator[KVServer]:
         server.stop()
 
 
-class DictCase(StoreConformance):
+class DictCase(StoreConformance, ContainerMissingConformance):
     """The kit on a ``broken_stores.DictStore`` (sub)class, a fresh one per check."""
 
     store_class: type[broken.DictStore] = broken.DictStore
@@ -47,8 +49,18 @@ class DictCase(StoreConformance):
     def store(self) -> Store:
         return self.store_class()
 
+    @pytest.fixture
+    def missing_container_store(self) -> Store:
+        return self.store_class.missing_container_class()
 
-class KVCase(StoreConformance, UnreachableConformance, SecretConformance, MultiProcessConformance):
+
+class KVCase(
+    StoreConformance,
+    UnreachableConformance,
+    DeniedConformance,
+    SecretConformance,
+    MultiProcessConformance,
+):
     """The kit and every mixin on a ``kvstore.KVStore`` (sub)class, in a fresh namespace."""
 
     store_class: type[KVStore] = KVStore
@@ -61,6 +73,10 @@ class KVCase(StoreConformance, UnreachableConformance, SecretConformance, MultiP
     @pytest.fixture
     def unreachable_store(self) -> Store:
         return self.store_class(f"kv://127.0.0.1:{free_port()}/down", password="any")
+
+    @pytest.fixture
+    def denied_store(self, kv_server: KVServer) -> Store:
+        return self.store_class(kv_server.url(f"kit-{uuid.uuid4().hex}"), password="wrong")
 
     @pytest.fixture
     def secret(self, kv_server: KVServer) -> str:
@@ -153,6 +169,62 @@ class TestStatLetsKeyErrorEscape(DictCase):
     store_class = broken.StatLetsKeyErrorEscape
 
 
+class TestListsOnlyTheFirstPage(DictCase):
+    store_class = broken.ListsOnlyTheFirstPage
+
+
+class TestRepeatsAPageOfDetails(DictCase):
+    store_class = broken.RepeatsAPageOfDetails
+
+
+class TestListsTemporaryNames(DictCase):
+    store_class = broken.ListsTemporaryNames
+
+
+class TestLeavesItsProbeRecord(DictCase):
+    store_class = broken.LeavesItsProbeRecord
+
+
+class TestListsStaleMD5s(DictCase):
+    store_class = broken.ListsStaleMD5s
+
+
+class TestPromisesTheMD5OfTheFirstBuffer(DictCase):
+    store_class = broken.PromisesTheMD5OfTheFirstBuffer
+
+
+class TestDecodesEscapesInKeys(DictCase):
+    store_class = broken.DecodesEscapesInKeys
+
+
+class TestFoldsCase(DictCase):
+    store_class = broken.FoldsCase
+
+
+class TestSwapsAgainstAnyKeysVersion(DictCase):
+    store_class = broken.SwapsAgainstAnyKeysVersion
+
+
+class TestReturnsShortReads(DictCase):
+    store_class = broken.ReturnsShortReads
+
+
+class TestClosesReadersOnlyOnce(DictCase):
+    store_class = broken.ClosesReadersOnlyOnce
+
+
+class TestUnusableAfterAclose(DictCase):
+    store_class = broken.UnusableAfterAclose
+
+
+class TestDeclaresNoInterfaceVersion(DictCase):
+    store_class = broken.DeclaresNoInterfaceVersion
+
+
+class TestSaysNotFoundForAMissingContainer(DictCase):
+    store_class = broken.SaysNotFoundForAMissingContainer
+
+
 class TestLetsClientErrorsEscape(KVCase):
     store_class = broken.LetsClientErrorsEscape
 
@@ -171,3 +243,7 @@ class TestShowsPasswordInErrors(KVCase):
 
 class TestSharesConnectionsAcrossFork(KVCase):
     store_class = broken.SharesConnectionsAcrossFork
+
+
+class TestReportsRefusedPasswordAsUnreachable(KVCase):
+    store_class = broken.ReportsRefusedPasswordAsUnreachable

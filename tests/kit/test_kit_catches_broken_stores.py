@@ -1,7 +1,7 @@
 """What the conformance kit protects against: each store broken on purpose fails it.
 
 ``kit_runs.py`` puts three correct stores (the built-in memory store, ``DictStore``, and the
-``kv://`` network plugin with every mixin) and seventeen broken copies through the whole
+``kv://`` network plugin with every mixin) and thirty-four broken copies through the whole
 kit, in one pytest subprocess; each test below names the bug, the check that must catch
 it, and what that check's failure says. The correct ones must pass every check.
 """
@@ -113,16 +113,18 @@ def test_the_kv_plugin_ran_every_mixin(kit: Outcomes) -> None:
     checks = set(kit["KVStore"])
     assert {
         "test_an_unreachable_backend_is_storage_unavailable_naming_key_and_url",
+        "test_refused_credentials_are_access_denied_naming_key_and_url",
         "test_the_secret_never_shows",
         "test_two_processes_use_one_backend_at_once",
         "test_parent_and_child_both_use_the_store_after_fork",
     } <= checks
     assert "test_the_secret_never_shows" in kit["MemoryStore"]
+    assert "test_a_missing_container_is_its_own_error_naming_key_and_url" in kit["DictStore"]
 
 
 def test_every_broken_store_ran_the_whole_kit_and_failed_it(kit: Outcomes) -> None:
     broken = {store: checks for store, checks in kit.items() if store not in _CORRECT}
-    assert len(broken) == 19
+    assert len(broken) == 34
     for store, checks in broken.items():
         reference = "KVStore" if "test_the_secret_never_shows" in checks else "DictStore"
         assert set(checks) == set(kit[reference]), f"{store} did not run the whole kit"
@@ -260,7 +262,7 @@ def test_listings_that_repeat_or_skip_keys_at_page_boundaries_are_caught(
     kit: Outcomes, store: str, says: str
 ) -> None:
     """A paged listing whose cursor resumes at the last key seen, or one past the next."""
-    caught(kit, store, "test_list_yields_each_of_many_keys_once", says=f"2 {says}")
+    caught(kit, store, "test_list_yields_each_of_many_keys_once", says=f"{says} ['many/")
 
 
 def test_a_listing_showing_versions_as_md5s_is_caught(kit: Outcomes) -> None:
@@ -280,6 +282,154 @@ def test_a_raw_key_error_escaping_stat_is_caught(kit: Outcomes) -> None:
         "StatLetsKeyErrorEscape",
         "test_missing_keys_answer_correctly_once_other_keys_exist",
         says="let a raw builtins.KeyError",
+    )
+
+
+# -- listings -----------------------------------------------------------------------------
+
+
+def test_a_listing_that_never_asks_for_its_second_page_is_caught(kit: Outcomes) -> None:
+    """Pages of 1,000 keys (S3's), the continuation never sent: keys 1,001 on are lost."""
+    caught(
+        kit,
+        "ListsOnlyTheFirstPage",
+        "test_list_yields_each_of_many_keys_once",
+        says="100 missing",
+    )
+
+
+def test_details_pages_that_repeat_their_boundary_keys_are_caught(kit: Outcomes) -> None:
+    """``list`` is right, the store's own ``list_details`` pages resume at the last key."""
+    caught(
+        kit,
+        "RepeatsAPageOfDetails",
+        "test_list_yields_each_of_many_keys_once",
+        says="list_details('many/', start_after=None) yielded",
+    )
+
+
+def test_temporary_names_in_listings_are_caught(kit: Outcomes) -> None:
+    """Temporary + rename keeps readers safe, but a listing during the write shows the
+    temporary name (gc and copy_all would then meet a key that vanishes)."""
+    caught(
+        kit,
+        "ListsTemporaryNames",
+        "test_listings_while_keys_are_overwritten_show_each_key_once",
+        says="never a temporary name",
+    )
+
+
+def test_a_probe_record_left_in_listings_is_caught(kit: Outcomes) -> None:
+    """The record a store writes to check its backend's conditions, left behind and listed."""
+    for check in ["test_create_only_writes", "test_compare_and_swap_writes"]:
+        caught(kit, "LeavesItsProbeRecord", check, says="never list records of your own")
+
+
+# -- MD5s, keys and versions -------------------------------------------------------------
+
+
+def test_an_md5_listed_from_before_an_overwrite_is_caught(kit: Outcomes) -> None:
+    """copy_all would skip the changed record: its listed MD5 is the old value's."""
+    caught(
+        kit,
+        "ListsStaleMD5s",
+        "test_list_details_show_the_keys_of_list_and_only_true_md5s",
+        says="after overwrites with other bytes shows md5",
+    )
+
+
+def test_a_listed_md5_promise_of_part_of_the_payload_is_caught(kit: Outcomes) -> None:
+    """``listed_md5`` hashing the first buffer only: the expiry index never matches."""
+    caught(
+        kit,
+        "PromisesTheMD5OfTheFirstBuffer",
+        "test_list_details_show_the_keys_of_list_and_only_true_md5s",
+        says="not their MD5",
+    )
+
+
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [
+        ("DecodesEscapesInKeys", "'alias/x y' reads back"),
+        ("FoldsCase", "'alias/Case' reads back b'alias/CASE'"),
+    ],
+)
+def test_keys_that_alias_one_another_are_caught(kit: Outcomes, store: str, says: str) -> None:
+    """``x%20y``, ``x+y`` and ``x y`` one record; ``Case`` and ``case`` one record."""
+    caught(kit, store, "test_keys_differing_only_in_case_escaping_or_form_stay_apart", says=says)
+
+
+def test_a_compare_and_swap_matching_another_keys_version_is_caught(kit: Outcomes) -> None:
+    """``UPDATE ... WHERE version = ?`` without ``AND key = ?`` replaces another key."""
+    caught(
+        kit,
+        "SwapsAgainstAnyKeysVersion",
+        "test_compare_and_swap_writes",
+        says="against the version of 'conditional/neighbour' returned",
+    )
+
+
+# -- readers, closing, declarations -------------------------------------------------------
+
+
+def test_short_reads_before_the_end_are_caught(kit: Outcomes) -> None:
+    """``read(n)`` returning one 64 KiB chunk: the core would call the record truncated."""
+    caught(
+        kit,
+        "ReturnsShortReads",
+        "test_reads_are_never_short_before_the_end",
+        says="returned 65536 bytes, not 70001",
+    )
+
+
+def test_a_reader_that_cannot_be_closed_twice_is_caught(kit: Outcomes) -> None:
+    caught(
+        kit,
+        "ClosesReadersOnlyOnce",
+        "test_reads_are_never_short_before_the_end",
+        says="a second aclose() raised builtins.RuntimeError",
+    )
+
+
+def test_a_store_unusable_after_aclose_is_caught(kit: Outcomes) -> None:
+    caught(
+        kit,
+        "UnusableAfterAclose",
+        "test_the_store_is_usable_after_aclose",
+        says="the pool is closed",
+    )
+
+
+def test_a_class_without_an_interface_version_is_caught(kit: Outcomes) -> None:
+    """Constructed directly, it works; ``resolve_store`` would refuse it."""
+    caught(
+        kit,
+        "DeclaresNoInterfaceVersion",
+        "test_the_store_declares_an_interface_version_this_release_speaks",
+        says="interface_version is None; set `interface_version = 2`",
+    )
+
+
+# -- containers and credentials -----------------------------------------------------------
+
+
+def test_a_missing_container_reported_as_missing_keys_is_caught(kit: Outcomes) -> None:
+    caught(
+        kit,
+        "SaysNotFoundForAMissingContainer",
+        "test_a_missing_container_is_its_own_error_naming_key_and_url",
+        says="raised ResultNotFoundError",
+    )
+
+
+def test_a_refused_password_reported_as_unreachable_is_caught(kit: Outcomes) -> None:
+    """The core would retry it for RESULTSTORE_TIMEOUT, and tell the user to check the port."""
+    caught(
+        kit,
+        "ReportsRefusedPasswordAsUnreachable",
+        "test_refused_credentials_are_access_denied_naming_key_and_url",
+        says="raised StorageUnavailableError",
     )
 
 

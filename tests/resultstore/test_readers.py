@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,3 +43,21 @@ def test_a_single_buffer_is_not_copied_up_front() -> None:
     reader = BytesReader(data)
     data[0:1] = b"X"  # the reader sees the caller's buffer, not a snapshot
     assert run_sync(reader.read(3)) == b"Xbc"
+
+
+@pytest.mark.parametrize("parts", [[b"abc"], [b"a", b"bc"]])
+def test_a_reader_at_its_end_stays_there_whichever_call_got_it_there(
+    parts: list[bytes],
+) -> None:
+    reader = BytesReader(parts)
+    assert run_sync(reader.readinto(memoryview(bytearray(10)))) == 3
+    assert run_sync(reader.read(10)) == b""  # it replayed the value from the start
+    assert run_sync(reader.read()) == b""
+    assert run_sync(reader.readinto(memoryview(bytearray(10)))) == 0
+
+
+def test_read_after_a_partial_readinto_goes_on_from_there() -> None:
+    reader = BytesReader([b"ab", b"cdef"])
+    assert run_sync(reader.readinto(memoryview(bytearray(3)))) == 3
+    assert run_sync(reader.read(2)) == b"de"
+    assert run_sync(reader.read()) == b"f"

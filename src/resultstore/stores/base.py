@@ -242,14 +242,14 @@ class BytesReader(Reader):
         self._pos = 0
 
     async def read(self, n: int = -1) -> bytes:
-        if len(self._views) == 1:  # the common case: one buffer, one copy
+        if len(self._views) == 1 and self._index == 0:  # the common case: one copy
             view = self._views[0]
             end = len(view) if n < 0 else min(self._pos + n, len(view))
             chunk = bytes(view[self._pos : end])
             self._pos = end
             return chunk
-        size = sum(len(v) for v in self._views) if n < 0 else n
-        buffer = bytearray(size)
+        left = sum(len(v) for v in self._views[self._index :]) - self._pos
+        buffer = bytearray(left if n < 0 else min(n, left))
         got = await self.readinto(memoryview(buffer))
         del buffer[got:]
         return bytes(buffer)

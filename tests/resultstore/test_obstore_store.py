@@ -7,6 +7,7 @@ The error and configuration checks it shares with the s3fs client are in test_s3
 from __future__ import annotations
 
 import sys
+import uuid
 
 import pytest
 
@@ -17,7 +18,11 @@ from resultstore import (
 )
 from resultstore.stores.base import Store
 from resultstore.stores.obstore import ObstoreS3Store
-from resultstore.testing import StoreConformance
+from resultstore.testing import (
+    ContainerMissingConformance,
+    DeniedConformance,
+    StoreConformance,
+)
 
 
 @pytest.fixture
@@ -27,7 +32,7 @@ def obstore_url(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return s3_url
 
 
-class TestObstoreS3Store(StoreConformance):
+class TestObstoreS3Store(StoreConformance, DeniedConformance, ContainerMissingConformance):
     """The same conformance checks as every other store, unchanged."""
 
     large_size = 40 * 1024 * 1024  # above part_size: exercises multipart uploads
@@ -37,6 +42,19 @@ class TestObstoreS3Store(StoreConformance):
     @pytest.fixture
     def store(self, obstore_url: str) -> Store:
         store = resolve_store(obstore_url)
+        assert isinstance(store, ObstoreS3Store)
+        return store
+
+    @pytest.fixture
+    def denied_store(self, obstore_url: str, monkeypatch: pytest.MonkeyPatch) -> Store:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-the-server-refuses")
+        store = resolve_store(obstore_url + "-denied")
+        assert isinstance(store, ObstoreS3Store)
+        return store
+
+    @pytest.fixture
+    def missing_container_store(self, obstore_url: str) -> Store:
+        store = resolve_store(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/p")
         assert isinstance(store, ObstoreS3Store)
         return store
 

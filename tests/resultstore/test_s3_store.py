@@ -32,12 +32,16 @@ from resultstore import (
 )
 from resultstore.stores.base import Store
 from resultstore.stores.s3 import S3Store
-from resultstore.testing import StoreConformance
+from resultstore.testing import (
+    ContainerMissingConformance,
+    DeniedConformance,
+    StoreConformance,
+)
 from seaweedfs import SeaweedFS
 from states import return_value_to_state
 
 
-class TestS3Store(StoreConformance):
+class TestS3Store(StoreConformance, DeniedConformance, ContainerMissingConformance):
     """The same conformance checks as the file and memory stores, unchanged."""
 
     large_size = 40 * 1024 * 1024  # above part_size: exercises multipart uploads
@@ -47,6 +51,19 @@ class TestS3Store(StoreConformance):
     @pytest.fixture
     def store(self, s3_url: str) -> Store:
         store = resolve_store(s3_url)
+        assert isinstance(store, S3Store)
+        return store
+
+    @pytest.fixture
+    def denied_store(self, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> Store:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-the-server-refuses")
+        store = resolve_store(s3_url + "-denied")
+        assert isinstance(store, S3Store)
+        return store
+
+    @pytest.fixture
+    def missing_container_store(self, s3_url: str) -> Store:
+        store = resolve_store(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/p")
         assert isinstance(store, S3Store)
         return store
 

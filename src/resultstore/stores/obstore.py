@@ -424,7 +424,9 @@ class ObstoreS3Store(BaseS3Store):
             )
         if _is_missing(exc):
             return self.not_found(key)
-        if isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
+        # obstore raises a GenericError for a refused listing: its status and S3 code say it.
+        refused = status is not None and status.group(1) == "403"
+        if refused or isinstance(exc, (PermissionDeniedError, UnauthenticatedError)):
             return AccessDeniedError(
                 f"cannot {where}: access denied; check the credentials "
                 "(storage options or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",

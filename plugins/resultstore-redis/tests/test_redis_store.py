@@ -28,6 +28,7 @@ from resultstore import (
 )
 from resultstore.stores.base import Payload, Store
 from resultstore.testing import (
+    DeniedConformance,
     MultiProcessConformance,
     SecretConformance,
     StoreConformance,
@@ -41,12 +42,17 @@ from resultstore_redis import DEFAULT_PREFIX, RedisStore, escape_glob
 
 
 class TestRedisConformance(
-    StoreConformance, UnreachableConformance, SecretConformance, MultiProcessConformance
+    StoreConformance,
+    UnreachableConformance,
+    SecretConformance,
+    DeniedConformance,
+    MultiProcessConformance,
 ):
     """The core's checks, unchanged, on a store opened by URL through the entry point.
 
-    With the opt-in checks: a server that is down, a password that must never show,
-    and a second process (and a forked child) using the same server at once.
+    With the opt-in checks: a server that is down, a password that must never show, a
+    password the server refuses, and a second process (and a forked child) using the
+    same server at once.
     """
 
     @pytest.fixture
@@ -67,6 +73,12 @@ class TestRedisConformance(
     @pytest.fixture
     def secret_store(self, redis_with_password: RedisServer) -> Iterator[Store]:
         store = resolve_store(redis_with_password.url(password=PASSWORD))
+        yield store
+        run_sync(store.aclose())
+
+    @pytest.fixture
+    def denied_store(self, redis_with_password: RedisServer) -> Iterator[Store]:
+        store = resolve_store(redis_with_password.url(password="not-" + PASSWORD))
         yield store
         run_sync(store.aclose())
 

@@ -53,7 +53,7 @@ from resultstore.records import (
     record_head,
     utc,
 )
-from resultstore.registry import redact_url, resolve_store, scheme_of
+from resultstore.registry import broken_contract, redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy, bounded
 from resultstore.serializers import Buffer, Serializer, get_serializer, record_serializer
 from resultstore.settings import Settings, get_settings
@@ -360,7 +360,7 @@ class ResultStore:
 
     def _guard(self, action: str, key: str) -> _Guard:
         """A context that turns non-resultstore exceptions from a store into one-line errors."""
-        return _Guard(self.storage_url, action, key)
+        return _Guard(self.storage_url, action, key, self.store)
 
     # -- writing -------------------------------------------------------------
 
@@ -1398,10 +1398,10 @@ class _Guard:
     the operation in time.
     """
 
-    __slots__ = ("action", "key", "url")
+    __slots__ = ("action", "key", "store", "url")
 
-    def __init__(self, url: str, action: str, key: str) -> None:
-        self.url, self.action, self.key = url, action, key
+    def __init__(self, url: str, action: str, key: str, store: Store | None = None) -> None:
+        self.url, self.action, self.key, self.store = url, action, key, store
 
     def run(
         self,
@@ -1461,6 +1461,10 @@ class _Guard:
                 key=self.key,
                 url=self.url,
             ) from exc
+        if self.store is not None:  # a plugin's store that returned the wrong thing
+            broken = broken_contract(self.store, self.action, self.key, self.url, exc)
+            if broken is not None:
+                raise broken from exc
         raise StorageError(
             f"cannot {where} in {self.url}: {type(exc).__name__}: {exc}", key=self.key, url=self.url
         ) from exc

@@ -352,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(ValueError):  # main() called off the main thread
             signal.signal(signal.SIGINT, _interrupted)
     args = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with stdout closed (>&-): what it prints would vanish
+        print_error(
+            "stdout is closed, so nothing this command prints can be written: "
+            "redirect it (> FILE, > /dev/null) instead of closing it"
+        )
+        return ExitCode.BAD_INPUT
     try:
         result = command.main(
             args=hoist_global_options(args, command),

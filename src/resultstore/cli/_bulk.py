@@ -9,13 +9,12 @@ with a progress callback, and prints what it reports.
 from __future__ import annotations
 
 import datetime
-import json
 import math
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from resultstore.cli._context import open_store, options
+from resultstore.cli._context import open_store, options, require_reachable
 from resultstore.cli._errors import CliError, ExitCode
 from resultstore.cli._output import (
     Output,
@@ -24,10 +23,13 @@ from resultstore.cli._output import (
     bytes_text,
     metadata_dict,
     outcome_dict,
+    print_json,
+    print_line,
     size_text,
     table_row,
 )
 from resultstore.errors import SignatureError
+from resultstore.keys import validate_prefix
 from resultstore.result_store import ResultStore
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ def list_records(
     from resultstore._loops import run_sync
 
     out = Output(options(ctx))
+    validate_prefix(prefix)  # bad input before the store is touched
     with open_store(ctx) as store:
         store.require_container()
         shown, damaged = run_sync(_list(store, prefix, out, keys_only, limit))
@@ -78,7 +81,10 @@ async def _list(
         async for key in store.akeys(prefix):
             if shown >= left:
                 break
-            print(json.dumps({"key": key}) if out.json else key)
+            if out.json:
+                print_json({"key": key})
+            else:
+                print_line(key)
             shown += 1
         return shown, 0
     table = StreamedTable()
@@ -122,6 +128,7 @@ def gc(
     has expired. Leftovers are temporary files of writes interrupted over an hour ago.
     """
     out = Output(options(ctx))
+    validate_prefix(prefix)  # bad input before the store is touched
 
     def show(done: RecordOutcome) -> None:
         out.emit(outcome_dict(done))
@@ -177,6 +184,7 @@ def check(
     --require-signed fails every record.
     """
     out = Output(options(ctx))
+    validate_prefix(prefix)  # bad input before the store is touched
     with open_store(ctx) as store:
         store.require_container()
         with Progress("checking", None, enabled=out.progress, counting=True) as progress:
@@ -239,8 +247,10 @@ def copy(
     --storage-option applies to both stores.
     """
     out = Output(options(ctx))
+    validate_prefix(prefix)  # bad input before the store is touched
     with open_store(ctx, url=src_url) as src, open_store(ctx, url=dst_url) as dst:
         src.require_container()
+        require_reachable(dst)
         with Progress("copying", None, enabled=out.progress, counting=True) as progress:
 
             def seen(done: RecordOutcome) -> None:

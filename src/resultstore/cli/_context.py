@@ -26,6 +26,7 @@ __all__ = [
     "options",
     "parse_duration",
     "parse_storage_options",
+    "require_reachable",
 ]
 
 
@@ -90,6 +91,24 @@ def options(ctx: typer.Context) -> CliOptions:
     """The global options of the command running in ``ctx``."""
     found = ctx.find_object(CliOptions)
     return found if found is not None else CliOptions()
+
+
+def require_reachable(store: ResultStore) -> None:
+    """Raise the store's error when ``store``, a destination, cannot be listed.
+
+    ``copy`` and ``import-prefect`` write to a store they may never read: with nothing
+    to copy they would report "0 records" to an unreachable server or a missing bucket.
+    One listing call (the first key) fails as any other call would (exit 4); a file
+    store's folder that does not exist yet lists nothing, and is created by the first
+    write.
+    """
+    from resultstore._loops import run_sync
+
+    async def first_key() -> None:
+        async for _ in store.akeys():
+            break
+
+    run_sync(first_key())
 
 
 def open_store(

@@ -101,7 +101,8 @@ def exit_code_for(exc: BaseException) -> ExitCode:
 
 
 def _one_line(text: str) -> str:
-    return re.sub(r"\s*\n\s*", " ", text.strip())
+    text = re.sub(r"\s*\n\s*", " ", text.strip())
+    return text.replace("Value error, ", "")  # pydantic's prefix of a validator's message
 
 
 def error_message(exc: BaseException) -> str:
@@ -121,6 +122,15 @@ def error_message(exc: BaseException) -> str:
 
 
 def print_error(message: str) -> None:
-    """Write ``error: <message>`` on stderr, at once."""
-    sys.stderr.write(f"error: {message}\n")
+    """Write ``error: <message>`` on stderr, at once, with its unprintable characters escaped.
+
+    A message can quote what others wrote (a key, a folder's name, a server's reply):
+    :func:`~resultstore.cli._output.printable` keeps their escape sequences and line
+    breaks off the terminal, so the error stays one line that shows what it names.
+    """
+    from resultstore.cli._output import printable
+
+    if sys.stderr is None:  # started with stderr closed: nowhere to say it
+        return
+    sys.stderr.write(f"error: {printable(message)}\n")
     sys.stderr.flush()

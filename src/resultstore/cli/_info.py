@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import typer
 
 from resultstore.cli._context import options
-from resultstore.cli._output import Output, print_table
+from resultstore.cli._output import Output, print_json, print_table
 
 __all__ = ["demo", "stores"]
 
@@ -53,4 +52,4 @@ def demo(ctx: typer.Context) -> None:
         echo=(lambda _text: None) if quiet else print,
     )
     if given.json:
-        print(json.dumps(dataclasses.asdict(report), default=repr, ensure_ascii=False))
+        print_json(dataclasses.asdict(report), default=repr)

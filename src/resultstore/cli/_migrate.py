@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from resultstore.cli._context import open_store, options
+from resultstore.cli._context import open_store, options, require_reachable
 from resultstore.cli._errors import CliError, ExitCode
 from resultstore.cli._output import Output, Progress
 
@@ -52,6 +52,7 @@ def import_prefect_command(
         open_store(ctx, serializer, url=dest) as dst,
         Progress("importing", None, enabled=out.progress, counting=True) as progress,
     ):
+        require_reachable(dst)
         summary = import_prefect(
             src,
             dst,

@@ -5,6 +5,11 @@ The JSON schema is one for every command (README, "Command line"): a record is
 "signed"}``; a command acting on many records prints one line per record,
 ``{"key", "outcome", "size"}`` (plus ``"error"`` when it failed), then one
 ``{"summary": {...}}`` line. rich is imported only to draw on a terminal.
+
+Everything a command shows goes through :func:`printable` (text) or :func:`json_line`
+(JSON), here and nowhere else: keys, URLs and error messages can hold what a store's
+other writers put there (terminal escapes, right-to-left marks, line separators), and
+none of it reaches the terminal raw or splits a JSON line.
 """
 
 from __future__ import annotations
@@ -13,17 +18,16 @@ import datetime
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
-
-from resultstore.cli._context import CliOptions
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
     from resultstore.bulk import RecordOutcome, ScanEntry
+    from resultstore.cli._context import CliOptions
     from resultstore.records import ResultMetadata
 
 __all__ = [
@@ -32,9 +36,13 @@ __all__ = [
     "Progress",
     "StreamedTable",
     "bytes_text",
+    "json_line",
     "metadata_dict",
     "outcome_dict",
+    "print_json",
+    "print_line",
     "print_table",
+    "printable",
     "size_text",
     "spinner",
     "when",
@@ -42,6 +50,68 @@ __all__ = [
 
 LARGE = 1024 * 1024
 """From this size on, get and put show a spinner (on a terminal)."""
+
+
+# --- what may reach the terminal --------------------------------------------------------
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable written as Python writes it.
+
+    ESC (``\\x1b``), other C0 and C1 controls (``\\x9b``, a CSI on some terminals),
+    DEL, line and paragraph separators, bidirectional overrides (``\\u202e``) and
+    other invisible formatting characters are shown as escapes: a key or a message
+    shows what it holds and cannot move the cursor, retitle the window, reverse the
+    text that follows or start a new line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def json_line(
+    obj: object, indent: int | None = None, default: Callable[[Any], Any] | None = None
+) -> str:
+    """``obj`` as JSON text whose characters are all printable (and ``\\n`` when indented).
+
+    Non-ASCII text stays readable (``ensure_ascii=False``), but what :func:`printable`
+    escapes is written as a ``\\uXXXX`` escape: the same JSON value, one that a
+    terminal shows as it is, and a line that no reader splits (Python's
+    ``str.splitlines`` also splits at ``\\x85`` and ``\\u2028``).
+    """
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False, default=default)
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == "\n" else _json_escape(char) for char in text
+    )
+
+
+def print_line(text: str) -> None:
+    """Print one line for people on stdout, through :func:`printable`."""
+    print(printable(text))
+
+
+def print_json(
+    obj: object, indent: int | None = None, default: Callable[[Any], Any] | None = None
+) -> None:
+    """Print ``obj`` as JSON on stdout, through :func:`json_line`."""
+    print(json_line(obj, indent, default))
 
 
 class Output:
@@ -54,12 +124,12 @@ class Output:
     def info(self, text: str) -> None:
         """A line for people (a summary, a confirmation): not with --json or --quiet."""
         if not self.json and not self.quiet:
-            print(text)
+            print_line(text)
 
     def emit(self, obj: dict[str, Any]) -> None:
         """One JSON object on one line (only with --json)."""
         if self.json:
-            print(json.dumps(obj, ensure_ascii=False))
+            print_json(obj)
 
     def summary(self, **fields: Any) -> None:
         """The closing ``{"summary": {...}}`` line of a command over many records."""
@@ -68,7 +138,7 @@ class Output:
     def warn(self, text: str) -> None:
         """``warning: <text>`` on stderr, unless --quiet."""
         if not self.quiet:
-            sys.stderr.write(f"warning: {text}\n")
+            sys.stderr.write(f"warning: {printable(text)}\n")
 
     @property
     def progress(self) -> bool:
@@ -152,7 +222,7 @@ def print_table(table: Table) -> None:
     with console.capture() as captured:
         console.print(table)
     for line in captured.get().splitlines():
-        print(line.rstrip())
+        print_line(line.rstrip())
 
 
 def _terminal_columns() -> int | None:
@@ -161,14 +231,15 @@ def _terminal_columns() -> int | None:
 
 
 def table_row(entry: ScanEntry, now: datetime.datetime) -> tuple[str, str, str, str, str]:
-    """An ``ls`` row: key, size, serializer, created, expiration (or DAMAGED)."""
+    """An ``ls`` row: key, size, serializer, created, expiration (or DAMAGED), printable."""
     meta = entry.metadata
     if meta is None:
-        return entry.key, "-", "DAMAGED", "-", "-"
+        return printable(entry.key), "-", "DAMAGED", "-", "-"
     expiration = when(meta.expiration)
     if meta.is_expired(now):
         expiration += " (expired)"
-    return meta.storage_key, size_text(meta.size), meta.serializer, when(meta.created), expiration
+    key, serializer = printable(meta.storage_key), printable(meta.serializer)
+    return key, size_text(meta.size), serializer, when(meta.created), expiration
 
 
 class StreamedTable:

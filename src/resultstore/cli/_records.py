@@ -13,9 +13,18 @@ import typer
 
 from resultstore.cli._context import open_store, options, parse_duration
 from resultstore.cli._errors import CliError, ExitCode
-from resultstore.cli._output import LARGE, Output, metadata_dict, size_text, spinner, when
+from resultstore.cli._output import (
+    LARGE,
+    Output,
+    json_line,
+    metadata_dict,
+    print_json,
+    size_text,
+    spinner,
+    when,
+)
 from resultstore.errors import SerializationError
-from resultstore.keys import validate_key
+from resultstore.keys import validate_key, validate_prefix
 
 __all__ = ["get", "inspect", "put", "rm"]
 
@@ -23,8 +32,24 @@ STDIO = "-"
 """The file name that means stdin (``put --file -``) or stdout (``get -o -``)."""
 
 
-def _read_stdin_bytes() -> bytes:
-    return sys.stdin.buffer.read()
+def _stdin(option: str, key: str) -> Any:
+    """``sys.stdin``, or a one-line CliError when the process was started with it closed."""
+    if sys.stdin is None:
+        raise CliError(
+            f"{option} - for key {key!r} reads stdin, but stdin is closed: pipe the value "
+            "in or give a file",
+            ExitCode.BAD_INPUT,
+        )
+    return sys.stdin
+
+
+def _read_stdin_bytes(key: str) -> bytes:
+    return bytes(_stdin("--file", key).buffer.read())
+
+
+def _not_json(constant: str) -> Any:
+    """json.loads' hook for NaN and Infinity: JSON has no such numbers."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def put(
@@ -73,10 +98,10 @@ def put(
         raise CliError("put needs exactly one of --json TEXT or --file PATH", ExitCode.BAD_INPUT)
     value: Any
     if json_text is not None:
-        text = sys.stdin.read() if json_text == STDIO else json_text
+        text = _stdin("--json", key).read() if json_text == STDIO else json_text
         where = "stdin (--json -)" if json_text == STDIO else "--json"
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_not_json)
         except ValueError as exc:
             raise CliError(
                 f"{where} for key {key!r} is not valid JSON: {exc}", ExitCode.BAD_INPUT
@@ -85,7 +110,7 @@ def put(
     else:
         assert file is not None
         try:
-            value = _read_stdin_bytes() if file == STDIO else Path(file).read_bytes()
+            value = _read_stdin_bytes(key) if file == STDIO else Path(file).read_bytes()
         except OSError as exc:
             raise CliError(
                 f"cannot read --file {file!r}: {exc.strerror or exc}", ExitCode.BAD_INPUT
@@ -135,8 +160,8 @@ def _to_json(value: object) -> str | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return None
     try:
-        return json.dumps(value, indent=None if _is_scalar(value) else 2, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError):
+        return json_line(value, None if _is_scalar(value) else 2)
+    except (TypeError, ValueError, RecursionError):  # NaN and Infinity too: not JSON
         return None
 
 
@@ -144,6 +169,8 @@ def _kind(value: object) -> str:
     """``of type set``, ``of type ndarray (800 bytes)``: what a value is, for an error."""
     nbytes = getattr(value, "nbytes", None)
     size = f" ({nbytes} bytes)" if isinstance(nbytes, int) else ""
+    if isinstance(value, float):  # nan or inf: JSON has no such number
+        size = f" ({value!r})"
     return f"of type {type(value).__name__}{size}"
 
 
@@ -167,9 +194,18 @@ def encode_value(key: str, value: object, fmt: Format) -> bytes:
 
 
 def _write_stdout(data: bytes) -> None:
+    """Write all of ``data`` to stdout, or raise (BrokenPipeError when its reader left).
+
+    A buffered write of more than its buffer to a pipe can return after part of it,
+    without an error, when the reader goes away (``resultstore get big | head -c 10``):
+    the rest is written again, so that the next write reports the closed pipe.
+    """
     sys.stdout.flush()
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    out = sys.stdout.buffer
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+    out.flush()
 
 
 def get(
@@ -267,7 +303,7 @@ def inspect(
         shown["signature"] = "not verified (no signing key configured: set RESULTSTORE_SIGNING_KEY)"
     else:
         shown["signature"] = "none"
-    print(json.dumps(shown, indent=None if options(ctx).json else 2, ensure_ascii=False))
+    print_json(shown, indent=None if options(ctx).json else 2)
 
 
 def rm(
@@ -322,6 +358,8 @@ def rm(
 
 def _rm_recursive(ctx: typer.Context, prefixes: list[str], yes: bool) -> None:
     out = Output(options(ctx))
+    for prefix in prefixes:  # bad input before the store is touched
+        validate_prefix(prefix)
     with open_store(ctx) as store:
         store.require_container()
         found = {prefix: store.keys(prefix) for prefix in prefixes}
@@ -330,7 +368,7 @@ def _rm_recursive(ctx: typer.Context, prefixes: list[str], yes: bool) -> None:
         where = ", ".join(repr(prefix) for prefix in prefixes)
         if doomed and not yes:
             question = f"delete {len(doomed)} record(s) under {where} in {store.storage_url}?"
-            if not sys.stdin.isatty():
+            if sys.stdin is None or not sys.stdin.isatty():
                 raise CliError(
                     f"rm --recursive would {question[:-1]}: pass --yes to confirm "
                     "(stdin is not a terminal, so it cannot ask)",

@@ -28,13 +28,14 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import logging
 import os
 import sys
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from resultstore import _log
 
 if TYPE_CHECKING:  # asyncio and the thread pool are imported on first use
     import asyncio
@@ -44,8 +45,6 @@ __all__ = ["LoopLocal", "in_async_context", "on_private_loop", "run_sync"]
 
 T = TypeVar("T")
 C = TypeVar("C")
-
-logger = logging.getLogger("resultstore")
 
 _local = threading.local()
 _worker_pool: ThreadPoolExecutor | None = None
@@ -279,7 +278,7 @@ class _Slot(Generic[C]):
                 try:
                     await self.close_client(client)
                 except Exception as exc:  # a client that fails to close is gone all the same
-                    logger.debug("closing a client of %r failed: %r", self.loop, exc)
+                    _log.debug("resultstore", "closing a client of %r failed: %r", self.loop, exc)
             # Done with the keeper, unless it is what is closing us (the loop shuts down).
             if not self.finishing:
                 await self.keeper.aclose()

@@ -13,9 +13,7 @@ its ``timeout`` bounds each operation, retries included.
 
 from __future__ import annotations
 
-import logging
 import math
-import random
 import sys
 import threading
 import time
@@ -24,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+from resultstore import _log
 from resultstore.errors import (
     ConfigurationError,
     ResultNotFoundError,
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["NO_RETRY", "RetryPolicy"]
 
 T = TypeVar("T")
-logger = logging.getLogger("resultstore.retry")
 
 Jitter = Literal["none", "equal", "full"]
 _JITTERS = ("none", "equal", "full")
@@ -124,8 +122,12 @@ class RetryPolicy:
         except OverflowError:  # a long policy's growth past any float: capped long before
             base = cap
         if self.jitter == "full":
+            import random  # here: a sleep before a retry is no hot path
+
             return random.uniform(0, base)
         if self.jitter == "equal":
+            import random
+
             return base / 2 + random.uniform(0, base / 2)
         return base
 
@@ -173,7 +175,13 @@ class RetryPolicy:
                     raise exc._with_suffix(
                         f" (gave up after {attempt} attempts over {elapsed:.1f}s)"
                     ) from exc.__cause__
-                logger.debug("attempt %d/%d failed: %s; retrying", attempt, self.attempts, exc)
+                _log.debug(
+                    "resultstore.retry",
+                    "attempt %d/%d failed: %s; retrying",
+                    attempt,
+                    self.attempts,
+                    exc,
+                )
             import anyio  # only a retry needs it
 
             await anyio.sleep(pause)

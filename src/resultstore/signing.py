@@ -15,13 +15,14 @@ payload itself) are still verified, after their payload is read.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resultstore.errors import ConfigurationError
 from resultstore.serializers import Buffer
+
+if TYPE_CHECKING:  # hashlib and hmac (3 ms) are imported by the first signed record only
+    import hmac
 
 __all__ = ["MIN_KEY_BYTES", "Signer", "check_signing_key", "check_old_signing_keys"]
 
@@ -67,6 +68,8 @@ def check_old_signing_keys(keys: object, what: str = "old_signing_keys") -> list
 
 def payload_digest(segments: Sequence[Buffer]) -> str:
     """The SHA-256 of the payload, as the header of a signed record records it."""
+    import hashlib
+
     digest = hashlib.sha256()
     for segment in segments:
         digest.update(segment)
@@ -83,6 +86,9 @@ class Signer:
 
     @staticmethod
     def _mac(secret: bytes, key: str, header: bytes) -> hmac.HMAC:
+        import hashlib
+        import hmac
+
         mac = hmac.new(secret, digestmod=hashlib.sha256)
         for part in (key.encode(), header):  # length-prefixed: no two inputs sign alike
             mac.update(len(part).to_bytes(8, "little"))
@@ -99,6 +105,8 @@ class Signer:
 
     def verify_header(self, key: str, header: bytes, signature: str) -> bool:
         """True when ``signature`` (v3) was made for ``key`` and ``header`` by a known key."""
+        import hmac
+
         return any(
             hmac.compare_digest(f"{ALGORITHM}:{self._mac(s, key, header).hexdigest()}", signature)
             for s in self._keys
@@ -108,6 +116,8 @@ class Signer:
         self, key: str, header: bytes, segments: Sequence[Buffer], signature: str
     ) -> bool:
         """True when a record signed by an earlier release (v2) verifies."""
+        import hmac
+
         for secret in self._keys:
             mac = self._mac(secret, key, header)
             for segment in segments:

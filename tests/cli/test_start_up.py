@@ -42,6 +42,10 @@ HEAVY = (
     "fsspec",
     "importlib.metadata",  # the entry-point scan reads the folders itself (plugins.py)
     "email",
+    # signing (hashlib, hmac) serves signed records only, secrets lock leases only: a
+    # get of an unsigned record needs neither
+    "hmac",
+    "secrets",
 )
 
 _CHILD = """

@@ -76,7 +76,6 @@ import functools
 import os
 import platform
 import re
-import secrets
 import stat
 import struct
 import sys
@@ -317,7 +316,7 @@ def _kind(mode: int) -> str:
 
 def _temp_name(name: str) -> str:
     """A unique temporary name for a new file of the record ``name`` (see _TEMP_NAME)."""
-    return f".{name}.{secrets.token_hex(8)}{_TMP_SUFFIX}"
+    return f".{name}.{os.urandom(8).hex()}{_TMP_SUFFIX}"  # secrets.token_hex, less its import
 
 
 def _present(name: str, dir_fd: int) -> bool:

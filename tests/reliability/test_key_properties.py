@@ -1,9 +1,12 @@
 """Property tests: no key, however strange, escapes the file store's root or collides.
 
-Every key is either refused with an :class:`InvalidKeyError` whose message is one line
-and contains the key's repr, or accepted; an accepted key written to the file store
-lands inside its root (nothing appears beside it), and two distinct accepted keys
-never share a record: each reads back its own value and both are listed, exactly.
+Every key is either refused with an :class:`InvalidKeyError` whose message is one
+printable line naming the key as :func:`~resultstore.keys.shown_key` shows it (its
+repr, shortened when long), or accepted; an accepted key holds no control, invisible
+format, separator, surrogate, private-use or unassigned character (categories Cc, Cf,
+Zl, Zp, Cs, Co, Cn), written to the file store it lands inside its root (nothing
+appears beside it), and two distinct accepted keys never share a record: each reads
+back its own value and both are listed, exactly.
 The keys come from all of Unicode (control characters, lone surrogates, line and
 paragraph separators, combining marks), from path-like compositions of tricky
 segments, and from very long strings.
@@ -22,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resultstore import InvalidKeyError, ResultStore
-from resultstore.keys import RESERVED_SUFFIX
+from resultstore.keys import RESERVED_SUFFIX, shown_key
 
 ANY_CHAR = st.characters(codec=None, exclude_categories=())  # surrogates (Cs) included
+FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
 TRICKY_SEGMENTS = [
     "",
     ".",
@@ -87,7 +91,9 @@ KEYS = st.one_of(
 MOSTLY_VALID = st.lists(
     st.one_of(
         st.text(
-            st.characters(codec="utf-8", exclude_characters="/\\", exclude_categories=["Cc"]),
+            st.characters(
+                codec="utf-8", exclude_characters="/\\", exclude_categories=FORBIDDEN_CATEGORIES
+            ),
             min_size=1,
             max_size=15,
         ),
@@ -134,10 +140,14 @@ class Tally:
         except InvalidKeyError as exc:
             message = str(exc)
             assert len(message.splitlines()) == 1, message
-            assert repr(key) in message, message
+            assert message.isprintable(), message
+            assert shown_key(key) in message, message
+            assert len(message) < 500, message  # a long key is shown shortened
             assert exc.key == key
             self.counts["refused"] += 1
             return False
+        forbidden = [c for c in key if unicodedata.category(c) in FORBIDDEN_CATEGORIES]
+        assert not forbidden, f"{key!r} was accepted, holding {forbidden!r}"
         self.counts["accepted"] += 1
         return True
 

@@ -13,18 +13,24 @@ import base64
 import json
 import os
 import resource
-import socket
 import struct
 import subprocess
 import sys
 import threading
-import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import xxhash
+from attacker import (
+    Listener,
+    PlantsAFile,
+    header_fields,
+    peak_allocation,
+    plant,
+    received,
+    record_bytes,
+)
 
 from resultstore import (
     IntegrityError,
@@ -37,54 +43,12 @@ from resultstore import (
 )
 from resultstore._loops import run_sync
 from resultstore.prefect import PrefectRecordError, import_prefect
-from resultstore.records import FORMAT_VERSION, MAGIC
 from resultstore.signing import Signer
-from resultstore.stores.base import Payload
-from states import State, get_state_result
+from states import get_state_result
 
 KEY = "k" * 32
 ONCE = RetryPolicy(attempts=1, delay=0)
 MiB = 1 << 20
-
-
-class PlantsAFile:
-    """A value whose unpickling creates a file: stands for any code an attacker runs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple[Any, tuple[Path, str]]:
-        return (Path.write_text, (Path(self.path), "pwned"))
-
-
-@pytest.fixture
-def memory_url() -> str:
-    return f"memory://attacks-{os.urandom(6).hex()}"
-
-
-def plant(store: ResultStore, key: str, data: bytes) -> None:
-    """Write raw bytes under ``key``, as anyone with write access to the storage can."""
-    run_sync(store.store.write(key, Payload([data])))
-
-
-def record_bytes(header: bytes, payload: bytes = b"abc") -> bytes:
-    """A record around any header text, with a correct header checksum."""
-    prefix = struct.pack(
-        "<4sHIQ", MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header)
-    )
-    return prefix + header + payload
-
-
-def fields(payload: bytes = b"abc", **overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "serializer": "json",
-        "created": "2026-01-01T00:00:00+00:00",
-        "expiration": None,
-        "segments": [len(payload)],
-        "checksum": "xxh3_128:" + xxhash.xxh3_128_hexdigest(payload),
-    }
-    base.update(overrides)
-    return base
 
 
 def one_line(error: BaseException, *names: str) -> str:
@@ -93,22 +57,6 @@ def one_line(error: BaseException, *names: str) -> str:
     for name in names:
         assert name in message, message
     return message
-
-
-def peak_allocation(fn: Any) -> tuple[int, BaseException | None]:
-    """Bytes allocated at the peak while ``fn()`` runs, and what it raised."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        error: BaseException | None = None
-        try:
-            fn()
-        except BaseException as exc:
-            error = exc
-        return tracemalloc.get_traced_memory()[1] - base, error
-    finally:
-        tracemalloc.stop()
 
 
 # -- a record's serializer name is data, never a configuration --------------------------
@@ -137,7 +85,7 @@ def peak_allocation(fn: Any) -> tuple[int, BaseException | None]:
 )
 def test_a_record_names_its_serializer_by_name_only(memory_url: str, name: str) -> None:
     store = ResultStore(memory_url, serializer="json", retry=ONCE)
-    plant(store, "k", record_bytes(json.dumps(fields(serializer=name)).encode()))
+    plant(store, "k", record_bytes(header_fields(serializer=name)))
     with pytest.raises((UnknownSerializerError, IntegrityError)) as caught:
         store.read("k")
     assert type(caught.value) in (UnknownSerializerError, IntegrityError)
@@ -152,7 +100,7 @@ def test_serializer_names_with_control_characters_or_no_end_are_damage(
 ) -> None:
     """Names reach ls, inspect and messages: a newline or terminal escape there is damage."""
     store = ResultStore(memory_url, retry=ONCE)
-    plant(store, "k", record_bytes(json.dumps(fields(serializer=name)).encode()))
+    plant(store, "k", record_bytes(header_fields(serializer=name)))
     for read in (store.read_metadata, store.read):
         with pytest.raises(IntegrityError, match="unreadable header") as caught:
             read("k")
@@ -162,7 +110,7 @@ def test_serializer_names_with_control_characters_or_no_end_are_damage(
 def test_the_cli_never_prints_a_hostile_serializer_name(tmp_path: Path) -> None:
     url = (tmp_path / "store").as_uri()
     store = ResultStore(url)
-    plant(store, "k", record_bytes(json.dumps(fields(serializer="\x1b]0;owned\x07json")).encode()))
+    plant(store, "k", record_bytes(header_fields(serializer="\x1b]0;owned\x07json")))
     env = {
         name: value
         for name, value in os.environ.items()
@@ -215,7 +163,7 @@ def test_with_duplicate_keys_the_serializer_checked_is_the_one_used(
     import pickle
 
     payload = pickle.dumps(PlantsAFile(marker))
-    body = json.dumps(fields(payload, serializer="json"))[:-1]
+    body = json.dumps(header_fields(payload, serializer="json"))[:-1]
     text = (body + ', "serializer": "pickle"}').encode()  # the last one wins in the parser
     store = ResultStore(memory_url, serializer="json", retry=ONCE)
     plant(store, "k", record_bytes(text, payload))
@@ -226,54 +174,6 @@ def test_with_duplicate_keys_the_serializer_checked_is_the_one_used(
 
 
 # -- references from a State's JSON ----------------------------------------------------------
-
-
-class Listener:
-    """A TCP socket that counts connections: proof that nothing was contacted."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def listener() -> Iterator[Listener]:
-    server = Listener()
-    yield server
-    server.close()
-
-
-def received(storage_url: str, key: str = "k") -> State[Any]:
-    data = {
-        "__result_ref__": "persisted",
-        "storage_url": storage_url,
-        "key": key,
-        "serializer": "pickle",
-        "expiration": None,
-    }
-    text = json.dumps({"type": "COMPLETED", "name": "Completed", "data": data})
-    return State.model_validate_json(text)
 
 
 def hostile_references(allowed: Path) -> list[str]:
@@ -421,12 +321,11 @@ def test_a_v2_signature_by_someone_without_the_key_never_verifies(
     marker = tmp_path / "pwned"
     payload = pickle.dumps(PlantsAFile(marker))
     attacker = Signer("someone-elses-key-00")
-    core = json.dumps(fields(payload, serializer="pickle"), separators=(",", ":"), sort_keys=True)
+    fields = header_fields(payload, serializer="pickle")
+    core = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     mac = attacker._mac(attacker._keys[0], "k", core.encode())
     mac.update(payload)
-    text = json.dumps(
-        {**fields(payload, serializer="pickle"), "signature": "hmac-sha256-v2:" + mac.hexdigest()}
-    ).encode()
+    text = json.dumps({**fields, "signature": "hmac-sha256-v2:" + mac.hexdigest()}).encode()
     store = ResultStore(memory_url, signing_key=KEY, retry=ONCE)
     plant(store, "k", record_bytes(text, payload))
     with pytest.raises(SignatureError):
@@ -460,7 +359,7 @@ def test_a_sparse_file_claiming_terabytes_is_an_integrity_error(
     root = tmp_path / "store"
     store = ResultStore(root.as_uri(), retry=ONCE)
     size = 4 << 40
-    head = record_bytes(json.dumps(fields(serializer="pickle", segments=[size])).encode(), b"")
+    head = record_bytes(header_fields(serializer="pickle", segments=[size]), b"")
     path = root / "sparse.rsr"
     root.mkdir()
     with open(path, "wb") as handle:

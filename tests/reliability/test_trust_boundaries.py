@@ -11,17 +11,20 @@ import datetime
 import json
 import os
 import pickle
-import socket
-import struct
-import threading
-import tracemalloc
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import xxhash
 import zstandard
+from attacker import (
+    Listener,
+    PlantsAFile,
+    header_fields,
+    peak_allocation,
+    plant,
+    received,
+    record_bytes,
+)
 
 from resultstore import (
     ConfigurationError,
@@ -36,9 +39,8 @@ from resultstore import (
 )
 from resultstore import references as references_module
 from resultstore import serializers as serializers_module
-from resultstore._loops import run_sync
-from resultstore.records import FORMAT_VERSION, MAGIC, encode_record
-from resultstore.serializers import Buffer, JSONSerializer, Serializer
+from resultstore.records import encode_record
+from resultstore.serializers import JSONSerializer, Serializer
 from resultstore.stores.base import BytesReader, Payload, Reader, Store
 from states import Completed, State, get_state_result
 
@@ -48,67 +50,10 @@ ONCE = RetryPolicy(attempts=1, delay=0)
 MiB = 1 << 20
 
 
-class PlantsAFile:
-    """A value whose unpickling creates a file: stands for any code an attacker runs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
-        return (Path.write_text, (Path(self.path), "pwned"))  # type: ignore[return-value]
-
-
-@pytest.fixture
-def memory_url() -> str:
-    return f"memory://trust-{os.urandom(6).hex()}"
-
-
 @pytest.fixture(params=["file", "memory"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path, memory_url: str) -> str:
     """A fresh storage URL, once per built-in local backend."""
     return (tmp_path / "store").as_uri() if request.param == "file" else memory_url
-
-
-def plant(store: ResultStore, key: str, buffers: Sequence[Buffer]) -> None:
-    """Write raw record bytes, as someone with write access to the storage can."""
-    run_sync(store.store.write(key, Payload(list(buffers))))
-
-
-def raw_record(fields: dict[str, Any], payload: bytes = b"") -> bytes:
-    """A record with a correct header checksum around any header fields an attacker likes."""
-    header = json.dumps(fields).encode()
-    prefix = struct.pack(
-        "<4sHIQ", MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header)
-    )
-    return prefix + header + payload
-
-
-def header_fields(**overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "serializer": "pickle",
-        "created": "2026-01-01T00:00:00+00:00",
-        "expiration": None,
-        "segments": [3],
-        "checksum": "xxh3_128:" + xxhash.xxh3_128_hexdigest(b"abc"),
-    }
-    fields.update(overrides)
-    return fields
-
-
-def peak_allocation(fn: Any) -> tuple[int, BaseException | None]:
-    """Bytes allocated at the peak while ``fn()`` runs, and what it raised."""
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        error: BaseException | None = None
-        try:
-            fn()
-        except BaseException as exc:
-            error = exc
-        return tracemalloc.get_traced_memory()[1] - base, error
-    finally:
-        tracemalloc.stop()
 
 
 # -- 1. what a reader may decode -------------------------------------------------------------
@@ -230,57 +175,8 @@ def test_a_refused_record_is_refused_before_its_payload_is_read(memory_url: str)
 # -- 2. references from a State's JSON --------------------------------------------------------
 
 
-class ListeningSocket:
-    """A loopback server that only counts the connections it is sent."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
-
-
-@pytest.fixture
-def listener() -> Iterator[ListeningSocket]:
-    server = ListeningSocket()
-    yield server
-    server.close()
-
-
-def received(storage_url: str, key: str = "k", serializer: str = "pickle") -> State[Any]:
-    """A State as a consumer receives it: parsed from JSON someone else wrote."""
-    data = {
-        "__result_ref__": "persisted",
-        "storage_url": storage_url,
-        "key": key,
-        "serializer": serializer,
-        "expiration": None,
-    }
-    text = json.dumps({"type": "COMPLETED", "name": "Completed", "data": data})
-    return State.model_validate_json(text)
-
-
 def test_references_to_storage_nobody_allowed_are_refused_before_any_access(
-    tmp_path: Path, listener: ListeningSocket, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, listener: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     allowed = tmp_path / "results"
     monkeypatch.setenv("RESULTSTORE_STORAGE_URL", allowed.as_uri())
@@ -497,7 +393,7 @@ def test_a_record_signed_with_a_one_letter_key_never_verifies(memory_url: str) -
 )
 def test_absurd_segment_lengths_are_integrity_errors(memory_url: str, segments: Any) -> None:
     store = ResultStore(memory_url, retry=ONCE)
-    plant(store, "k", [raw_record(header_fields(segments=segments), b"abc")])
+    plant(store, "k", record_bytes(header_fields(segments=segments), b"abc"))
     peak, error = peak_allocation(lambda: store.read("k"))
     assert type(error) is IntegrityError, error
     assert "'k'" in str(error)
@@ -519,7 +415,7 @@ def test_absurd_segment_lengths_are_integrity_errors(memory_url: str, segments: 
 )
 def test_hostile_header_fields_are_integrity_errors(memory_url: str, fields: Any) -> None:
     store = ResultStore(memory_url, retry=ONCE)
-    plant(store, "k", [raw_record(fields, b"abc")])
+    plant(store, "k", record_bytes(fields, b"abc"))
     with pytest.raises(IntegrityError, match="unreadable header"):
         store.read_metadata("k")
     with pytest.raises(IntegrityError):
@@ -531,7 +427,7 @@ def test_a_signature_of_the_wrong_type_is_a_signature_error(
     memory_url: str, signature: Any
 ) -> None:
     store = ResultStore(memory_url, signing_key=KEY, retry=ONCE)
-    plant(store, "k", [raw_record(header_fields(signature=signature), b"abc")])
+    plant(store, "k", record_bytes(header_fields(signature=signature), b"abc"))
     with pytest.raises(SignatureError, match="wrong type"):
         store.read("k")
     with pytest.raises(SignatureError):
@@ -575,11 +471,11 @@ def test_a_200_byte_record_claiming_a_gigabyte_allocates_almost_nothing(
     memory_url: str, sized: bool, signed: bool
 ) -> None:
     fields = header_fields(segments=[20, 1 << 30])
-    data = raw_record(fields, b"x" * 20)
+    data = record_bytes(fields, b"x" * 20)
     assert len(data) < 300
     backend: Store = ResultStore(memory_url).store if sized else UnsizedStore("unsized://")
     store = ResultStore(backend, retry=ONCE, signing_key=KEY if signed else None)
-    plant(store, "k", [data])
+    plant(store, "k", data)
     peak, error = peak_allocation(lambda: store.read("k"))
     assert isinstance(error, IntegrityError), error
     assert peak < MiB
@@ -590,7 +486,7 @@ def test_a_zstd_bomb_allocates_almost_nothing(memory_url: str, signed: bool) -> 
     bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (1 << 30))
     assert len(bomb) < 64 * 1024
     store = ResultStore(memory_url, serializer="pickle+zstd", retry=ONCE)
-    plant(store, "bomb", encode_record([bomb], serializer="pickle+zstd", key="bomb"))
+    plant(store, "bomb", *encode_record([bomb], serializer="pickle+zstd", key="bomb"))
     reader = ResultStore(
         memory_url, serializer="pickle+zstd", retry=ONCE, signing_key=KEY if signed else None
     )
@@ -625,12 +521,9 @@ def test_records_signed_by_the_previous_release_still_verify(memory_url: str) ->
     mac.update(b"abc")
     fields["signature"] = "hmac-sha256-v2:" + mac.hexdigest()
     header = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
-    prefix = struct.pack(
-        "<4sHIQ", MAGIC, FORMAT_VERSION, len(header), xxhash.xxh3_64_intdigest(header)
-    )
-    plant(store, "k", [prefix + header + b"abc"])
+    plant(store, "k", record_bytes(header, b"abc"))
     assert store.verify("k").signed
-    plant(store, "k", [prefix + header + b"abd"])
+    plant(store, "k", record_bytes(header, b"abd"))
     with pytest.raises(IntegrityError):
         store.verify("k")
 

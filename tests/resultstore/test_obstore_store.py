@@ -7,22 +7,16 @@ The error and configuration checks it shares with the s3fs client are in test_s3
 from __future__ import annotations
 
 import sys
-import uuid
 
 import pytest
+from s3_conformance import S3ClientConformance
 
 from resultstore import (
     ConfigurationError,
     ResultStore,
     resolve_store,
 )
-from resultstore.stores.base import Store
 from resultstore.stores.obstore import ObstoreS3Store
-from resultstore.testing import (
-    ContainerMissingConformance,
-    DeniedConformance,
-    StoreConformance,
-)
 
 
 @pytest.fixture
@@ -32,31 +26,10 @@ def obstore_url(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return s3_url
 
 
-class TestObstoreS3Store(StoreConformance, DeniedConformance, ContainerMissingConformance):
+class TestObstoreS3Store(S3ClientConformance):
     """The same conformance checks as every other store, unchanged."""
 
-    large_size = 40 * 1024 * 1024  # above part_size: exercises multipart uploads
-    # A request costs a few ms on any size: the whole read must be long enough to compare.
-    ranged_read_size = 32 * 1024 * 1024
-
-    @pytest.fixture
-    def store(self, obstore_url: str) -> Store:
-        store = resolve_store(obstore_url)
-        assert isinstance(store, ObstoreS3Store)
-        return store
-
-    @pytest.fixture
-    def denied_store(self, obstore_url: str, monkeypatch: pytest.MonkeyPatch) -> Store:
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-the-server-refuses")
-        store = resolve_store(obstore_url + "-denied")
-        assert isinstance(store, ObstoreS3Store)
-        return store
-
-    @pytest.fixture
-    def missing_container_store(self, obstore_url: str) -> Store:
-        store = resolve_store(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/p")
-        assert isinstance(store, ObstoreS3Store)
-        return store
+    client = "obstore"
 
 
 def test_either_s3_store_reads_what_the_other_wrote(s3_url: str, obstore_url: str) -> None:

@@ -18,6 +18,7 @@ import uuid
 
 import anyio
 import pytest
+from s3_conformance import S3ClientConformance
 
 from ports import free_port
 from resultstore import (
@@ -30,42 +31,15 @@ from resultstore import (
     StorageUnavailableError,
     resolve_store,
 )
-from resultstore.stores.base import Store
 from resultstore.stores.s3 import S3Store
-from resultstore.testing import (
-    ContainerMissingConformance,
-    DeniedConformance,
-    StoreConformance,
-)
 from seaweedfs import SeaweedFS
 from states import return_value_to_state
 
 
-class TestS3Store(StoreConformance, DeniedConformance, ContainerMissingConformance):
+class TestS3Store(S3ClientConformance):
     """The same conformance checks as the file and memory stores, unchanged."""
 
-    large_size = 40 * 1024 * 1024  # above part_size: exercises multipart uploads
-    # A request costs a few ms on any size: the whole read must be long enough to compare.
-    ranged_read_size = 32 * 1024 * 1024
-
-    @pytest.fixture
-    def store(self, s3_url: str) -> Store:
-        store = resolve_store(s3_url)
-        assert isinstance(store, S3Store)
-        return store
-
-    @pytest.fixture
-    def denied_store(self, s3_url: str, monkeypatch: pytest.MonkeyPatch) -> Store:
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-secret-the-server-refuses")
-        store = resolve_store(s3_url + "-denied")
-        assert isinstance(store, S3Store)
-        return store
-
-    @pytest.fixture
-    def missing_container_store(self, s3_url: str) -> Store:
-        store = resolve_store(f"s3://no-such-bucket-{uuid.uuid4().hex[:12]}/p")
-        assert isinstance(store, S3Store)
-        return store
+    client = "s3fs"
 
 
 def test_records_live_under_the_prefix(s3_url: str, s3_server: SeaweedFS) -> None:

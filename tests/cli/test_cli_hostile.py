@@ -1,7 +1,9 @@
 """The command line on hostile and careless input, run as a user or an attacker would.
 
-Keys and record fields holding escape sequences, right-to-left marks, line separators
-or NULs never reach the terminal raw and never break a JSON line; bad option values and
+Keys holding escape sequences, right-to-left marks or line separators are bad input
+(validate_key refuses them); keys and record fields that are not printable (a no-break
+space in a key, NULs and escapes in a value) never reach the terminal raw and never break
+a JSON line; bad option values and
 settings are one line naming the option or setting; closed or full pipes, closed stdin,
 damaged records, unreachable stores and paths that try to leave the store all end with
 the exit code the README documents. Every test runs ``python -m resultstore`` in a
@@ -25,15 +27,18 @@ from resultstore import ResultStore
 
 RESULTSTORE = [sys.executable, "-m", "resultstore"]
 
-# Valid keys (validate_key refuses only C0 controls, DEL and backslashes) that a terminal
-# or a line reader acts on: an 8-bit CSI, NEL, a line separator, a right-to-left override.
+# Keys that a terminal or a line reader would act on: an 8-bit CSI, NEL, a line separator,
+# a right-to-left override. validate_key refuses them (categories Cc, Cf, Zl, Zp, ...).
 INVISIBLE_KEYS = {
-    "csi": "c1\x9b2Jgone",
-    "nel": "next\x85line",
-    "line-separator": "two\u2028lines",
-    "rtl": "invoice\u202etxt.exe",
+    "csi": ("c1\x9b2Jgone", "U+009B"),
+    "nel": ("next\x85line", "U+0085"),
+    "line-separator": ("two\u2028lines", "U+2028"),
+    "rtl": ("invoice\u202etxt.exe", "U+202E"),
 }
-RAW = ("\x1b", "\x9b", "\x85", "\u2028", "\u202e", "\x00", "\x07")
+# Valid keys that are still not str.isprintable (spaces other than ' '): shown escaped.
+SPACED_KEYS = {"nbsp": "no\u00a0break", "ideographic-space": "wide\u3000space"}
+SPACED_SHOWN = ("no\\xa0break", "wide\\u3000space")
+RAW = ("\x1b", "\x9b", "\x85", "\u2028", "\u202e", "\x00", "\x07", "\u00a0", "\u3000")
 
 
 def _shell(cli: Cli, script: str) -> subprocess.CompletedProcess[str]:
@@ -69,52 +74,71 @@ def _write(url: str, key: str, value: object, **kwargs: object) -> None:
 # --- what keys and fields show --------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["put", "get", "inspect", "rm"])
+@pytest.mark.parametrize("name", INVISIBLE_KEYS)
+def test_a_key_that_would_not_show_as_it_is_is_bad_input_naming_the_character(
+    file_cli: Cli, command: str, name: str
+) -> None:
+    key, code_point = INVISIBLE_KEYS[name]
+    extra = ["--json", "1"] if command == "put" else []
+    done = file_cli.fails(command, key, *extra, code=3, says=[f"invalid key {key!r}", code_point])
+    _no_raw(done.stdout + done.stderr)
+
+
 @pytest.fixture
-def invisible(file_cli: Cli) -> Cli:
-    """A file store holding one record under each of INVISIBLE_KEYS."""
-    for key in INVISIBLE_KEYS.values():
+def spaced(file_cli: Cli) -> Cli:
+    """A file store holding one record under each of SPACED_KEYS."""
+    for key in SPACED_KEYS.values():
         file_cli.run("put", key, "--json", "1")
     return file_cli
 
 
-def test_ls_shows_invisible_characters_in_keys_as_escapes(invisible: Cli) -> None:
+def test_ls_shows_unprintable_characters_in_keys_as_escapes(spaced: Cli) -> None:
     for args in (["ls"], ["ls", "--keys-only"]):
-        done = invisible.run(*args)
+        done = spaced.run(*args)
         _no_raw(done.stdout)
-        for shown in ("c1\\x9b2Jgone", "next\\x85line", "two\\u2028lines", "invoice\\u202etxt"):
+        for shown in SPACED_SHOWN:
             assert shown in done.stdout, done.stdout
 
 
-def test_json_output_escapes_them_and_round_trips_the_keys(invisible: Cli) -> None:
-    for args in (["--json", "ls"], ["--json", "ls", "--keys-only"], ["--json", "check"]):
-        done = invisible.run(*args)
+def test_json_output_escapes_them_and_round_trips_the_keys(spaced: Cli) -> None:
+    for args in (
+        ["--json", "ls"],
+        ["--json", "ls", "--keys-only"],
+        ["--json", "check"],
+    ):
+        done = spaced.run(*args)
         _no_raw(done.stdout)
         keys = {line["key"] for line in _json_lines(done.stdout) if "key" in line}
-        assert keys == set(INVISIBLE_KEYS.values())
-    for key in INVISIBLE_KEYS.values():
-        shown = invisible.run("--json", "inspect", key).stdout
+        assert keys == set(SPACED_KEYS.values())
+    for key in SPACED_KEYS.values():
+        shown = spaced.run("--json", "inspect", key).stdout
         _no_raw(shown)
         assert _json_lines(shown)[0]["key"] == key
-        _no_raw(invisible.run("inspect", key).stdout)  # indented, for people
+        _no_raw(spaced.run("inspect", key).stdout)  # indented, for people
 
 
 def test_rm_gc_and_check_lines_name_such_keys_escaped(file_cli: Cli) -> None:
-    key = INVISIBLE_KEYS["rtl"]
+    key = SPACED_KEYS["nbsp"]
     with ResultStore(file_cli.url) as store:
         store.write(1, key=key, expiration=datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC))
-    for args in (["gc", "--dry-run"], ["--json", "gc", "--dry-run"], ["--json", "check"]):
+    for args, shown in (
+        (["gc", "--dry-run"], "no\\xa0break"),
+        (["--json", "gc", "--dry-run"], "no\\u00a0break"),
+        (["--json", "check"], "no\\u00a0break"),
+    ):
         done = file_cli.run(*args)
         _no_raw(done.stdout)
-        assert "invoice\\u202etxt.exe" in done.stdout
-    broken = INVISIBLE_KEYS["csi"]
+        assert shown in done.stdout
+    broken = SPACED_KEYS["ideographic-space"]
     _write(file_cli.url, broken, 1)
     (file_cli.cwd / "store" / f"{broken}.rsr").write_bytes(b"RSTR")
-    done = file_cli.fails("check", code=5, says=["'c1\\x9b2Jgone'"])
+    done = file_cli.fails("check", code=5, says=["'wide\\u3000space'"])
     _no_raw(done.stdout + done.stderr)
-    assert "DAMAGED  c1\\x9b2Jgone: record 'c1\\x9b2Jgone'" in done.stdout
-    done = file_cli.fails("rm", key, "gone\u202e", code=2, says=["'gone\\u202e'"])
+    assert "DAMAGED  wide\\u3000space: record 'wide\\u3000space'" in done.stdout
+    done = file_cli.fails("rm", key, "gone\u00a0", code=2, says=["'gone\\xa0'"])
     _no_raw(done.stdout + done.stderr)
-    assert done.stdout == "deleted invoice\\u202etxt.exe\n"
+    assert done.stdout == "deleted no\\xa0break\n"
 
 
 @pytest.mark.parametrize("command", ["put", "get", "inspect", "rm"])
@@ -154,13 +178,28 @@ def test_nan_and_infinity_are_not_json(file_cli: Cli) -> None:
 
 
 BAD_OPTIONS = {
-    "format": (["get", "k", "--format", "reprr"], ["'--format'", "'reprr' is not one of"]),
-    "expires-in": (["put", "k", "--json", "1", "--expires-in", "10x"], ["--expires-in '10x'"]),
-    "limit negative": (["ls", "--limit", "-1"], ["'--limit'", "greater than or equal to 1"]),
+    "format": (
+        ["get", "k", "--format", "reprr"],
+        ["'--format'", "'reprr' is not one of"],
+    ),
+    "expires-in": (
+        ["put", "k", "--json", "1", "--expires-in", "10x"],
+        ["--expires-in '10x'"],
+    ),
+    "limit negative": (
+        ["ls", "--limit", "-1"],
+        ["'--limit'", "greater than or equal to 1"],
+    ),
     "limit abc": (["ls", "--limit", "abc"], ["'--limit'", "valid integer"]),
-    "concurrency": (["copy", "file:///a", "file:///b", "--concurrency", "0"], ["--concurrency"]),
+    "concurrency": (
+        ["copy", "file:///a", "file:///b", "--concurrency", "0"],
+        ["--concurrency"],
+    ),
     "unknown option": (["ls", "--colour"], ["No such option: --colour"]),
-    "storage-option": (["--storage-option", "fsync", "ls"], ["--storage-option 'fsync'"]),
+    "storage-option": (
+        ["--storage-option", "fsync", "ls"],
+        ["--storage-option 'fsync'"],
+    ),
 }
 
 
@@ -190,7 +229,9 @@ def test_a_bad_setting_is_one_line_naming_it(
 # --- pipes, stdin and stdout ------------------------------------------------------------
 
 
-def test_a_large_value_into_a_pipe_closed_early_exits_141_quietly(file_cli: Cli) -> None:
+def test_a_large_value_into_a_pipe_closed_early_exits_141_quietly(
+    file_cli: Cli,
+) -> None:
     _write(file_cli.url, "big", b"\0" * 8_000_000)  # far more than a pipe holds
     done = _shell(file_cli, '$RS get big | head -c 10 | wc -c; echo "status=${PIPESTATUS[0]}" >&2')
     assert done.stdout.split() == ["10"]
@@ -301,7 +342,9 @@ def test_ls_lists_damaged_records_and_warns(damaged: Cli) -> None:
 
 def test_check_exits_5_naming_every_damaged_record(damaged: Cli) -> None:
     done = damaged.fails(
-        "check", code=5, says=["4 record(s) failed", "'flipped'", "'folder'", "'garbage'"]
+        "check",
+        code=5,
+        says=["4 record(s) failed", "'flipped'", "'folder'", "'garbage'"],
     )
     _no_raw(done.stdout)
     assert "checked 6 record(s)" in done.stdout

@@ -242,7 +242,7 @@ def test_get_writes_bytes_raw_str_as_text_and_json_values_as_json(
     out = str(tmp_path / "set.out")
     file_cli.fails("get", "a-set", "-o", out, code=3, says=["'a-set'", "bytes, str or JSON"])
     assert not (tmp_path / "set.out").exists()
-    file_cli.fails("get", "doc", "-o", str(tmp_path / "no" / "f"), code=3, says=["cannot write"])
+    file_cli.fails("get", "doc", "-o", str(tmp_path / "no" / "f"), code=7, says=["cannot write"])
     assert "no records under 'zzz'" in file_cli.run("ls", "zzz").stdout
 
 

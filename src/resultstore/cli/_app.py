@@ -4,8 +4,14 @@
 options given after the command in front of it (:func:`hoist_global_options`), runs
 click without its own error handling, and turns whatever escapes into one line on
 stderr and an exit code (:func:`~resultstore.cli._errors.exit_code_for`): Ctrl-C is
-"interrupted", 130, and a closed output pipe (``| head -1``) ends the process
-quietly with 141, as other Unix tools do.
+"interrupted", 130, a closed output pipe (``| head -1``) ends the process quietly
+with 141, as other Unix tools do, and stdout on a full disk is "cannot write to
+stdout: No space left on device", 7.
+
+While a command runs, ``sys.stdout`` is stderr and the command's data goes to the
+real stdout (:func:`~resultstore.cli._output.stray_prints_to_stderr`, wrapped around
+every command by :class:`_Commands`): what a store plugin prints cannot corrupt
+``resultstore get KEY > file``. Help and ``--version`` are printed on stdout as usual.
 
 The app builds a command only when click asks for it (:class:`_Commands`), and its
 option values skip typer's pydantic coercion when they need none
@@ -16,6 +22,7 @@ option values skip typer's pydantic coercion when they need none
 # evaluating them from strings (a compile() each) took longer than a `get` does.
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -32,10 +39,12 @@ from resultstore.cli._context import CliOptions, parse_storage_options
 from resultstore.cli._errors import (
     EXIT_CODES_HELP,
     ExitCode,
+    OutputError,
     error_message,
     exit_code_for,
     print_error,
 )
+from resultstore.cli._output import checked_stdout, data_out, stray_prints_to_stderr
 
 __all__ = ["app", "hoist_global_options", "main"]
 
@@ -69,7 +78,7 @@ class _Commands(MutableMapping[str, Any]):
                 pretty_exceptions_short=app.pretty_exceptions_short,
                 rich_markup_mode=app.rich_markup_mode,
             )
-            self._built[name] = _plain_arguments(command)
+            self._built[name] = _data_to_stdout_only(_plain_arguments(command))
         return self._built[name]
 
     def __setitem__(self, name: str, command: Any) -> None:
@@ -300,8 +309,8 @@ def _leave(code: int) -> None:
     Used after Ctrl-C and a closed pipe, where tasks still run on the event loop and
     an orderly exit would print their "exception was never retrieved" warnings.
     """
-    for stream in (sys.stderr, sys.stdout):
-        with contextlib.suppress(OSError, ValueError):
+    for stream in (sys.stderr, data_out(), sys.stdout):
+        with contextlib.suppress(Exception):  # OSError, ValueError, OutputError
             stream.flush()
     os._exit(code)
 
@@ -326,6 +335,23 @@ def _plain_arguments(command: Any) -> Any:
             param.display_type_rich = lambda ctx: ""
             param._usage_display_name = lambda param=param: _argument_usage(param)
             param._rich_display_name = lambda param=param: str(param.metavar or param.name)
+    return command
+
+
+def _data_to_stdout_only(command: Any) -> Any:
+    """``command``, run with stray prints sent to stderr and its data to the real stdout.
+
+    Wrapped around the command's function, so after its options were parsed: its
+    ``--help`` still goes to stdout.
+    """
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with stray_prints_to_stderr():
+            return callback(*args, **kwargs)
+
+    command.callback = run
     return command
 
 
@@ -358,6 +384,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             "redirect it (> FILE, > /dev/null) instead of closing it"
         )
         return ExitCode.BAD_INPUT
+    real_stdout = sys.stdout
+    sys.stdout = checked_stdout(real_stdout)
+    try:
+        return _flushed(_run(command, args, given), real_stdout)
+    finally:
+        sys.stdout = real_stdout
+
+
+def _discard_output(stream: Any) -> None:
+    """Point ``stream``'s file at /dev/null, so what it still buffers cannot fail at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
+
+def _flushed(code: int, real_stdout: Any) -> int:
+    """``code``, once what stdout buffers is written; a write error is the exit code, if first.
+
+    What a failed command printed before its error is flushed here, and so is an
+    output that failed already: its buffer is discarded, not written again at exit
+    (where Python would print "Exception ignored" and exit 120).
+    """
+    try:
+        sys.stdout.flush()
+    except OutputError as exc:
+        if code == ExitCode.OK:
+            print_error(error_message(exc))
+            code = exc.code
+        _discard_output(real_stdout)
+    except BrokenPipeError:
+        _discard_output(real_stdout)
+    return code
+
+
+def _run(command: Any, args: list[str], given: CliOptions) -> int:
+    """Run the command line ``args``; what escapes is one error line and the exit code."""
     try:
         result = command.main(
             args=hoist_global_options(args, command),

@@ -29,6 +29,7 @@ __all__ = [
     "EXIT_CODES_HELP",
     "CliError",
     "ExitCode",
+    "OutputError",
     "error_message",
     "exit_code_for",
     "print_error",
@@ -45,6 +46,8 @@ class ExitCode(enum.IntEnum):
     STORAGE = 4
     INTEGRITY = 5
     CONFLICT = 6
+    OUTPUT = 7
+    """The output could not be written: stdout, or the file ``get -o PATH`` names."""
     INTERRUPTED = 130
     PIPE_CLOSED = 141
     """128 + SIGPIPE: the reader of stdout went away (``resultstore ls | head -1``)."""
@@ -54,7 +57,8 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 unexpected error, 2 not found, 3 bad input or usage, "
     "4 storage unreachable, missing or failing, 5 integrity (damaged, unsigned or forged "
     "record), 6 conflict (a create-only or compare-and-swap write found another record), "
-    "130 interrupted, 141 the reader of the output went away."
+    "7 the output could not be written (stdout or -o PATH: a full disk, a read-only or "
+    "missing folder), 130 interrupted, 141 the reader of the output went away."
 )
 
 
@@ -64,6 +68,18 @@ class CliError(Exception):
     def __init__(self, message: str, code: ExitCode) -> None:
         super().__init__(message)
         self.code = code
+
+
+class OutputError(CliError):
+    """The command's output could not be written: ``stdout`` says whether it was stdout.
+
+    A closed pipe is not one (its reader went away: exit 141, quietly); a full disk, a
+    read-only or missing folder and an I/O error are, exit 7.
+    """
+
+    def __init__(self, message: str, *, stdout: bool) -> None:
+        super().__init__(message, ExitCode.OUTPUT)
+        self.stdout = stdout
 
 
 def _click_exception(name: str) -> type[Exception]:

@@ -7,7 +7,7 @@ import dataclasses
 import typer
 
 from resultstore.cli._context import options
-from resultstore.cli._output import Output, print_json, print_table
+from resultstore.cli._output import Output, data_out, print_json, print_table
 
 __all__ = ["demo", "stores"]
 
@@ -49,7 +49,7 @@ def demo(ctx: typer.Context) -> None:
     report = run_demo(
         given.storage,
         storage_options=given.storage_options,
-        echo=(lambda _text: None) if quiet else print,
+        echo=(lambda _text: None) if quiet else lambda text: print(text, file=data_out()),
     )
     if given.json:
         print_json(dataclasses.asdict(report), default=repr)

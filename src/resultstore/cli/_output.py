@@ -10,17 +10,27 @@ Everything a command shows goes through :func:`printable` (text) or :func:`json_
 (JSON), here and nowhere else: keys, URLs and error messages can hold what a store's
 other writers put there (terminal escapes, right-to-left marks, line separators), and
 none of it reaches the terminal raw or splits a JSON line.
+
+A command's data goes to :func:`data_out`, the real stdout; while the command runs
+(:func:`stray_prints_to_stderr`, applied to every command by the app) ``sys.stdout`` is
+stderr, so what a store plugin or a library prints cannot corrupt ``get KEY > file`` or
+``ls --json | jq``. A write to stdout that fails (a full disk) is one
+:class:`~resultstore.cli._errors.OutputError` line (:func:`checked_stdout`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
+
+from resultstore.cli._errors import OutputError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,6 +46,8 @@ __all__ = [
     "Progress",
     "StreamedTable",
     "bytes_text",
+    "checked_stdout",
+    "data_out",
     "json_line",
     "metadata_dict",
     "outcome_dict",
@@ -45,7 +57,9 @@ __all__ = [
     "printable",
     "size_text",
     "spinner",
+    "stray_prints_to_stderr",
     "when",
+    "write_data",
 ]
 
 LARGE = 1024 * 1024
@@ -62,18 +76,19 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def printable(text: str) -> str:
+def printable(text: str, keep: str = "") -> str:
     """``text`` with every character that is not printable written as Python writes it.
 
     ESC (``\\x1b``), other C0 and C1 controls (``\\x9b``, a CSI on some terminals),
     DEL, line and paragraph separators, bidirectional overrides (``\\u202e``) and
     other invisible formatting characters are shown as escapes: a key or a message
-    shows what it holds and cannot move the cursor, retitle the window, reverse the
-    text that follows or start a new line.
+    shows what it holds and cannot move the cursor, retitle the window, write the
+    clipboard (OSC 52), reverse the text that follows or start a new line. The
+    characters in ``keep`` stay as they are (``get`` keeps a value's newlines and tabs).
     """
     if text.isprintable():
         return text
-    return "".join(char if char.isprintable() else _escape(char) for char in text)
+    return "".join(char if char.isprintable() or char in keep else _escape(char) for char in text)
 
 
 def _json_escape(char: str) -> str:
@@ -102,16 +117,112 @@ def json_line(
     )
 
 
+# --- where a command's data goes -------------------------------------------------------
+
+_data_out: TextIO | None = None
+"""The real stdout while a command runs (see :func:`stray_prints_to_stderr`)."""
+
+
+def data_out() -> TextIO:
+    """The stream a command's data goes to: the real stdout, even while sys.stdout is stderr."""
+    return _data_out if _data_out is not None else sys.stdout
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A failed write to stdout as an OutputError; a closed pipe stays a BrokenPipeError."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}", stdout=True) from exc
+
+
+class _Checked:
+    """A stream (stdout, or its binary buffer) whose failed writes are OutputErrors."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> Any:
+        with _reported():
+            return self._stream.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        with _reported():
+            self._stream.writelines(lines)
+
+    def flush(self) -> None:
+        with _reported():
+            self._stream.flush()
+
+    @property
+    def buffer(self) -> Any:
+        return _Checked(self._stream.buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def checked_stdout(stream: TextIO) -> TextIO:
+    """``stream`` (the process's stdout) with a failed write raising a one-line OutputError.
+
+    "cannot write to stdout: No space left on device" (exit 7) instead of an unexpected
+    OSError; a closed pipe is still the BrokenPipeError that ends the process quietly.
+    """
+    return cast(TextIO, _Checked(stream))
+
+
+@contextlib.contextmanager
+def stray_prints_to_stderr() -> Iterator[None]:
+    """While a command runs: ``sys.stdout`` is stderr, and its data goes to :func:`data_out`.
+
+    What a store plugin, or anything it imports, prints lands on stderr (nowhere, when
+    stderr is closed), not in the middle of the value or the JSON lines that stdout
+    carries. The command's output is flushed before it ends, so that a write error is
+    reported as the command's error.
+    """
+    global _data_out
+    saved, saved_data = sys.stdout, _data_out
+    devnull = open(os.devnull, "w") if sys.stderr is None else None  # noqa: SIM115
+    _data_out = saved
+    sys.stdout = sys.stderr if devnull is None else devnull
+    try:
+        yield
+        saved.flush()
+    finally:
+        sys.stdout, _data_out = saved, saved_data
+        if devnull is not None:
+            devnull.close()
+
+
+def write_data(data: bytes) -> None:
+    """Write all of ``data`` to stdout, or raise (BrokenPipeError when its reader left).
+
+    A buffered write of more than its buffer to a pipe can return after part of it,
+    without an error, when the reader goes away (``resultstore get big | head -c 10``):
+    the rest is written again, so that the next write reports the closed pipe.
+    """
+    stream = data_out()
+    stream.flush()
+    out = stream.buffer
+    view = memoryview(data)
+    while view:
+        view = view[out.write(view) :]
+    out.flush()
+
+
 def print_line(text: str) -> None:
     """Print one line for people on stdout, through :func:`printable`."""
-    print(printable(text))
+    print(printable(text), file=data_out())
 
 
 def print_json(
     obj: object, indent: int | None = None, default: Callable[[Any], Any] | None = None
 ) -> None:
     """Print ``obj`` as JSON on stdout, through :func:`json_line`."""
-    print(json_line(obj, indent, default))
+    print(json_line(obj, indent, default), file=data_out())
 
 
 class Output:
@@ -207,9 +318,10 @@ def _console(*, stderr: bool = False) -> Console:
     """A rich console; when not a terminal, wide enough never to cut a key."""
     from rich.console import Console
 
-    console = Console(stderr=stderr)
+    file = None if stderr else data_out()
+    console = Console(stderr=stderr, file=file)
     if not console.is_terminal:
-        console = Console(stderr=stderr, width=max(console.width, 10_000))
+        console = Console(stderr=stderr, file=file, width=max(console.width, 10_000))
     return console
 
 
@@ -227,7 +339,7 @@ def print_table(table: Table) -> None:
 
 def _terminal_columns() -> int | None:
     """The width of the terminal stdout is, or None when stdout is not one."""
-    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    return shutil.get_terminal_size().columns if data_out().isatty() else None
 
 
 def table_row(entry: ScanEntry, now: datetime.datetime) -> tuple[str, str, str, str, str]:
@@ -277,7 +389,7 @@ class StreamedTable:
         key, size, *rest = row[: self._shown]
         cells = [key.ljust(self._widths[0]), size.rjust(self._widths[1])]
         cells += [cell.ljust(width) for cell, width in zip(rest, self._widths[2:], strict=False)]
-        print("  ".join(cells).rstrip())
+        print("  ".join(cells).rstrip(), file=data_out())
 
     @property
     def empty(self) -> bool:

@@ -12,16 +12,19 @@ from typing import Annotated, Any
 import typer
 
 from resultstore.cli._context import open_store, options, parse_duration
-from resultstore.cli._errors import CliError, ExitCode
+from resultstore.cli._errors import CliError, ExitCode, OutputError
 from resultstore.cli._output import (
     LARGE,
     Output,
+    data_out,
     json_line,
     metadata_dict,
     print_json,
+    printable,
     size_text,
     spinner,
     when,
+    write_data,
 )
 from resultstore.errors import SerializationError
 from resultstore.keys import validate_key, validate_prefix
@@ -174,38 +177,34 @@ def _kind(value: object) -> str:
     return f"of type {type(value).__name__}{size}"
 
 
-def encode_value(key: str, value: object, fmt: Format) -> bytes:
-    """The bytes ``get`` writes for ``value`` in ``fmt``, or a one-line CliError."""
+def encode_value(key: str, value: object, fmt: Format, *, terminal: bool = False) -> bytes:
+    """The bytes ``get`` writes for ``value`` in ``fmt``, or a one-line CliError.
+
+    For a ``terminal`` the text has its control characters shown escaped, newlines and
+    tabs excepted (:func:`~resultstore.cli._output.printable`): a record's text cannot
+    move the cursor, write the clipboard or reverse what follows; and it ends with a
+    newline, so that the prompt starts on its own line.
+    """
+    text: str | None
     if fmt is Format.REPR:
-        return (repr(value) + "\n").encode("utf-8")
-    if fmt is Format.AUTO and isinstance(value, (bytes, bytearray, memoryview)):
+        text = repr(value) + "\n"
+    elif fmt is Format.AUTO and isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    if fmt is Format.AUTO and isinstance(value, str):
-        return value.encode("utf-8")
-    text = _to_json(value)
-    if text is None:
+    elif fmt is Format.AUTO and isinstance(value, str):
+        text = value
+    elif (text := _to_json(value)) is not None:
+        text += "\n"
+    else:
         allowed = "JSON" if fmt is Format.JSON else "bytes, str or JSON"
         raise CliError(
             f"the value under key {key!r} is {_kind(value)}, not {allowed}: nothing written; "
             "use --format repr to print its repr()",
             ExitCode.BAD_INPUT,
         )
-    return (text + "\n").encode("utf-8")
-
-
-def _write_stdout(data: bytes) -> None:
-    """Write all of ``data`` to stdout, or raise (BrokenPipeError when its reader left).
-
-    A buffered write of more than its buffer to a pipe can return after part of it,
-    without an error, when the reader goes away (``resultstore get big | head -c 10``):
-    the rest is written again, so that the next write reports the closed pipe.
-    """
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    view = memoryview(data)
-    while view:
-        view = view[out.write(view) :]
-    out.flush()
+    if terminal:
+        text = printable(text, keep="\n\t")
+        text += "" if text.endswith("\n") else "\n"
+    return text.encode("utf-8")
 
 
 def get(
@@ -217,7 +216,8 @@ def get(
             "--output",
             "-o",
             metavar="PATH",
-            help="Write the value to PATH instead of stdout ('-': stdout, binary included).",
+            help="Write the value to PATH instead of stdout ('-': stdout, exactly as stored "
+            "even on a terminal: bytes raw, text unescaped).",
         ),
     ] = None,
     fmt: Annotated[
@@ -234,8 +234,9 @@ def get(
     """Read KEY and write its value to stdout (or to a file).
 
     bytes are written raw and str as text; other values as JSON when they can be,
-    else nothing is written and get fails (exit 3) unless --format repr. Raw bytes
-    are not written to a terminal unless -o - asks for it.
+    else nothing is written and get fails (exit 3) unless --format repr. On a terminal,
+    control characters in text are shown escaped (\\x1b) and bytes are not written
+    (exit 3): use -o PATH or a pipe, or -o - to write them as they are.
     """
     given = options(ctx)
     out = Output(given)
@@ -246,25 +247,25 @@ def get(
         label = f"reading {key} ({size_text(nbytes)})" if nbytes >= LARGE else ""
         with spinner(label, nbytes, enabled=out.progress):
             value = store.read(key, retry=False).result
-    data = encode_value(key, value, fmt)
+    terminal = output is None and data_out().isatty()
+    data = encode_value(key, value, fmt, terminal=terminal)
     if output is None or output == STDIO:
         binary = isinstance(value, (bytes, bytearray, memoryview)) and fmt is Format.AUTO
-        if binary and output is None and sys.stdout.isatty():
+        if binary and terminal:
             raise CliError(
-                f"the value under key {key!r} is {len(data)} bytes of binary data: not written "
-                "to the terminal; use -o PATH to save it, or -o - to write it anyway",
+                f"the value under key {key!r} is {len(data)} bytes of binary data, and binary "
+                "output can mess up your terminal: not written; use -o PATH or a pipe "
+                "(| xxd), or -o - to write it to the terminal anyway",
                 ExitCode.BAD_INPUT,
             )
-        if isinstance(value, str) and fmt is Format.AUTO and sys.stdout.isatty():
-            data += b"" if data.endswith(b"\n") else b"\n"  # the prompt starts on its own line
-        _write_stdout(data)
+        write_data(data)
         return
     try:
         Path(output).write_bytes(data)
     except OSError as exc:
-        raise CliError(
-            f"cannot write the value of key {key!r} to {output!r}: {exc.strerror or exc}",
-            ExitCode.BAD_INPUT,
+        raise OutputError(
+            f"cannot write the value of key {key!r} to -o {output!r}: {exc.strerror or exc}",
+            stdout=False,
         ) from None
     out.emit({"key": key, "path": output, "size": len(data)})
     out.info(f"wrote {len(data)} bytes to {output}")

@@ -24,7 +24,6 @@ option values skip typer's pydantic coercion when they need none
 import contextlib
 import functools
 import importlib
-import logging
 import os
 import sys
 import traceback
@@ -190,6 +189,8 @@ def _global_options(
     given.storage = storage
     given.storage_options = parse_storage_options(storage_option or [])
     if debug:
+        import logging  # here: only --debug needs it (resultstore._log skips unheard records)
+
         logging.basicConfig(format="%(name)s: %(message)s")
         for name in ("resultstore", "states"):
             logging.getLogger(name).setLevel(logging.DEBUG)

@@ -388,3 +388,14 @@ def test_json_lines_reach_the_pipe_while_a_progress_bar_is_drawn(
         assert code == 0
         lines = [json.loads(line) for line in stdout.splitlines()]
         assert len(lines) == 53 and "summary" in lines[-1], args
+
+
+def test_a_text_with_a_lone_surrogate_is_one_line_not_a_traceback(file_cli: Cli) -> None:
+    # Python keeps "\ud800" in a str; UTF-8 has no bytes for it, so no text output can.
+    with ResultStore(file_cli.url) as store:
+        store.write("a\ud800b", key="surrogate")
+        store.write(["a\ud800b"], key="in-json")
+    file_cli.fails("get", "surrogate", code=3, says=["'surrogate'", "U+D800", "--format repr"])
+    assert file_cli.run("get", "surrogate", "--format", "repr").stdout == "'a\\ud800b'\n"
+    # JSON escapes it (\ud800), and reads back as the same list
+    assert json.loads(file_cli.run("get", "in-json").stdout) == ["a\ud800b"]

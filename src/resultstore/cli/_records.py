@@ -204,7 +204,15 @@ def encode_value(key: str, value: object, fmt: Format, *, terminal: bool = False
     if terminal:
         text = printable(text, keep="\n\t")
         text += "" if text.endswith("\n") else "\n"
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 text holds it
+        raise CliError(
+            f"the value under key {key!r} holds U+{ord(exc.object[exc.start]):04X} at index "
+            f"{exc.start} of its text, a lone surrogate UTF-8 cannot encode: nothing written; "
+            "use --format repr to print its repr()",
+            ExitCode.BAD_INPUT,
+        ) from None
 
 
 def get(

@@ -28,6 +28,7 @@ from resultstore._defaults import DELETE_BATCH as DELETE_BATCH  # expiry uses it
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
+    InvalidKeyError,
     ResultNotFoundError,
     SignatureError,
 )
@@ -232,6 +233,19 @@ async def _headers(store: ResultStore, keys: list[str], concurrency: int) -> lis
             pass  # deleted since it was listed
         except IntegrityError as exc:
             found[key] = ScanEntry(key, error=exc)
+        except InvalidKeyError as exc:
+            # Stored under a key no key may be (by another tool, or before a key rule):
+            # unreadable through resultstore, so reported and skipped as damage is.
+            found[key] = ScanEntry(
+                key,
+                error=IntegrityError(
+                    f"cannot read the record listed in storage under an {exc.message} (a key "
+                    "written by another tool or an older release): delete or rename it with "
+                    "the storage's own tools",
+                    key=key,
+                    url=store.storage_url,
+                ),
+            )
 
     await each(keys, read, concurrency)
     return [found[key] for key in keys if key in found]

@@ -69,6 +69,36 @@ def test_scan_yields_every_record_with_its_metadata_and_damaged_ones_with_their_
     assert fine.metadata.serializer == "pickle" and fine.error is None
 
 
+@pytest.mark.parametrize("bad", ["runs/\u202etxt.exe", "runs/a\\b", "runs/x\x85y"])
+def test_a_record_stored_under_a_key_no_key_may_be_is_reported_not_fatal(
+    store: ResultStore, bad: str
+) -> None:
+    # Storage holds keys resultstore would never write (another tool wrote them, or an
+    # older release had another key rule); a scan, check, copy or gc goes on past them.
+    # The file store does not list such names at all; the others list every key.
+    from resultstore.stores.base import Payload
+
+    store.write(1, key="runs/good")
+    store.write(2, key="runs/old", expiration=PAST)
+    anyio.run(store.store.write, bad, Payload([b"anything"]))
+    before = store.keys("runs/")
+    listed = bad in before
+
+    entries = {entry.key: entry for entry in store.scan("runs/")}
+    assert entries["runs/good"].metadata is not None
+    if listed:
+        error = entries[bad].error
+        assert isinstance(error, IntegrityError) and error.key == bad
+        assert "invalid key" in str(error) and "storage's own tools" in str(error)
+        assert list(store.verify_all("runs/").failed) == [bad]
+        copied = store.copy_all(ResultStore(f"memory://copy-{uuid.uuid4().hex}"), "runs/")
+        assert list(copied.damaged) == [bad] and copied.copied == 2
+    else:
+        assert bad not in entries
+    assert store.delete_expired("runs/", full=True).deleted == 1
+    assert store.keys("runs/") == [key for key in before if key != "runs/old"]
+
+
 def test_scan_is_async_too_and_can_stop_early(store: ResultStore) -> None:
     for i in range(50):
         store.write(i, key=f"k/{i}")

@@ -105,7 +105,10 @@ def _parse_location(url: str, *, trusted: bool, decode: bool = True) -> _Locatio
         raise _refused(url, "storage URLs carry no fragment")
     if "@" in parts.netloc:
         raise _refused(url, "storage URLs in references carry no user info")
-    host = parts.netloc.lower()
+    # Kept as written: memory:// names (and a plugin's hosts) are case-sensitive, so
+    # MEMORY://Allowed is not memory://allowed; refusing a differently-cased host that
+    # would have been the same one costs nothing, accepting another one could.
+    host = parts.netloc
     raw = unquote(parts.path) if decode else parts.path
     if scheme == "file":
         raw = unquote(parts.netloc + parts.path)
@@ -118,6 +121,30 @@ def _parse_location(url: str, *, trusted: bool, decode: bool = True) -> _Locatio
     if any(segment in (".", "..") or "\\" in segment for segment in segments):
         raise _refused(url, "its path has '.' or '..' segments")
     return _Location(scheme, host, segments, parts.query)
+
+
+def _written_prefix(url: str) -> _Location:
+    """An allowed prefix as a store that does not percent-decode reads it.
+
+    A trailing ``/`` names the same prefix as none (``s3://bucket/a/`` allows ``a/x``).
+    """
+    location = _parse_location(url, trusted=True, decode=False)
+    if location.scheme == "file":  # the file store decodes: one reading only
+        return _parse_location(url, trusted=True)
+    path = location.path
+    while path and not path[-1]:
+        path = path[:-1]
+    return location._replace(path=path)
+
+
+def _written_prefixes(reference_urls: list[str], storage_url: str) -> list[_Location]:
+    found = []
+    for url in [*reference_urls, storage_url]:
+        try:
+            found.append(_written_prefix(url))
+        except (ConfigurationError, ReferenceNotAllowedError):  # fails where it is used
+            continue
+    return found
 
 
 def _untrusted_location(url: str) -> tuple[_Location, _Location]:
@@ -203,11 +230,7 @@ def store_for_reference(storage_url: str) -> ResultStore:
         owners = [
             loc
             for loc, store in _registered.items()
-            if loc.contains(location)
-            and (
-                loc.contains(written)
-                or _parse_location(store.storage_url, trusted=True, decode=False).contains(written)
-            )
+            if loc.contains(location) and _written_prefix(store.storage_url).contains(written)
         ]
         owner = max(owners, key=lambda loc: len(loc.path)) if owners else None
         cache_key = (storage_url, owner.path if owner else None)
@@ -219,16 +242,15 @@ def store_for_reference(storage_url: str) -> ResultStore:
             return _remember(cache_key, _registered[owner].derive(storage_url))
     settings = get_settings()
     allowed = [_location(prefix, trusted=True) for prefix in settings.reference_urls]
-    written_allowed = [  # the prefixes as written too (see _untrusted_location)
-        _parse_location(prefix, trusted=True, decode=False)
-        for prefix in [*settings.reference_urls, settings.storage_url]
-        if "%" in prefix
-    ]
     default = _default_location()
     if default is not None:
         allowed.append(default)
+    # Each reading against the same reading of the prefixes: the decoded location
+    # under a decoded prefix, the location as written under a prefix as written
+    # (s3://bucket/%61 is under s3://bucket/%2561 decoded, but not as S3 reads it).
     if not any(prefix.contains(location) for prefix in allowed) or not any(
-        prefix.contains(written) for prefix in allowed + written_allowed
+        prefix.contains(written)
+        for prefix in _written_prefixes(settings.reference_urls, settings.storage_url)
     ):
         raise _refused(storage_url, "this process does not allow that storage")
     store = ResultStore(storage_url)

@@ -43,6 +43,7 @@ from resultstore import (
 )
 from resultstore._loops import run_sync
 from resultstore.prefect import PrefectRecordError, import_prefect
+from resultstore.references import store_for_reference
 from resultstore.signing import Signer
 from states import get_state_result
 
@@ -240,6 +241,37 @@ def test_a_registered_store_derives_no_store_for_an_encoded_sibling(memory_url: 
         with pytest.raises(ReferenceNotAllowedError) as caught:
             get_state_result(received(url), retry_result_failure=False)
         one_line(caught.value)
+
+
+def test_an_encoded_prefix_allows_no_reference_that_only_its_decoded_form_contains(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Allowed: S3 prefixes 'a/' and (written encoded) '%2561/'. 's3://bucket/%61/x' decodes
+    # to 'a/x' and is written as '%61/x'; an S3 store reads '%61/x', under neither prefix.
+    monkeypatch.setenv("RESULTSTORE_REFERENCE_URLS", "s3://bucket/a, s3://bucket/%2561/")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "attacker")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "attacker")
+    for url in ("s3://bucket/%61/x", "s3://bucket/%2561x"):
+        with pytest.raises(ReferenceNotAllowedError) as caught:
+            get_state_result(received(url), retry_result_failure=False)
+        one_line(caught.value, "RESULTSTORE_REFERENCE_URLS")
+    assert listener.connections == 0
+    # as written and decoded alike under an allowed prefix: resolved (to a store)
+    for url in ("s3://bucket/a/x", "s3://bucket/%2561/x"):
+        assert store_for_reference(url).storage_url == url
+
+
+def test_memory_names_differing_in_case_are_other_stores(memory_url: str) -> None:
+    registered = ResultStore(f"{memory_url}/a").use_for_references()
+    registered.write("mine", key="k")
+    assert get_state_result(received(f"{memory_url}/a")) == "mine"
+    other = memory_url.replace("memory://", "memory://X")
+    ResultStore(f"{other}/a").write("another store", key="k")
+    shouted = memory_url.replace("memory://reliability", "memory://RELIABILITY")
+    for url in (f"{shouted}/a", f"{other}/a"):  # the same name but for its case; another
+        with pytest.raises(ReferenceNotAllowedError):
+            get_state_result(received(url), retry_result_failure=False)
 
 
 @pytest.mark.parametrize("prefix", ["file:///a", "s3://bucket", "s3://bucket/p"])

@@ -55,7 +55,13 @@ from resultstore.records import (
 )
 from resultstore.registry import broken_contract, redact_url, resolve_store, scheme_of
 from resultstore.retry import NO_RETRY, RetryPolicy, bounded
-from resultstore.serializers import Buffer, Serializer, get_serializer, record_serializer
+from resultstore.serializers import (
+    Buffer,
+    Serializer,
+    available_serializers,
+    get_serializer,
+    record_serializer,
+)
 from resultstore.settings import Settings, get_settings
 from resultstore.signing import Signer, check_old_signing_keys, check_signing_key
 from resultstore.stores.base import BytesReader, Head, Listed, Payload, Store
@@ -509,7 +515,16 @@ class ResultStore:
         name = metadata.serializer
         if name in self._allowed:
             return
-        if record_serializer(name).code_free:  # an unknown name is reported by _read_once
+        if name not in available_serializers():  # its error, with the record's key and URL
+            try:
+                record_serializer(name)  # not installed: raises before importing anything
+            except UnknownSerializerError as exc:
+                raise UnknownSerializerError(
+                    f"record {metadata.storage_key!r} in {self.storage_url}: {exc}",
+                    key=metadata.storage_key,
+                    url=self.storage_url,
+                ) from None
+        if record_serializer(name).code_free:  # installed: a plugin's own promise
             return
         allowed = ", ".join(sorted(self._allowed))
         raise SerializerNotAllowedError(
@@ -534,6 +549,8 @@ class ResultStore:
                 finally:
                     await reader.aclose()
         except UnknownSerializerError as exc:
+            if exc.key is not None:  # already names the record (_check_serializer)
+                raise
             raise UnknownSerializerError(
                 f"record {key!r} in {self.storage_url}: {exc}", key=key, url=self.storage_url
             ) from None

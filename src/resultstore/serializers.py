@@ -45,7 +45,7 @@ from resultstore.errors import (
     UnknownSerializerError,
 )
 from resultstore.json_codec import register_json_type
-from resultstore.plugins import discover, providers
+from resultstore.plugins import discover, dist_name, providers
 
 __all__ = [
     "COMPRESSIONLIBS",
@@ -683,7 +683,16 @@ def _load_serializer_class(name: str) -> type[Serializer]:
             sorted(f"{ep.dist.name if ep.dist else '?'} ({ep.value})" for ep in found)
         )
         raise PluginError(f"serializer {name!r} is registered twice: {owners}; uninstall one")
-    cls = found[0].load()
+    try:
+        cls = found[0].load()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit or a BaseException of its own, too
+        raise PluginError(
+            f"serializer plugin {dist_name(found[0])} for {name!r} ({found[0].value}) failed "
+            f"to import: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"; fix or reinstall {dist_name(found[0])}, or uninstall it"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Serializer)):
         raise PluginError(
             f"serializer entry point {name!r} ({found[0].value}) is not a Serializer subclass"

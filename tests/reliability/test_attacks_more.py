@@ -93,6 +93,18 @@ def test_a_record_names_its_serializer_by_name_only(memory_url: str, name: str) 
     one_line(caught.value, "'k'")
 
 
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mmap"])
+def test_an_unknown_serializer_is_named_with_its_record_on_every_read_path(
+    tmp_path: Path, mmap: bool
+) -> None:
+    store = ResultStore((tmp_path / "store").as_uri(), serializer="json", retry=ONCE)
+    plant(store, "k", record_bytes(header_fields(serializer="nosuch")))
+    with pytest.raises(UnknownSerializerError) as caught:
+        store.read("k", mmap=mmap)
+    one_line(caught.value, "record 'k' in file://", "'nosuch'")
+    assert caught.value.key == "k"
+
+
 @pytest.mark.parametrize(
     "name", ["json\nFAKE LINE", "\x1b[2J\x1b[31mjson", "json\x00", "j" * 100_000, "json\u0085"]
 )

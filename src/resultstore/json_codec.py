@@ -201,7 +201,7 @@ def _allowed(cls: type, kind: str) -> bool:
     if _REGISTRY.get(name) is cls:
         return True
     module = cls.__module__
-    if (kind == "exception" and module == "builtins") or module in _allowed_modules():
+    if _builtin_exception(cls, kind) or module in _allowed_modules():
         try:
             return _lookup(module, cls.__qualname__) is cls
         except Exception:
@@ -237,7 +237,25 @@ def _resolve(name: object, kind: str) -> Any:
     assert isinstance(cls, type)
     if _kind(cls) != kind:
         raise SerializationError(f"the record names {name!r} as a {kind}, which it is not")
+    if (
+        module == "builtins"
+        and not _builtin_exception(cls, kind)
+        and module not in _allowed_modules()  # unless builtins are trusted, all of them
+    ):
+        raise SerializationError(
+            f"the record names {name!r}, which would end the reader when raised (only "
+            "built-in Exception subclasses are decoded, not SystemExit or KeyboardInterrupt)"
+        )
     return cls
+
+
+def _builtin_exception(cls: type, kind: str) -> bool:
+    """True for the built-in exceptions every reader decodes: ``Exception``'s subclasses.
+
+    Not ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` or ``BaseExceptionGroup``:
+    a Failed state raising one would end the program that reads it, at the writer's word.
+    """
+    return kind == "exception" and cls.__module__ == "builtins" and issubclass(cls, Exception)
 
 
 # -- encoding -------------------------------------------------------------------------

@@ -373,12 +373,12 @@ def _json_hook(key: str, url: str | None) -> Callable[[dict[str, Any]], Any]:
             name = obj["__exc_type__"]
             module, _, qualname = name.rpartition(".") if isinstance(name, str) else ("", "", "")
             exc_cls = getattr(builtins, qualname, None) if module == "builtins" else None
-            if not (isinstance(exc_cls, type) and issubclass(exc_cls, BaseException)):
-                raise _error(
+            if not (isinstance(exc_cls, type) and issubclass(exc_cls, Exception)):
+                raise _error(  # SystemExit, KeyboardInterrupt: raised, they end the reader
                     key,
                     url,
                     f"it holds an exception of class {name!r}, which resultstore does not "
-                    "import (only built-in exceptions are decoded)",
+                    "import (only built-in Exception subclasses are decoded)",
                 )
             try:  # some built-in exceptions take other arguments (UnicodeDecodeError: 5)
                 return exc_cls(obj.get("message"))

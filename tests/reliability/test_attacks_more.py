@@ -10,6 +10,7 @@ the point. See docs/security.md for the trust model these check.
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import os
 import resource
@@ -37,6 +38,7 @@ from resultstore import (
     ReferenceNotAllowedError,
     ResultStore,
     RetryPolicy,
+    SerializationError,
     SerializerNotAllowedError,
     SignatureError,
     UnknownSerializerError,
@@ -461,6 +463,23 @@ def test_hard_links_and_temp_named_links_leave_their_targets_alone(tmp_path: Pat
     assert os.path.lexists(root / ".h.rsr.0123456789abcdef.tmp")  # a link is not ours to remove
 
 
+@pytest.mark.parametrize("name", ["SystemExit", "KeyboardInterrupt", "GeneratorExit"])
+def test_json_decodes_no_exception_that_would_end_the_reader(memory_url: str, name: str) -> None:
+    # A Failed state raises the exception it holds: a SystemExit from storage would end
+    # the consumer with the writer's exit code. Built-in Exception subclasses decode.
+    store = ResultStore(memory_url, serializer="json", retry=ONCE)
+    for key, cls in (("ok", "ValueError"), ("k", name)):
+        payload = json.dumps({"$type": "exception", "class": f"builtins:{cls}", "args": ["3"]})
+        fields = header_fields(payload.encode(), serializer="json")
+        plant(store, key, record_bytes(fields, payload.encode()))
+    assert isinstance(store.read("ok").result, ValueError)
+    with pytest.raises(SerializationError) as caught:
+        store.read("k")
+    one_line(caught.value, "'k'", name)
+    with pytest.raises(SerializationError):  # nor written, to be lost on the way back
+        store.write(getattr(builtins, name)("3"), key="w")
+
+
 # -- Prefect records: another tool's format ---------------------------------------------------
 
 
@@ -475,6 +494,10 @@ def prefect_record(result: str, serializer: dict[str, Any] | None = None) -> byt
         {"__exc_type__": "builtins.UnicodeDecodeError", "message": "x"},  # needs 5 arguments
         {"__exc_type__": "builtins.BaseExceptionGroup", "message": "x"},  # needs 2
         {"__exc_type__": "builtins.print", "message": "x"},
+        # raised by a Failed state's result(), these would end the reader's program
+        {"__exc_type__": "builtins.SystemExit", "message": "3"},
+        {"__exc_type__": "builtins.KeyboardInterrupt", "message": "x"},
+        {"__exc_type__": "builtins.GeneratorExit", "message": "x"},
         {"__class__": "os.system", "data": "true"},
         {"__class__": "uuid.UUID", "data": "not a uuid"},
     ],

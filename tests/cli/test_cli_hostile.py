@@ -169,6 +169,10 @@ def test_values_with_nul_and_escapes_are_valid_json_with_json(file_cli: Cli) -> 
 def test_nan_and_infinity_are_not_json(file_cli: Cli) -> None:
     for text in ("NaN", "[Infinity]", '{"x": -Infinity}'):
         file_cli.fails("put", "k", "--json", text, code=3, says=["not valid JSON", "JSON number"])
+    for text in ("1e999", "[1, -2.5E+400]"):  # numbers that would be stored as inf
+        file_cli.fails("put", "k", "--json", text, code=3, says=["not valid JSON", "range"])
+    file_cli.run("put", "k", "--json", "[1.5e300, 1e-400]")  # large, and an underflow to 0.0
+    assert json.loads(file_cli.run("get", "k").stdout) == [1.5e300, 0.0]
     _write(file_cli.url, "nan", float("nan"))
     file_cli.fails("--json", "get", "nan", code=3, says=["'nan'", "float (nan)", "--format repr"])
     assert file_cli.run("get", "nan", "--format", "repr").stdout == "nan\n"

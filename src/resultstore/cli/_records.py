@@ -5,6 +5,7 @@
 
 import enum
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +54,14 @@ def _read_stdin_bytes(key: str) -> bytes:
 def _not_json(constant: str) -> Any:
     """json.loads' hook for NaN and Infinity: JSON has no such numbers."""
     raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(number: str) -> float:
+    """json.loads' hook for floats: ``1e999`` would be stored as inf, which get refuses."""
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number[:40]} is beyond the range of a float (it would be {value})")
+    return value
 
 
 def put(
@@ -104,7 +113,7 @@ def put(
         text = _stdin("--json", key).read() if json_text == STDIO else json_text
         where = "stdin (--json -)" if json_text == STDIO else "--json"
         try:
-            value = json.loads(text, parse_constant=_not_json)
+            value = json.loads(text, parse_constant=_not_json, parse_float=_finite)
         except ValueError as exc:
             raise CliError(
                 f"{where} for key {key!r} is not valid JSON: {exc}", ExitCode.BAD_INPUT

@@ -41,12 +41,20 @@ from resultstore.stores.file import FileStore
 from states import (
     Completed,
     State,
+    aget_state_result,
     exception_to_failed_state,
-    get_state_result,
     return_value_to_state,
 )
 
 __all__ = ["DemoError", "DemoReport", "run_demo"]
+
+
+def _result_of(state: State[Any]) -> Any:
+    """``get_state_result(state)`` as sync code gets it, even where an event loop runs
+    (a notebook): there, the reference's ``get_state_result`` returns ``state.data``
+    unfetched, by its async calling convention."""
+    return run_sync(aget_state_result(state))
+
 
 Echo = Callable[[str], None]
 
@@ -312,14 +320,16 @@ def run_demo(
                 raise DemoError(f"the result of task {name!r} was not written to {key!r}")
             report.keys.append(key)
             if state.is_completed():
-                upstream = get_state_result(state)
+                upstream = _result_of(state)
                 say(f"   {name:<10} {state.type.value:<10} {_describe(upstream)}")
             else:
                 say(f"   {name:<10} {state.type.value:<10} {(state.message or '').strip()}")
         try:
-            get_state_result(states["publish"])
+            _result_of(states["publish"])
         except Exception as exc:
             say(f"   get_state_result() on the failed state re-raises its {type(exc).__name__}")
+        else:
+            raise DemoError("get_state_result() on the failed state returned instead of raising")
 
         say()
         say("2. Send the aggregate's State as JSON to a second Python process")

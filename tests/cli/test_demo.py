@@ -53,3 +53,21 @@ def test_demo_on_s3(file_cli: Cli, s3_env: dict[str, str], s3_url: str) -> None:
     listed = cli.run("--storage", s3_url, "ls", "--json", f"demo/{_run_id(out)}/").stdout
     assert len(listed.splitlines()) == len(TASKS)
     assert f"resultstore --storage {s3_url} ls demo/" in out
+
+
+def test_the_demo_runs_where_an_event_loop_runs_as_in_a_notebook(tmp_path: Path) -> None:
+    # A notebook runs cells inside an event loop: run_demo, a sync function, must still
+    # fetch each task's value (the reference's get_state_result returns it unfetched there).
+    import asyncio
+
+    from resultstore.demo import run_demo
+
+    lines: list[str] = []
+
+    async def cell() -> None:
+        run_demo((tmp_path / "storage").as_uri(), echo=lines.append)
+
+    asyncio.run(cell())
+    out = "\n".join(lines)
+    assert "aggregate  COMPLETED" in out and "Lisbon" in out
+    assert "re-raises its ConnectionRefusedError" in out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 from resultstore.errors import (
@@ -22,7 +24,15 @@ from resultstore.plugins import discover, dist_name
 from resultstore.stores.base import (
     INTERFACE_VERSION,
     OLDEST_INTERFACE_VERSION,
+    DetailPage,
+    Head,
+    KeyPage,
+    Listed,
+    Payload,
+    Reader,
+    Stat,
     Store,
+    _Version1,
     check_options,
     current_interface,
 )
@@ -121,10 +131,12 @@ def _store_class(scheme: str) -> type[Store]:
     ep = claims[0]
     plugin = f"store plugin {dist_name(ep)} for scheme {scheme!r} ({ep.value})"
     try:
-        cls = ep.load()
+        cls = _load_bounded(ep, scheme)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit or a BaseException of its own, too
+        if exc is _HUNG.get(_module_of(ep)):
+            raise
         raise PluginError(
             f"store plugin {dist_name(ep)} for scheme {scheme!r} failed to import: "
             f"{_described(exc)}; fix or reinstall {dist_name(ep)}, or uninstall it"
@@ -132,6 +144,71 @@ def _store_class(scheme: str) -> type[Store]:
     checked = _check_store_class(cls, plugin)
     _PLUGINS[checked] = (dist_name(ep), ep.value, scheme)
     return checked
+
+
+_HUNG: dict[str, PluginError] = {}
+"""Each plugin module whose import overran its deadline (still importing in its thread)."""
+
+
+def _load_bounded(ep: Any, scheme: str) -> Any:
+    """``ep.load()``, in a daemon thread given ``RESULTSTORE_PLUGIN_IMPORT_TIMEOUT`` seconds.
+
+    The thread's import is the one that fills ``sys.modules``, so a module imported in
+    time is the one every later import sees. A module already imported, or whose
+    package is being imported right now (a plugin resolving its own scheme while it is
+    imported: the thread would wait on that package's import lock), loads inline. A
+    module that overran stays importing in its thread, holding its import lock, so it is
+    never imported again: every later resolution raises the same error at once.
+    """
+    import sys
+    import threading
+
+    module = _module_of(ep)
+    hung = _HUNG.get(module)
+    if hung is not None:
+        raise hung
+    parts = module.split(".")
+    packages = [".".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    if module in sys.modules or any(_initializing(name) for name in packages):
+        return ep.load()
+    from resultstore.settings import get_settings
+
+    timeout = get_settings().plugin_import_timeout
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            outcome.append(ep.load())
+        except BaseException as exc:  # handed to the resolving thread, which words it
+            failure.append(exc)
+
+    thread = threading.Thread(target=load, name=f"resultstore import {module}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        error = PluginError(
+            f"store plugin {dist_name(ep)} for scheme {scheme!r} ({ep.value}) did not finish "
+            f"importing within {timeout:g} s (RESULTSTORE_PLUGIN_IMPORT_TIMEOUT): its module "
+            f"{module} blocks at import time (waiting on a network, a lock or a sleep); fix "
+            f"or uninstall {dist_name(ep)}, or raise the timeout if its import is just slow"
+        )
+        _HUNG[module] = error
+        raise error
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _module_of(ep: Any) -> str:
+    return str(ep.value).split(":", 1)[0].split("[", 1)[0].strip()
+
+
+def _initializing(name: str) -> bool:
+    import sys
+
+    spec = getattr(sys.modules.get(name), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
 
 
 _PLUGINS: dict[type, tuple[str, str, str]] = {}
@@ -330,7 +407,7 @@ def resolve_store(url: str, **storage_options: Any) -> Store:
             "without a url; its __init__ must call super().__init__(canonical_url)",
             url=redact_url(url),
         )
-    return current_interface(store)
+    return checked_store(current_interface(store))
 
 
 def _refused_call(
@@ -410,7 +487,7 @@ def broken_contract(
     """
     if not isinstance(exc, (TypeError, AttributeError)):
         return None
-    cls = type(getattr(store, "inner", store))  # a version-1 store: the plugin's class
+    cls = type(_own(store))
     plugin = plugin_of(cls)
     package = cls.__module__.split(".")[0]
     if plugin is None or package == "resultstore":
@@ -468,3 +545,263 @@ def redact_url(url: str) -> str:
 def has_userinfo(url: str) -> bool:
     """True when ``url`` carries a ``user[:password]@`` part (see :func:`redact_url`)."""
     return _userinfo_end(url) >= 0
+
+
+# -- what a plugin's store returns ---------------------------------------------------
+
+
+def checked_store(store: Store) -> Store:
+    """``store``, with what its methods return checked when a third-party plugin made it.
+
+    Every call the core makes on a plugin's store goes through the store
+    :func:`resolve_store` returns, so this is the one place a wrong return value
+    (``"yes"`` from ``exists``, ``str`` from a read, a key outside the prefix) becomes
+    a :class:`PluginError` naming the plugin, the method, the type it returned and the
+    type it must return, instead of passing or failing later in the core. Each check
+    is an ``isinstance`` of the value returned (per key in listings, never per byte).
+
+    The checks are put on the instance itself (bound methods in its ``__dict__``
+    calling the class's own), so the store stays what the plugin made: the same
+    object, ``isinstance`` of its class, with its attributes. Built-in stores, and a
+    store whose class has ``__slots__`` and no ``__dict__``, are returned unchanged.
+    """
+    cls = type(_own(store))
+    plugin = plugin_of(cls)
+    if plugin is None or cls.__module__.split(".")[0] == "resultstore":
+        return store
+    attributes = getattr(store, "__dict__", None)
+    if not isinstance(attributes, dict) or "_resultstore_checks" in attributes:
+        return store
+    checks = _Checks(store, plugin)
+    attributes["_resultstore_checks"] = checks
+    for name in _CHECKED:
+        attributes[name] = getattr(checks, name)
+    return store
+
+
+_CHECKED = (
+    "write",
+    "open",
+    "stat",
+    "read_head",
+    "exists",
+    "delete",
+    "list",
+    "list_pages",
+    "list_details",
+    "listed_md5",
+    "clean_abandoned",
+)
+"""The store methods whose results :func:`checked_store` checks."""
+
+
+def _own(store: Store) -> Store:
+    """The plugin's own store inside the version-1 adapter."""
+    while isinstance(store, _Version1):
+        store = store.inner
+    return store
+
+
+def _shown(value: object) -> str:
+    """How a wrong value is named: its type (None, a str or a small int: shortened, itself)."""
+    if value is None:
+        return "None"
+    if isinstance(value, str):
+        text = repr(value if len(value) <= 60 else value[:60] + "...")
+        return f"the str {text}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**12:
+        return f"the int {value}"
+    return type(value).__name__
+
+
+async def _closed(items: AsyncIterator[Any]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+class _Checks:
+    """The checking methods :func:`checked_store` puts on one plugin store."""
+
+    def __init__(self, store: Store, plugin: str) -> None:
+        self.store = store
+        self.plugin = plugin
+        self.inner: Any = SimpleNamespace(**{name: getattr(store, name) for name in _CHECKED})
+
+    def wrong(
+        self, method: str, key: str, got: object, must: str, *, where: str = "key"
+    ) -> PluginError:
+        """The error of ``method`` (called for ``key``) that returned ``got``, not ``must``."""
+        shown = redact_url(self.store.url)
+        target = f" for {where} {key!r}" if key != "*" else ""
+        return PluginError(
+            f"{self.plugin} returned {_shown(got)} from {method}{target} in {shown}; "
+            f"{method} must return {must}; fix the plugin",
+            key=key if where == "key" and key != "*" else None,
+            url=shown,
+        )
+
+    async def write(
+        self, key: str, payload: Payload, *, if_absent: bool = False, if_version: str | None = None
+    ) -> str | None:
+        version = await self.inner.write(key, payload, if_absent=if_absent, if_version=if_version)
+        if version is not None and not isinstance(version, str):
+            raise self.wrong("write()", key, version, "the new version as a str, or None")
+        return version
+
+    async def open(self, key: str, *, start: int = 0, end: int | None = None) -> Reader:
+        reader = await self.inner.open(key, start=start, end=end)
+        if not isinstance(reader, Reader):
+            raise self.wrong(
+                "open()", key, reader, "a resultstore.stores.base.Reader (BytesReader(data))"
+            )
+        if reader.size is not None and not _size(reader.size):
+            raise self.wrong("open()", key, reader.size, "a Reader whose size is an int >= 0")
+        if reader.version is not None and not isinstance(reader.version, str):
+            raise self.wrong("open()", key, reader.version, "a Reader whose version is a str")
+        attributes = getattr(reader, "__dict__", None)
+        if isinstance(attributes, dict) and "read" not in attributes:
+            checks = _ReaderChecks(reader, self, key)
+            attributes["read"], attributes["readinto"] = checks.read, checks.readinto
+        return reader
+
+    async def stat(self, key: str) -> Stat:
+        stat = await self.inner.stat(key)
+        if not isinstance(stat, Stat):
+            raise self.wrong("stat()", key, stat, "a Stat(size, version)")
+        if not _size(stat.size):
+            raise self.wrong("stat()", key, stat.size, "a Stat whose size is an int >= 0")
+        if stat.version is not None and not isinstance(stat.version, str):
+            raise self.wrong("stat()", key, stat.version, "a Stat whose version is a str or None")
+        return stat
+
+    async def read_head(self, key: str) -> Head | None:
+        head = await self.inner.read_head(key)
+        if head is None:
+            return None
+        must = "a Head(data, size, version) or None"
+        if not isinstance(head, Head):
+            raise self.wrong("read_head()", key, head, must)
+        if not isinstance(head.data, (bytes, bytearray, memoryview)):
+            raise self.wrong("read_head()", key, head.data, "a Head whose data is bytes")
+        if not _size(head.size):
+            raise self.wrong("read_head()", key, head.size, "a Head whose size is an int >= 0")
+        if head.version is not None and not isinstance(head.version, str):
+            raise self.wrong("read_head()", key, head.version, "a Head whose version is a str")
+        return head
+
+    async def exists(self, key: str) -> bool:
+        found = await self.inner.exists(key)
+        if type(found) is not bool:  # strict: not 0/1, not "yes", not None
+            raise self.wrong("exists()", key, found, "a bool (True or False)")
+        return found
+
+    async def delete(self, key: str) -> bool | None:
+        deleted = await self.inner.delete(key)
+        if deleted is not None and type(deleted) is not bool:
+            raise self.wrong("delete()", key, deleted, "True, False or None")
+        return deleted
+
+    def _listing(self, method: str, prefix: str, items: object) -> AsyncIterator[Any]:
+        if not hasattr(items, "__anext__"):
+            raise self.wrong(
+                method,
+                prefix,
+                items,
+                "an async generator (`async def` with `yield`)",
+                where="prefix",
+            )
+        return items  # type: ignore[return-value]
+
+    def _key(self, method: str, prefix: str, key: object) -> None:
+        if type(key) is not str:
+            raise self.wrong(method, prefix, key, "keys as str", where="prefix")
+        if not key.startswith(prefix):
+            raise self.wrong(method, prefix, key, "only keys under the prefix", where="prefix")
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        keys = self._listing("list()", prefix, self.inner.list(prefix))
+        try:
+            async for key in keys:
+                self._key("list()", prefix, key)
+                yield key
+        finally:
+            await _closed(keys)
+
+    async def list_pages(self, prefix: str = "") -> AsyncIterator[KeyPage]:
+        pages = self._listing("list_pages()", prefix, self.inner.list_pages(prefix))
+        try:
+            async for page in pages:
+                if type(page) is not list or not page:
+                    must = "pages as non-empty lists of keys"
+                    raise self.wrong("list_pages()", prefix, page, must, where="prefix")
+                for key in page:
+                    self._key("list_pages()", prefix, key)
+                yield page
+        finally:
+            await _closed(pages)
+
+    async def list_details(
+        self, prefix: str = "", *, start_after: str | None = None
+    ) -> AsyncIterator[DetailPage]:
+        method = "list_details()"
+        listed = self.inner.list_details(prefix, start_after=start_after)
+        pages = self._listing(method, prefix, listed)
+        try:
+            async for page in pages:
+                if type(page) is not list or not page:
+                    must = "pages as non-empty lists of Listed"
+                    raise self.wrong(method, prefix, page, must, where="prefix")
+                for item in page:
+                    if not isinstance(item, Listed):
+                        raise self.wrong(method, prefix, item, "pages of Listed", where="prefix")
+                    self._key(method, prefix, item.key)
+                    if item.size is not None and not _size(item.size):
+                        raise self.wrong(method, item.key, item.size, "sizes as ints >= 0 or None")
+                    if item.md5 is not None and not isinstance(item.md5, str):
+                        raise self.wrong(method, item.key, item.md5, "md5s as str or None")
+                yield page
+        finally:
+            await _closed(pages)
+
+    def listed_md5(self, payload: Payload) -> str | None:
+        md5 = self.inner.listed_md5(payload)
+        if md5 is not None and not isinstance(md5, str):
+            raise self.wrong("listed_md5()", "*", md5, "a hex MD5 as str, or None")
+        return md5
+
+    async def clean_abandoned(self, older_than: float, *, dry_run: bool = False) -> tuple[int, int]:
+        cleaned = await self.inner.clean_abandoned(older_than, dry_run=dry_run)
+        if not (isinstance(cleaned, tuple) and len(cleaned) == 2 and all(map(_size, cleaned))):
+            raise self.wrong("clean_abandoned()", "*", cleaned, "(items, bytes): two ints >= 0")
+        return cleaned
+
+
+class _ReaderChecks:
+    """The checking ``read`` and ``readinto`` :func:`checked_store` puts on a plugin's reader."""
+
+    __slots__ = ("checks", "key", "own_read", "own_readinto")
+
+    def __init__(self, reader: Reader, checks: _Checks, key: str) -> None:
+        self.checks, self.key = checks, key
+        self.own_read, self.own_readinto = reader.read, reader.readinto
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self.own_read(n)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise self.checks.wrong("Reader.read()", self.key, data, "bytes")
+        if 0 <= n < len(data):
+            raise self.checks.wrong("Reader.read()", self.key, len(data), f"at most {n} bytes")
+        return data
+
+    async def readinto(self, buffer: memoryview) -> int:
+        got = await self.own_readinto(buffer)
+        if not (type(got) is int and 0 <= got <= len(buffer)):
+            raise self.checks.wrong(
+                "Reader.readinto()", self.key, got, f"the count of bytes read (0 to {len(buffer)})"
+            )
+        return got

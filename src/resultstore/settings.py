@@ -263,6 +263,12 @@ _FIELDS: dict[str, _Field] = {
         _above(0, _finite_float),
         "Seconds a transfer may go without progress before it fails.",
     ),
+    "plugin_import_timeout": _Field(
+        lambda: 30.0,
+        _above(0, _finite_float),
+        "Seconds a store plugin's module may take to import before resolving its URL "
+        "scheme fails (a plugin whose import hangs).",
+    ),
     "fsync": _Field(lambda: True, _bool, "Flush local files to disk before a write returns."),
     "signing_key": _Field(
         lambda: None, _optional_secret, "HMAC key that signs every record written and read."
@@ -301,6 +307,7 @@ class Settings:
     read_retry_delay: float
     timeout: float
     stall_timeout: float
+    plugin_import_timeout: float
     fsync: bool
     signing_key: SecretStr | None
     signing_keys_old: list[SecretStr]

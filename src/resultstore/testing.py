@@ -177,7 +177,7 @@ from resultstore.errors import (
 from resultstore.records import encode_record
 from resultstore.result_store import ResultStore
 from resultstore.retry import RetryPolicy
-from resultstore.stores.base import Payload, Reader, Store
+from resultstore.stores.base import Head, Listed, Payload, Reader, Stat, Store
 
 __all__ = [
     "AWKWARD_KEYS",
@@ -313,6 +313,18 @@ def _names(error: ResultStoreError, key: str, url: str, what: str) -> None:
     assert key in message, f"{what}: the error must name the key {key!r}: {message!r}"
     assert error.key == key, f"{what}: the error's key attribute is {error.key!r}, not {key!r}"
     assert error.url == url, f"{what}: the error's url attribute is {error.url!r}, not {url!r}"
+
+
+def _typed(what: str, value: object, ok: bool, must: str) -> None:
+    """Fail the check when ``what`` returned a value of a type the interface does not allow."""
+    assert ok, (
+        f"{what} returned {type(value).__name__}; it must return {must} (the core refuses "
+        "a plugin's store that returns anything else, with a PluginError)"
+    )
+
+
+def _is_size(value: object) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _check_delete_answer(answer: object, *, existed: bool, what: str) -> None:
@@ -759,6 +771,74 @@ class StoreConformance:
                 assert got == value[start:end], f"a reader of {key!r} returned a mix of values"
 
     # -- missing keys, exists, delete ------------------------------------------------
+
+    def test_every_method_returns_the_types_the_interface_names(self, store: Store) -> None:
+        """What each method returns is of the type the interface names: ``exists`` a bool
+        (never 0/1, a str or None), reads bytes, listings ``str`` keys under the prefix in
+        lists of pages, sizes ints >= 0, versions ``str`` or None."""
+        key = "types/k"
+
+        async def check() -> None:
+            version = await store.write(key, Payload([b"abc", b"def"], head=b"abc"))
+            _typed("write()", version, version is None or type(version) is str, "a str or None")
+            for start, end in ((0, None), (1, 4)):
+                what = f"open({key!r}, start={start}, end={end})"
+                reader = await store.open(key, start=start, end=end)
+                _typed(what, reader, isinstance(reader, Reader), "a Reader (BytesReader(data))")
+                try:
+                    size, opened = reader.size, reader.version
+                    _typed(f"{what}.size", size, size is None or _is_size(size), "int >= 0")
+                    _typed(f"{what}.version", opened, opened is None or type(opened) is str, "str")
+                    data = await reader.read(1)
+                    ok = isinstance(data, (bytes, bytearray, memoryview)) and len(data) == 1
+                    _typed(f"{what} then read(1)", data, ok, "one byte as bytes")
+                    got = await reader.readinto(memoryview(bytearray(2)))
+                    ok = type(got) is int and 0 <= got <= 2
+                    _typed(f"{what} then readinto(2 bytes)", got, ok, "a count from 0 to 2")
+                finally:
+                    await reader.aclose()
+            stat = await store.stat(key)
+            _typed(f"stat({key!r})", stat, isinstance(stat, Stat), "a Stat(size, version)")
+            _typed(f"stat({key!r}).size", stat.size, _is_size(stat.size), "an int >= 0")
+            stated = stat.version
+            _typed(f"stat({key!r}).version", stated, stated is None or type(stated) is str, "str")
+            head = await store.read_head(key)
+            ok = head is None or (
+                isinstance(head, Head)
+                and isinstance(head.data, (bytes, bytearray, memoryview))
+                and _is_size(head.size)
+                and (head.version is None or type(head.version) is str)
+            )
+            _typed(f"read_head({key!r})", head, ok, "None or a Head(bytes, int >= 0, str)")
+            for probe in (key, "types/missing"):
+                found = await store.exists(probe)
+                _typed(f"exists({probe!r})", found, type(found) is bool, "a bool (True, False)")
+            for prefix in ("", "types/"):
+                async for listed in store.list(prefix):
+                    ok = type(listed) is str and listed.startswith(prefix)
+                    _typed(f"list({prefix!r})", listed, ok, f"str keys starting {prefix!r}")
+                async for page in store.list_pages(prefix):
+                    ok = type(page) is list and bool(page)
+                    ok = ok and all(type(k) is str and k.startswith(prefix) for k in page)
+                    _typed(f"list_pages({prefix!r})", page, ok, "non-empty lists of str keys")
+                async for details in store.list_details(prefix):
+                    ok = type(details) is list and bool(details)
+                    for item in details if ok else []:
+                        ok = ok and isinstance(item, Listed) and type(item.key) is str
+                        ok = ok and (item.size is None or _is_size(item.size))
+                        ok = ok and (item.md5 is None or type(item.md5) is str)
+                    _typed(f"list_details({prefix!r})", details, ok, "non-empty lists of Listed")
+            md5 = store.listed_md5(Payload([b"abc"]))
+            _typed("listed_md5()", md5, md5 is None or type(md5) is str, "a str or None")
+            cleaned = await store.clean_abandoned(3600.0, dry_run=True)
+            ok = type(cleaned) is tuple and len(cleaned) == 2 and all(map(_is_size, cleaned))
+            _typed("clean_abandoned()", cleaned, ok, "(items, bytes): two ints >= 0")
+            for probe in (key, "types/missing"):
+                answer = await store.delete(probe)
+                ok = answer is None or type(answer) is bool
+                _typed(f"delete({probe!r})", answer, ok, "True, False or None")
+
+        run(check())
 
     def test_missing_key(self, store: Store) -> None:
         with pytest.raises(ResultNotFoundError, match="'nope'"):

@@ -700,3 +700,30 @@ class ReportsRefusedPasswordAsUnreachable(KVStore):
 
 
 DictStore.missing_container_class = _Absent
+
+
+# -- return values of the wrong type ----------------------------------------------------
+
+
+class AnswersExistsWithText(DictStore):
+    """``exists`` answers ``"yes"`` or ``""``: truthy and falsy, so ``if exists`` works, but
+    ``exists(...) is True`` is never true and the core gets a str where it needs a bool."""
+
+    async def exists(self, key: str) -> bool:
+        return "yes" if key in self.records else ""  # type: ignore[return-value]
+
+
+class ListsKeysAsBytes(DictStore):
+    """``list`` yields each key as UTF-8 bytes (what the backend's client hands back)."""
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        async for key in super().list(prefix):
+            yield key.encode()  # type: ignore[misc]
+
+
+class StatsSizesAsFloats(DictStore):
+    """``stat`` reports the size as a float (``3.0 == 3``, so a check by ``==`` passes)."""
+
+    async def stat(self, key: str) -> Stat:
+        data, version = self._get(key)
+        return Stat(float(len(data)), version)  # type: ignore[arg-type]

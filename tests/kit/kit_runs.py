@@ -225,6 +225,18 @@ class TestSaysNotFoundForAMissingContainer(DictCase):
     store_class = broken.SaysNotFoundForAMissingContainer
 
 
+class TestAnswersExistsWithText(DictCase):
+    store_class = broken.AnswersExistsWithText
+
+
+class TestListsKeysAsBytes(DictCase):
+    store_class = broken.ListsKeysAsBytes
+
+
+class TestStatsSizesAsFloats(DictCase):
+    store_class = broken.StatsSizesAsFloats
+
+
 class TestLetsClientErrorsEscape(KVCase):
     store_class = broken.LetsClientErrorsEscape
 

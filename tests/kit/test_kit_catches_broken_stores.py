@@ -1,7 +1,7 @@
 """What the conformance kit protects against: each store broken on purpose fails it.
 
 ``kit_runs.py`` puts three correct stores (the built-in memory store, ``DictStore``, and the
-``kv://`` network plugin with every mixin) and thirty-four broken copies through the whole
+``kv://`` network plugin with every mixin) and thirty-seven broken copies through the whole
 kit, in one pytest subprocess; each test below names the bug, the check that must catch
 it, and what that check's failure says. The correct ones must pass every check.
 """
@@ -124,7 +124,7 @@ def test_the_kv_plugin_ran_every_mixin(kit: Outcomes) -> None:
 
 def test_every_broken_store_ran_the_whole_kit_and_failed_it(kit: Outcomes) -> None:
     broken = {store: checks for store, checks in kit.items() if store not in _CORRECT}
-    assert len(broken) == 34
+    assert len(broken) == 37
     for store, checks in broken.items():
         reference = "KVStore" if "test_the_secret_never_shows" in checks else "DictStore"
         assert set(checks) == set(kit[reference]), f"{store} did not run the whole kit"
@@ -478,3 +478,34 @@ def test_a_connection_shared_across_fork_is_caught(kit: Outcomes) -> None:
         "test_parent_and_child_both_use_the_store_after_fork",
         says="after fork, the child could not use the store",
     )
+
+
+# -- return values of the wrong type --------------------------------------------------------
+
+TYPES = "test_every_method_returns_the_types_the_interface_names"
+
+
+def test_exists_answering_with_text_is_caught(kit: Outcomes) -> None:
+    """``"yes"`` is truthy, so the store's own ``if store.exists(k)`` tests pass."""
+    caught(
+        kit,
+        "AnswersExistsWithText",
+        TYPES,
+        says="exists('types/k') returned str; it must return a bool (True, False)",
+    )
+
+
+def test_keys_listed_as_bytes_are_caught(kit: Outcomes) -> None:
+    caught(kit, "ListsKeysAsBytes", TYPES, says="list('') returned bytes; it must return str keys")
+
+
+def test_a_size_stated_as_a_float_is_caught(kit: Outcomes) -> None:
+    """``Stat(3.0)`` compares equal to ``Stat(3)``: only a check of the type sees it."""
+    caught(
+        kit,
+        "StatsSizesAsFloats",
+        TYPES,
+        says="stat('types/k').size returned float; it must return an int >= 0",
+    )
+    passed = [name for name, seen in kit["StatsSizesAsFloats"].items() if seen.kind == "passed"]
+    assert "test_stat_reports_the_size_and_version_of_what_was_written" in passed

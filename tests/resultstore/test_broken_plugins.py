@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -202,6 +202,62 @@ PLUGINS: dict[str, tuple[str, str | None]] = {
         + "        return None + 1\n",
     ),
 }
+
+WRONG = (
+    HEADER
+    + '''
+from resultstore.stores.base import Head, Reader, Stat
+
+
+class Given(Reader):
+    """A reader that hands back what it was given, bytes or not."""
+
+    def __init__(self, value):
+        self.value = value
+
+    async def read(self, n=-1):
+        return self.value
+
+
+class ListsByOwnKeys(OnDisk):
+    """Lists through list() only: the defaults group it into pages."""
+
+    list_pages = Store.list_pages
+    list_details = Store.list_details
+'''
+)
+# Stores that do not crash but return what the interface does not allow: scheme: class S.
+WRONG_RETURNS: dict[str, str] = {
+    "existsyes": "class S(OnDisk):\n    async def exists(self, key):\n        return 'yes'\n",
+    "existsnone": "class S(OnDisk):\n    async def exists(self, key):\n        return None\n",
+    "existsint": "class S(OnDisk):\n    async def exists(self, key):\n        return 1\n",
+    "readstr": "class S(OnDisk):\n    async def open(self, key, *, start=0, end=None):\n"
+    "        return Given('{\"a\": 1}')\n",
+    "readlist": "class S(OnDisk):\n    async def open(self, key, *, start=0, end=None):\n"
+    "        return Given([1, 2])\n",
+    "listbytes": "class S(ListsByOwnKeys):\n    async def list(self, prefix=''):\n"
+    "        yield b'runs/1'\n",
+    "listint": "class S(ListsByOwnKeys):\n    async def list(self, prefix=''):\n        yield 7\n",
+    "listoutside": "class S(ListsByOwnKeys):\n    async def list(self, prefix=''):\n"
+    "        yield 'other/1'\n",
+    "pagestuple": "class S(OnDisk):\n    async def list_pages(self, prefix=''):\n"
+    "        yield ('runs/1',)\n",
+    "headtuple": "class S(OnDisk):\n    supports_read_head = True\n"
+    "    async def read_head(self, key):\n        return (b'', 10)\n",
+    "headnegative": "class S(OnDisk):\n    supports_read_head = True\n"
+    "    async def read_head(self, key):\n        return Head(b'', -1)\n",
+    "writeint": "class S(OnDisk):\n"
+    "    async def write(self, key, payload, *, if_absent=False, if_version=None):\n"
+    "        await super().write(key, payload, if_absent=if_absent, if_version=if_version)\n"
+    "        return 42\n",
+    "deletestr": "class S(OnDisk):\n    async def delete(self, key):\n        return 'done'\n",
+    "statnegative": "class S(OnDisk):\n    async def stat(self, key):\n        return Stat(-5)\n",
+    "cleanlist": "class S(OnDisk):\n"
+    "    async def clean_abandoned(self, older_than, *, dry_run=False):\n"
+    "        return [0, 0]\n",
+}
+for _scheme, _source in WRONG_RETURNS.items():
+    PLUGINS[_scheme] = (f"bp_{_scheme}:S", WRONG + _source)
 # Entry-point names that no storage URL can reach.
 MISNAMED = {"MyScheme": "bp_upper:S", "my_scheme": "bp_underscore:S", "mine://": "bp_colon:S"}
 
@@ -339,20 +395,21 @@ def test_a_store_returning_bytes_from_open_names_the_plugin_and_the_contract(
     message = str(caught.value)
     assert "\n" not in message and caught.value.key == "k"
     assert "store plugin bp-openbytes for scheme 'openbytes'" in message
-    assert "'bytes' object has no attribute" in message and "open() returns" in message
+    assert "returned bytes from open()" in message and "open() must return" in message
+    assert "Reader" in message
 
     line = one_error_line(cli(installed, "--storage", f"openbytes://{tmp_path}", "get", "k"))
-    assert "bp-openbytes" in line and "open() returns" in line
+    assert "bp-openbytes" in line and "open() must return" in line
 
 
 def test_a_listing_that_is_a_plain_list_names_the_plugin_and_the_contract(
     installed: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(PluginError, match=r"bp-listlist .*list\(\) is an async generator"):
+    with pytest.raises(PluginError, match=r"bp-listlist .*list\(\) must return an async gen"):
         list(ResultStore(f"listlist://{tmp_path}").list())
 
     line = one_error_line(cli(installed, "--storage", f"listlist://{tmp_path}", "ls"))
-    assert "got list" in line and "async generator" in line
+    assert "returned list from list()" in line and "async generator" in line
 
 
 def test_a_plugins_own_exception_stays_a_storage_error(installed: Path, tmp_path: Path) -> None:
@@ -392,3 +449,80 @@ def test_a_version_1_plugin_works_from_the_command_line(installed: Path, tmp_pat
         cli(installed, "--storage", url, "put", "k", "--json", "2", "--if-absent")
     )
     assert "implements store interface 1; upgrade the plugin" in line
+
+
+def _status(results: ResultStore, key: str) -> object:
+    import asyncio
+
+    return asyncio.run(results.store.stat(key))
+
+
+# scheme: (what is done with the store, what the one line says)
+WRONG_RETURN_CASES: list[tuple[str, Callable[[ResultStore], object], list[str]]] = [
+    ("existsyes", lambda r: r.exists("k"), ["the str 'yes' from exists()", "a bool"]),
+    (
+        "existsnone",
+        lambda r: r.exists("k"),
+        ["returned None from exists()", "a bool (True or False)"],
+    ),
+    ("existsint", lambda r: r.exists("k"), ["the int 1 from exists()", "a bool"]),
+    ("readstr", lambda r: r.read("k"), ["the str '{\"a\": 1}' from Reader.read()", "bytes"]),
+    ("readlist", lambda r: r.read("k"), ["list from Reader.read() for key 'k'", "bytes"]),
+    ("listbytes", lambda r: r.keys("runs/"), ["bytes from list() for prefix 'runs/'", "str"]),
+    ("listint", lambda r: r.keys(), ["the int 7 from list()", "keys as str"]),
+    ("listoutside", lambda r: r.keys("runs/"), ["'other/1' from list()", "under the prefix"]),
+    ("pagestuple", lambda r: r.keys(), ["tuple from list_pages()", "non-empty lists"]),
+    ("headtuple", lambda r: r.read_metadata("k"), ["tuple from read_head()", "a Head("]),
+    ("headnegative", lambda r: r.read_metadata("k"), ["the int -1 from read_head()", ">= 0"]),
+    ("writeint", lambda r: r.write(1, key="k"), ["the int 42 from write()", "a str, or None"]),
+    ("deletestr", lambda r: r.delete("k"), ["'done' from delete()", "True, False or None"]),
+    ("statnegative", lambda r: _status(r, "k"), ["the int -5 from stat()", "an int >= 0"]),
+    ("cleanlist", lambda r: r.clean_abandoned(), ["list from clean_abandoned()", "(items, bytes)"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "use", "says"), WRONG_RETURN_CASES, ids=[c[0] for c in WRONG_RETURN_CASES]
+)
+def test_a_store_returning_the_wrong_type_is_one_plugin_error_naming_it(
+    installed: Path,
+    tmp_path: Path,
+    scheme: str,
+    use: Callable[[ResultStore], object],
+    says: list[str],
+) -> None:
+    ResultStore(str(tmp_path)).write(
+        {"a": 1}, key="k"
+    )  # a good record for the broken store to misread
+    results = ResultStore(f"{scheme}://{tmp_path}")
+
+    with pytest.raises(PluginError) as caught:
+        use(results)
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.reason is Reason.BAD_INPUT
+    assert f"store plugin bp-{scheme} for scheme {scheme!r} (bp_{scheme}:S) returned" in message
+    assert message.endswith("; fix the plugin")
+    for fragment in says:
+        assert fragment in message
+
+
+def test_a_wrong_type_is_one_error_line_on_the_command_line(
+    installed: Path, tmp_path: Path
+) -> None:
+    ResultStore(str(tmp_path)).write({"a": 1}, key="runs/1")
+
+    line = one_error_line(cli(installed, "--storage", f"readstr://{tmp_path}", "get", "runs/1"))
+    assert "bp-readstr" in line and "from Reader.read() for key 'runs/1'" in line
+    line = one_error_line(cli(installed, "--storage", f"listbytes://{tmp_path}", "ls"))
+    assert "returned bytes from list()" in line and "keys as str" in line
+
+
+def test_a_checked_plugin_store_stays_the_plugins_own_object(
+    installed: Path, tmp_path: Path
+) -> None:
+    import importlib
+
+    store = resolve_store(f"existsyes://{tmp_path}")
+    assert isinstance(store, importlib.import_module("bp_existsyes").S)
+    assert store.root == tmp_path  # its own attributes, as the plugin set them
+    assert repr(store) == f"S('file://{tmp_path}')"

@@ -44,6 +44,7 @@ class Reference(BaseModel):
     read_retry_delay: float = Field(default=0.25, ge=0, allow_inf_nan=False)
     timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     stall_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    plugin_import_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # added since
     fsync: bool = True
     signing_key: SecretStr | None = None
     signing_keys_old: list[SecretStr] = Field(default_factory=list)

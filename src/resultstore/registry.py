@@ -400,7 +400,8 @@ def resolve_store(url: str, **storage_options: Any) -> Store:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from a plugin's __init__ is no way to fail
-        raise _open_failed(cls, scheme, url, exc) from exc
+        # The plugin's exception stays chained unless it may repeat the URL's password.
+        raise _open_failed(cls, scheme, url, exc) from (None if has_userinfo(url) else exc)
     if not isinstance(getattr(store, "url", None), str):
         raise PluginError(
             f"{plugin_of(cls) or cls.__qualname__} made a store for {redact_url(url)!r} "
@@ -456,7 +457,8 @@ def _open_failed(cls: type, scheme: str, url: str, exc: BaseException) -> Plugin
     third_party = found is not None and cls.__module__.split(".")[0] != "resultstore"
     owner = f" (raised by {found[1]} of the plugin {found[0]})" if found and third_party else ""
     return PluginError(
-        f"the {scheme!r} store failed to open {redact_url(url)!r}: {_described(exc)}{owner}",
+        f"the {scheme!r} store failed to open {redact_url(url)!r}: "
+        f"{scrub_url(_described(exc), url)}{owner}",
         url=redact_url(url),
     )
 
@@ -481,9 +483,10 @@ def broken_contract(
     """The error for ``exc`` when it says a plugin's store returned the wrong thing.
 
     The core trips over a wrong return value (``bytes`` from ``open``, a ``list``
-    from ``list``) with a TypeError or AttributeError raised in the core's own code;
-    one raised in the plugin's code is the plugin's own failure (None: the caller's
-    safety net words it). Only called once an operation has failed.
+    from ``list``) with a TypeError or AttributeError once the plugin's call returned;
+    one raised while the plugin's code runs (in it, or in anything it calls) is the
+    plugin's own failure (None: the caller's safety net words it). Only called once
+    an operation has failed.
     """
     if not isinstance(exc, (TypeError, AttributeError)):
         return None
@@ -492,12 +495,13 @@ def broken_contract(
     package = cls.__module__.split(".")[0]
     if plugin is None or package == "resultstore":
         return None
+    # Raised while the plugin's code ran (its frame is on the way from the raise to
+    # here, whatever it called: json, a client library): the plugin's own failure.
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == package:
+            return None
         tb = tb.tb_next
-    raised_in = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    if str(raised_in).split(".")[0] == package:
-        return None
     hint = _RETURNS.get(action, _READ_RETURN)
     return PluginError(
         f"cannot {action} key {key!r} in {url}: {plugin} returned what the store "
@@ -545,6 +549,25 @@ def redact_url(url: str) -> str:
 def has_userinfo(url: str) -> bool:
     """True when ``url`` carries a ``user[:password]@`` part (see :func:`redact_url`)."""
     return _userinfo_end(url) >= 0
+
+
+def scrub_url(text: str, url: str) -> str:
+    """``text`` (a plugin's own error message) without ``url``'s user info or password.
+
+    A plugin may well put the URL it was given into its exception; the message built
+    from that exception must not carry the password on (to a terminal, a log, CI).
+    """
+    end = _userinfo_end(url)
+    if end < 0:
+        return text
+    from urllib.parse import unquote
+
+    text = text.replace(url, redact_url(url))
+    userinfo = url[url.index("://") + 3 : end - 1]
+    secrets = {userinfo, *userinfo.split(":", 1)[1:]}
+    for secret in sorted({*secrets, *map(unquote, secrets)} - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 # -- what a plugin's store returns ---------------------------------------------------

@@ -201,6 +201,21 @@ PLUGINS: dict[str, tuple[str, str | None]] = {
         + "class S(OnDisk):\n    async def open(self, key, *, start=0, end=None):\n"
         + "        return None + 1\n",
     ),
+    "jsonbug": (  # its bug raises inside the standard library, not in its own frame
+        "bp_jsonbug:S",
+        HEADER
+        + "import json\n"
+        + "class S(OnDisk):\n    async def open(self, key, *, start=0, end=None):\n"
+        + "        return json.loads(None)\n",
+    ),
+    "leaky": (  # repeats the URL it was given, password and all, in its error
+        "bp_leaky:S",
+        HEADER
+        + "from urllib.parse import unquote, urlsplit\n"
+        + "class S(MemoryStore):\n    def __init__(self, url):\n"
+        + "        secret = unquote(urlsplit(url).password)\n"
+        + "        raise ConnectionError(f'cannot connect to {url}: password {secret} refused')\n",
+    ),
 }
 
 WRONG = (
@@ -422,6 +437,29 @@ def test_a_plugins_own_exception_stays_a_storage_error(installed: Path, tmp_path
 
     line = one_error_line(cli(installed, "--storage", f"ownbug://{tmp_path}", "get", "k"), 4)
     assert "unsupported operand" in line
+
+
+def test_a_plugin_bug_inside_a_library_it_calls_stays_its_own_storage_error(
+    installed: Path, tmp_path: Path
+) -> None:
+    results = ResultStore(f"jsonbug://{tmp_path}")
+    results.write({"a": 1}, key="k")
+    with pytest.raises(StorageError) as caught:  # not "returned what the interface..."
+        results.read("k")
+    assert not isinstance(caught.value, PluginError)
+    assert "cannot read key 'k'" in str(caught.value) and "JSON object must be" in str(caught.value)
+
+
+def test_a_plugins_error_carries_no_password_of_the_url_it_was_given(installed: Path) -> None:
+    url = "leaky://alice:S3CRET-pa%2Fss@db.example/x"
+    with pytest.raises(PluginError) as caught:
+        ResultStore(url)
+    message = str(caught.value)
+    assert "S3CRET" not in message and "pa/ss" not in message and "alice" not in message
+    assert "cannot connect to leaky://db.example/x: password *** refused" in message
+    assert caught.value.__cause__ is None  # the plugin's own exception holds the password
+    line = one_error_line(cli(installed, "--storage", url, "ls"))
+    assert "S3CRET" not in line and "leaky://db.example/x" in line
 
 
 def test_a_version_1_plugin_still_works_through_the_adapter(

@@ -6,8 +6,9 @@ equivalent where there is one, in one run:
 - ``resultstore ls`` (a child process): time to its first line, and its peak RSS;
 - a keys-only listing against the raw listing (an ``os.scandir`` walk; raw
   ListObjectsV2 pages through obstore);
-- a metadata scan (every header), in records per second (on S3 beside raw ranged reads
-  of the same headers, as many at once: what the server allows);
+- a metadata scan (every header), in records per second (on S3 beside raw HEADs of
+  the same objects, 32 at once, reading the header copy a ResultStore write leaves in
+  the object's user metadata: what the server allows);
 - ``gc`` of 1,000 expired records among the others against the raw listing of those
   1,000 plus their raw batched delete; and the peak RSS of ``resultstore gc``;
 - a second ``copy_all`` of 10,000 unchanged records against the first.
@@ -16,6 +17,7 @@ equivalent where there is one, in one run:
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import os
 import subprocess
@@ -29,6 +31,7 @@ from typing import Any
 from resultstore import ResultStore
 from resultstore.records import encode_record
 from resultstore.serializers import get_serializer
+from resultstore.stores._s3common import HEAD_METADATA
 
 Row = dict[str, Any]
 RowFn = Callable[..., Row]
@@ -37,10 +40,12 @@ EXPIRED = 1000
 COPIED = 10_000
 
 
-def _record() -> bytes:
-    """One 1 KB record's bytes, as ResultStore writes it (unsigned, no expiration)."""
+def _record() -> tuple[bytes, dict[str, str]]:
+    """One 1 KB record's bytes, as ResultStore writes it (unsigned, no expiration), and
+    the S3 user metadata it writes with it: the header's copy that one HEAD reads back."""
     segments = encode_record(get_serializer("pickle").dumps(VALUE), serializer="pickle")
-    return b"".join(bytes(segment) for segment in segments)
+    head = base64.b64encode(bytes(segments[0])).decode("ascii")
+    return b"".join(bytes(segment) for segment in segments), {HEAD_METADATA: head}
 
 
 # Runs the CLI, then reports the process's peak RSS since exec (VmHWM): ru_maxrss would
@@ -139,7 +144,7 @@ def _rows_for(
 ) -> list[Row]:
     """The rows of one store; ``ls`` and the metadata scan cover ``scan_prefix``.
 
-    ``raw_scan(keys)`` (S3) times raw ranged reads of the first 4 KiB of those keys, as
+    ``raw_scan(keys)`` (S3) times raw HEADs of those keys (the header copies), as
     many at once as the scan's default concurrency: what the server allows a scan.
     """
     rows: list[Row] = []
@@ -205,7 +210,7 @@ def bench_bulk(
     folder: Path, s3_url: str | None, skip_s3: bool, records: int, row: RowFn
 ) -> list[Row]:
     """The rows of this module's docstring, on the file store and (unless skipped) S3."""
-    data = _record()
+    data, attributes = _record()
     rows: list[Row] = []
 
     # -- the file store ---------------------------------------------------------------
@@ -278,7 +283,7 @@ def bench_bulk(
 
             async def put(key: str) -> None:
                 async with semaphore:
-                    await obstore.put_async(raw, key, data)
+                    await obstore.put_async(raw, key, data, attributes=attributes)
 
             await asyncio.gather(*(put(key) for key in keys))
 
@@ -298,7 +303,8 @@ def bench_bulk(
             return time.perf_counter() - started
 
         def raw_scan(keys: list[str]) -> float:
-            """Seconds for raw ranged GETs of the first 4 KiB of ``keys``, 32 at a time."""
+            """Seconds for raw HEADs of ``keys`` with their user metadata, 32 at a time
+            (a get with ``head=True``: obstore's ``head`` drops the metadata)."""
 
             async def read_all() -> None:
                 semaphore = asyncio.Semaphore(32)
@@ -306,9 +312,9 @@ def bench_bulk(
                 async def head(key: str) -> None:
                     async with semaphore:
                         got = await obstore.get_async(
-                            raw, f"{prefix}/{key}", options={"range": (0, 4096)}
+                            raw, f"{prefix}/{key}", options={"head": True}
                         )
-                        await got.bytes_async()
+                        assert got.attributes.get(HEAD_METADATA), key
 
                 await asyncio.gather(*(head(key) for key in keys))
 

@@ -150,18 +150,21 @@ def test_a_package_using_its_own_plugin_while_it_imports_loads_it_inline(site: P
     assert done.stdout.strip() == "[1, 2]"
 
 
+PRINTS_ITS_CONFIGURATION_ERROR = """
+from resultstore import ConfigurationError, ResultStore
+
+try:
+    ResultStore("slow://x")
+except ConfigurationError as exc:
+    print(exc)
+"""
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "nan"])
 def test_the_deadline_must_be_a_positive_number_of_seconds(site: Path, value: str) -> None:
     done = run(
         site,
-        """
-        from resultstore import ConfigurationError, ResultStore
-
-        try:
-            ResultStore("slow://x")
-        except ConfigurationError as exc:
-            print(exc)
-        """,
+        PRINTS_ITS_CONFIGURATION_ERROR,
         RESULTSTORE_PLUGIN_IMPORT_TIMEOUT=value,
     )
     assert done.returncode == 0, done.stderr
@@ -171,14 +174,7 @@ def test_the_deadline_must_be_a_positive_number_of_seconds(site: Path, value: st
 def test_a_misspelled_deadline_setting_is_still_refused(site: Path) -> None:
     done = run(
         site,
-        """
-        from resultstore import ConfigurationError, ResultStore
-
-        try:
-            ResultStore("slow://x")
-        except ConfigurationError as exc:
-            print(exc)
-        """,
+        PRINTS_ITS_CONFIGURATION_ERROR,
         RESULTSTORE_PLUGIN_IMPORT_TIMOUT="5",
     )
     assert done.returncode == 0, done.stderr

@@ -154,11 +154,14 @@ class Doomed:
         """Delete the keys gathered so far (one batched request per 1,000), then report."""
         keys, outcomes = self.keys, self.outcomes
         self.keys, self.outcomes = [], []
-        # Records first, then index entries, each batch in one folder where it can be
-        # (S3 servers delete a batch of neighbours faster than one spread over folders);
-        # an interrupted gc never leaves a record without its entry.
-        keys.sort(key=lambda key: (key.startswith(RESERVED_PREFIX), key))
-        await self.store._adelete_raw(keys)
+        # Records first, then (once they are gone) index entries: an interrupted gc never
+        # leaves a record without its entry. Each sorted, so that a batch keeps to one
+        # folder where it can (S3 servers delete neighbours faster than keys spread out).
+        records = sorted(key for key in keys if not key.startswith(RESERVED_PREFIX))
+        entries = sorted(key for key in keys if key.startswith(RESERVED_PREFIX))
+        for group in (records, entries):
+            if group:
+                await self.store._adelete_raw(group)
         self.summary.deleted += len(outcomes)
         if self.progress is not None:
             for outcome in outcomes:

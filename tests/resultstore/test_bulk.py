@@ -202,6 +202,24 @@ def test_delete_expired_deletes_only_expired_records_and_keeps_damaged_ones(
     assert store.delete_expired(full=full).deleted == 0  # nothing left to do
 
 
+def test_gc_deletes_the_records_before_their_index_entries(store: ResultStore) -> None:
+    for i in range(12):
+        store.write(i, key=f"o/{i}", expiration=PAST)
+    calls: list[list[str]] = []
+    delete_many = store.store.delete_many
+
+    async def seen(keys: list[str]) -> None:
+        calls.append(list(keys))
+        await delete_many(keys)
+
+    store.store.delete_many = seen  # type: ignore[method-assign]
+    assert store.delete_expired().deleted == 12
+    # An interrupted gc leaves entries without records (removed later), never the reverse.
+    assert sorted(calls[0]) == sorted(f"o/{i}" for i in range(12))
+    assert len(calls) == 2 and all(key.startswith(".resultstore/") for key in calls[1])
+    assert _index_entries(store) == [] and store.keys() == []
+
+
 def _index_entries(store: ResultStore) -> list[str]:
     from resultstore.expiry import INDEX_PREFIX, WATERMARK_KEY
 

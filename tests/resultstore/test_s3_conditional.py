@@ -27,6 +27,7 @@ from resultstore import (
     ResultStore,
     RetryPolicy,
     StorageError,
+    StorageUnavailableError,
     UnsupportedOperationError,
     VersionConflictError,
     resolve_store,
@@ -396,19 +397,47 @@ def test_delete_is_one_request_and_idempotent(
         assert not store.exists("k")
 
 
-def test_delete_many_deletes_in_batches_of_a_thousand(s3_url: str, client: str) -> None:
-    store = resolve_store(s3_url, client=client)
-
+def _fill(store: Store, keys: list[str]) -> None:
     async def fill() -> None:
         import anyio
 
         async with anyio.create_task_group() as tg:
-            for i in range(1100):
-                tg.start_soon(store.write, f"many/{i:04d}", Payload([b"x"]))
+            for key in keys:
+                tg.start_soon(store.write, key, Payload([b"x"]))
 
     run(fill())
-    run(store.delete_many([f"many/{i:04d}" for i in range(1100)] + ["never/written"]))
-    assert run(_keys(store)) == []
+
+
+def test_delete_many_sends_concurrent_requests_of_at_most_125_keys(
+    s3_server: SeaweedFS, s3_bucket: str, client: str
+) -> None:
+    url = f"s3://{s3_bucket}/many-{uuid.uuid4().hex[:8]}"
+    keys = [f"many/{i:04d}" for i in range(1100)]
+    with FaultProxy("127.0.0.1", s3_server.s3_port) as proxy:
+        store = resolve_store(url, **through(proxy, s3_server, client))
+        _fill(store, keys)
+        before = proxy.counts["requests"]
+        run(store.delete_many([*keys, "never/written"]))
+        assert proxy.counts["requests"] - before == 9  # 1,101 keys: 8 parts of 125, then 76
+        assert run(_keys(store)) == []
+
+
+def test_a_failed_part_of_a_delete_many_is_one_error_and_a_retry_finishes_it(
+    s3_server: SeaweedFS, s3_bucket: str, client: str
+) -> None:
+    url = f"s3://{s3_bucket}/fail-{uuid.uuid4().hex[:8]}"
+    keys = [f"many/{i:04d}" for i in range(600)]
+    with FaultProxy("127.0.0.1", s3_server.s3_port, kinds=["http_503"], methods={"POST"}) as proxy:
+        store = resolve_store(url, **through(proxy, s3_server, client))
+        _fill(store, keys)
+        proxy.fault_rate = 0.5
+        with pytest.raises(StorageUnavailableError) as failed:
+            for _ in range(20):  # the seeded proxy fails some parts of every try
+                run(store.delete_many(keys))
+        assert "many/" in str(failed.value) and "\n" not in str(failed.value)
+        proxy.fault_rate = 0.0
+        run(store.delete_many(keys))  # deleting again is harmless: idempotent
+        assert run(_keys(store)) == []
 
 
 async def _keys(store: Store, prefix: str = "") -> list[str]:

@@ -35,6 +35,7 @@ import binascii
 import hashlib
 import os
 import re
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +51,9 @@ from resultstore.errors import (
     store_error,
 )
 from resultstore.stores.base import Payload, Store
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "CLIENTS",
@@ -85,6 +89,12 @@ HEAD_METADATA = "resultstore-head"
 """The user-metadata entry (``x-amz-meta-resultstore-head``) holding a copy of a record's header."""
 HEAD_LIMIT = 1500
 """The longest base64 copy of a header written (S3 allows 2 KB of user metadata in all)."""
+# A delete of many keys goes as DeleteObjects requests of at most this many keys, this
+# many at once: measured on SeaweedFS (2 cores), 1,000 records and their 1,000 index
+# entries went in 0.23 s as 8 concurrent requests of 125 against 0.38-0.49 s as two
+# requests of 1,000 (S3's maximum); AWS's own tools send concurrent batches too.
+DELETE_PART = 125
+DELETE_REQUESTS = 8
 _HEAD_READ_LIMIT = 2048  # the longest copy decoded: S3 keeps no more; a hostile server might
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -253,6 +263,37 @@ class BaseS3Store(Store):
     prefix: str
     endpoint: str
     """The endpoint URL requests go to, ``aws`` for AWS's own (for messages and the cache)."""
+
+    async def _delete_in_parts(
+        self, keys: list[str], delete: Callable[[list[str]], Awaitable[None]]
+    ) -> None:
+        """``delete(part)`` for parts of ``keys`` of at most :data:`DELETE_PART`, up to
+        :data:`DELETE_REQUESTS` at once; the first failure is raised as itself.
+
+        No retries here: the caller's retry layer repeats the whole (idempotent) delete.
+        """
+        parts = [keys[first : first + DELETE_PART] for first in range(0, len(keys), DELETE_PART)]
+        if len(parts) <= 1:
+            for part in parts:
+                await delete(part)
+            return
+        import anyio
+
+        limiter = anyio.Semaphore(DELETE_REQUESTS)
+
+        async def one(part: list[str]) -> None:
+            async with limiter:
+                await delete(part)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for part in parts:
+                    group.start_soon(one, part)
+        except BaseExceptionGroup as failed:
+            first: BaseException = failed
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
     def conditional_in_progress(self, key: str) -> StorageUnavailableError:
         """S3's 409 ConditionalRequestConflict: another conditional write of ``key`` ran."""

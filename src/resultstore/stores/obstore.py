@@ -83,7 +83,6 @@ _CHUNK = 1 << 20
 _READ_AHEAD = 16  # chunks fetched ahead of the reader (16 MiB at most)
 _END = object()  # the stream's end, in the read-ahead queue
 _SMALL = 1 << 20  # a body up to this is fetched whole, in one hand-off
-_DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's maximum)
 _PROBE_BODY = b"resultstore conditional-write probe"
 # The HTTP status in obstore's error text, and the bare ones only a server other than S3
 # sends to a GET, PUT or POST (a wrong port, a web server); a HEAD's errors have no body.
@@ -612,17 +611,17 @@ class ObstoreS3Store(BaseS3Store):
     async def delete_many(self, keys: Sequence[str]) -> None:
         import obstore
 
-        keys = list(keys)
-        for first in range(0, len(keys), _DELETE_BATCH):
-            batch = keys[first : first + _DELETE_BATCH]
+        async def delete(part: list[str]) -> None:
             try:
-                await obstore.delete_async(self._client, batch)
+                await obstore.delete_async(self._client, part)
             except Exception as exc:
                 failed = _FAILED_KEY.search(str(exc))
-                key = failed.group(1) if failed else batch[0]
+                key = failed.group(1) if failed else part[0]
                 if self.prefix and key.startswith(f"{self.prefix}/"):
                     key = key[len(self.prefix) + 1 :]
                 raise self._translate(exc, "delete", key) from exc
+
+        await self._delete_in_parts(list(keys), delete)
 
     async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
         import obstore

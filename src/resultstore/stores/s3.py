@@ -103,7 +103,6 @@ _CAS_CODES = _CONDITION_CODES | {"NoSuchKey"}
 # What a server that does not know the conditional headers answers to them.
 _REFUSED_CONDITION = {"NotImplemented", "501", "InvalidRequest", "InvalidArgument", "400"}
 _PROBE_BODY = b"resultstore conditional-write probe"
-_DELETE_BATCH = 1000  # keys in one DeleteObjects request (S3's maximum)
 _CONNECT_TIMEOUT = 5.0  # seconds to open a connection (never above RESULTSTORE_TIMEOUT)
 _ABORT_SECONDS = 5.0  # an abandoned multipart upload is aborted within this, or left to gc
 # What S3Store sets itself on its s3fs clients: not storage options.
@@ -567,17 +566,19 @@ class S3Store(BaseS3Store):
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         keys = list(keys)
-        for first in range(0, len(keys), _DELETE_BATCH):
-            batch = keys[first : first + _DELETE_BATCH]
+
+        async def delete(part: list[str]) -> None:
             done = await self._call(
                 "delete_objects",
                 "delete",
-                batch[0],
-                Delete={"Objects": [{"Key": self._object(k)} for k in batch], "Quiet": True},
+                part[0],
+                Delete={"Objects": [{"Key": self._object(k)} for k in part], "Quiet": True},
             )
             errors = done.get("Errors") or []
             if errors:
-                raise self._batch_error(errors, len(keys))
+                raise self._batch_error(errors, len(part))
+
+        await self._delete_in_parts(keys, delete)
 
     def _batch_error(self, errors: list[dict[str, Any]], total: int) -> ResultStoreError:
         """The first per-key error of a DeleteObjects answer, in one line, counting the rest."""

@@ -92,7 +92,8 @@ HEAD_LIMIT = 1500
 # A delete of many keys goes as DeleteObjects requests of at most this many keys, this
 # many at once: measured on SeaweedFS (2 cores), 1,000 records and their 1,000 index
 # entries went in 0.23 s as 8 concurrent requests of 125 against 0.38-0.49 s as two
-# requests of 1,000 (S3's maximum); AWS's own tools send concurrent batches too.
+# requests of 1,000 (S3's maximum). gc's ordering (records, then index entries) holds
+# between batches, which ResultStore sends one after the other.
 DELETE_PART = 125
 DELETE_REQUESTS = 8
 _HEAD_READ_LIMIT = 2048  # the longest copy decoded: S3 keeps no more; a hostile server might

@@ -244,6 +244,7 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.port = 0
 
     @property
@@ -307,11 +308,21 @@ class FaultProxy:
         return self
 
     async def _shutdown(self) -> None:
+        """End every connection's task before the loop closes, those not started yet too.
+
+        A connection accepted just before the listener closed has a task that has not
+        run yet, so it is in no set to cancel: it runs, sees ``_closing`` and ends. A
+        task left pending would be destroyed with the loop, raising in its ``finally``.
+        """
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        current = asyncio.current_task()
+        while others := [task for task in asyncio.all_tasks() if task is not current]:
+            for task in others:
+                if task in self._tasks:  # started: may wait forever on its client
+                    task.cancel()
+            await asyncio.wait(others)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -339,6 +350,9 @@ class FaultProxy:
     # -- one client connection -------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:  # accepted as stop() began: see _shutdown
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

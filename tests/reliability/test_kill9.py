@@ -107,6 +107,19 @@ def _expect_ready(proc: subprocess.Popen[str]) -> None:
         pytest.fail(f"child did not start: {line!r}\n{err}")
 
 
+def _output_of_killed(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The stdout and stderr of ``proc``, killed: read through the pipes' own file objects.
+
+    ``communicate()`` reads the raw descriptors and so drops what ``readline()`` in
+    :func:`_expect_ready` read ahead into ``proc.stdout``'s buffer: a fast writer's
+    ``start 1`` line, printed with ``ready``, would be lost, and its version then looks
+    never written.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.wait(timeout=30)
+    return proc.stdout.read(), proc.stderr.read()
+
+
 def _check_whole(value: object, sizes: list[int]) -> int:
     """The version of ``value``, after checking every byte of it; fails on a torn value."""
     assert isinstance(value, np.ndarray) and value.dtype == np.uint8, type(value)
@@ -183,7 +196,7 @@ def test_sigkilled_writers_never_leave_a_torn_record(
             progress.check(store, sizes, writer_running=True)
             time.sleep(rng.uniform(0, 0.1))
         os.kill(writer.pid, signal.SIGKILL)
-        out, err = writer.communicate(timeout=30)
+        out, err = _output_of_killed(writer)
         assert writer.returncode == -signal.SIGKILL, err
 
         events = re.findall(r"^(start|done) (\d+)$", out, re.MULTILINE)

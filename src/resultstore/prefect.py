@@ -56,8 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-import pydantic_core
-
+from resultstore import _json
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
@@ -231,7 +230,7 @@ def parse_prefect_record(
     if len(data) > max_bytes:
         raise _error(key, url, f"{len(data)} bytes, more than the limit of {max_bytes}")
     try:
-        doc = pydantic_core.from_json(bytes(data))
+        doc = _json.from_json(bytes(data))
     except ValueError:
         return None
     if not isinstance(doc, dict):

@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
-import pydantic_core
 import xxhash
 
+from resultstore._json import from_json
 from resultstore.errors import IntegrityError, SignatureError
 from resultstore.serializers import Buffer
 
@@ -297,7 +297,7 @@ def _parse_header(
     if xxhash.xxh3_64_intdigest(raw) != header_hash:
         raise _damaged(key, url, "header checksum mismatch")
     try:
-        fields = pydantic_core.from_json(raw)  # several times faster than json.loads here
+        fields = from_json(raw)  # several times faster than json.loads here
         if not isinstance(fields, dict):
             raise TypeError("the header is not a JSON object")
         signature = fields.pop("signature", None)

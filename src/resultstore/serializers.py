@@ -35,9 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import pydantic_core
-
-from resultstore import json_codec
+from resultstore import _json, json_codec
 from resultstore.errors import (
     ConfigurationError,
     PluginError,
@@ -268,7 +266,7 @@ class JSONSerializer(Serializer):
             if self._orjson is not None:
                 data: bytes = self._orjson.dumps(tree)
                 return data
-            return pydantic_core.to_json(tree)
+            return _json.to_json(tree)
         except Exception as exc:  # a str holding a lone surrogate, say
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise owner._cannot_encode(obj, Exception(reason)) from None
@@ -286,7 +284,7 @@ class JSONSerializer(Serializer):
                 try:
                     if self._orjson is not None:
                         return self._orjson.loads(text)
-                    return pydantic_core.from_json(text)
+                    return _json.from_json(text)
                 except ValueError as exc:
                     if "recursion" not in str(exc).lower():
                         raise

@@ -23,6 +23,7 @@ from resultstore import ResultStore
 HEAVY = (
     "pydantic",
     "pydantic.main",
+    "pydantic_core.core_schema",  # headers need only the compiled parser (resultstore._json)
     "typer._adapters",
     "rich",
     "rich.console",

@@ -24,12 +24,17 @@ _NAME = "pydantic_core._pydantic_core"
 
 def _load_alone() -> ModuleType | None:
     """The compiled module, loaded from its file next to the package; None if not found."""
+    import importlib._bootstrap
     import importlib.machinery
     import importlib.util
     import os
 
+    # The import system's own lock for the name: a thread importing pydantic_core
+    # meanwhile waits for it, then finds the module in sys.modules (the module may be
+    # initialised only once). Private to importlib since Python 3.3; without it, no shortcut.
+    lock = getattr(importlib._bootstrap, "_ModuleLockManager", None)
     package = importlib.util.find_spec("pydantic_core")  # a top-level name: imports nothing
-    if package is None or not package.submodule_search_locations:
+    if lock is None or package is None or not package.submodule_search_locations:
         return None
     for folder in package.submodule_search_locations:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
@@ -40,22 +45,29 @@ def _load_alone() -> ModuleType | None:
             spec = importlib.util.spec_from_file_location(_NAME, path, loader=loader)
             if spec is None:
                 return None
-            module = importlib.util.module_from_spec(spec)  # runs the module's init
-            sys.modules[_NAME] = module
-            try:
-                loader.exec_module(module)
-            except BaseException:
-                del sys.modules[_NAME]
-                raise
+            with lock(_NAME):
+                if _NAME in sys.modules:  # imported by another thread meanwhile, whole
+                    return None
+                module = importlib.util.module_from_spec(spec)
+                # As the import system marks a module it runs: another thread's import
+                # that finds it in sys.modules then waits for the lock, so for its end.
+                spec._initializing = True  # type: ignore[attr-defined]
+                sys.modules[_NAME] = module
+                try:
+                    loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[_NAME]
+                    raise
+                finally:
+                    spec._initializing = False  # type: ignore[attr-defined]
             return module
     return None
 
 
 def _compiled() -> ModuleType:
-    module = sys.modules.get(_NAME)
-    if module is not None:
-        return module
-    if "pydantic_core" not in sys.modules:
+    # Already imported (or being imported, by another thread): the import system's own
+    # import of the package waits for it and returns it whole.
+    if _NAME not in sys.modules and "pydantic_core" not in sys.modules:
         try:
             alone = _load_alone()
         except Exception:

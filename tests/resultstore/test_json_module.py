@@ -44,3 +44,40 @@ def test_json_functions_are_pydantic_cores() -> None:
     assert _json.from_json is pydantic_core.from_json
     assert _json.to_json is pydantic_core.to_json
     assert _json.from_json(b'{"k": [1, null]}') == {"k": [1, None]}
+
+
+_RACE = """
+import threading
+import importlib
+
+barrier = threading.Barrier(8)
+failures = []
+
+def load(name):
+    barrier.wait()
+    try:
+        importlib.import_module(name)
+    except BaseException as exc:
+        failures.append(repr(exc))
+
+names = ["resultstore.records", "pydantic_core"] * 4
+threads = [threading.Thread(target=load, args=(name,)) for name in names]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert not failures, failures
+import pydantic_core, sys
+from resultstore import _json
+assert _json.from_json is pydantic_core.from_json
+print("ok")
+"""
+
+
+def test_threads_importing_resultstore_and_pydantic_core_at_once_share_one_module() -> None:
+    for _ in range(5):  # the compiled module may be initialised once: a race must not do it twice
+        done = subprocess.run(
+            [sys.executable, "-c", _RACE], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "ok\n"

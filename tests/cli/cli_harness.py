@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
+import threading
+import tty
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,47 @@ class Cli:
         done = self.invoke(*args, env=env)
         assert_exit(done, code)
         return done
+
+    def on_a_terminal(self, *args: str, stream: str = "stdout") -> tuple[int, bytes, str]:
+        """Run a command with ``stream`` (``stdout`` or ``stderr``) on a real terminal, a
+        pty, and the other on a pipe: its exit code, the screen, and the other's text.
+
+        The terminal is raw, so the bytes read from it are the bytes the command wrote.
+        """
+        primary, secondary = pty.openpty()
+        tty.setraw(secondary)
+        shown: list[bytes] = []
+
+        def read_screen() -> None:
+            while True:
+                try:
+                    chunk = os.read(primary, 65536)
+                except OSError:  # the command closed the terminal
+                    return
+                if not chunk:
+                    return
+                shown.append(chunk)
+
+        on_pty = stream == "stdout"
+        try:
+            with subprocess.Popen(
+                [sys.executable, "-m", "resultstore", *args],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=secondary if on_pty else subprocess.PIPE,
+                stderr=subprocess.PIPE if on_pty else secondary,
+                text=True,
+            ) as child:
+                os.close(secondary)
+                reader = threading.Thread(target=read_screen)
+                reader.start()
+                piped = child.stderr if on_pty else child.stdout
+                other = piped.read() if piped is not None else ""
+                code = child.wait()
+                reader.join()
+        finally:
+            os.close(primary)
+        return code, b"".join(shown), other
 
     def fails(
         self, *args: str, code: int, says: Sequence[str] = (), env: dict[str, str] | None = None

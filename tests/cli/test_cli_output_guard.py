@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import subprocess
 import sys
 import textwrap
-import threading
-import tty
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -237,45 +233,6 @@ def test_get_o_on_a_full_read_only_or_missing_location_is_exit_7(
 # --- a terminal -------------------------------------------------------------------------
 
 
-def _on_a_terminal(cli: Cli, *args: str) -> tuple[int, bytes, str]:
-    """Run a command with stdout on a real terminal (a pty); its exit code, screen, stderr.
-
-    The terminal is raw, so the bytes read from it are the bytes the command wrote.
-    """
-    primary, secondary = pty.openpty()
-    tty.setraw(secondary)
-    shown: list[bytes] = []
-
-    def read_screen() -> None:
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # the command closed the terminal
-                return
-            if not chunk:
-                return
-            shown.append(chunk)
-
-    try:
-        with subprocess.Popen(
-            [*RESULTSTORE, *args],
-            env=cli.env,
-            cwd=cli.cwd,
-            stdout=secondary,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as child:
-            os.close(secondary)
-            reader = threading.Thread(target=read_screen)
-            reader.start()
-            stderr = child.stderr.read() if child.stderr else ""
-            code = child.wait()
-            reader.join()
-    finally:
-        os.close(primary)
-    return code, b"".join(shown), stderr
-
-
 HOSTILE = (
     "title\x1b]0;pwned\x07 clipboard\x1b]52;c;ZXZpbA==\x07 clear\x1b[2J c1\x9b2J "
     "invoice\u202etxt.exe isolate\u2066x\u2069 del\x7f nul\x00\r\n"
@@ -301,7 +258,7 @@ def hostile(file_cli: Cli) -> Cli:
 
 
 def test_get_shows_a_texts_control_characters_escaped_on_a_terminal(hostile: Cli) -> None:
-    code, screen, stderr = _on_a_terminal(hostile, "get", "text")
+    code, screen, stderr = hostile.on_a_terminal("get", "text")
     assert (code, stderr) == (0, "")
     assert screen.decode() == ESCAPED
     assert not [char for char in RAW if char in screen.decode()]
@@ -309,7 +266,7 @@ def test_get_shows_a_texts_control_characters_escaped_on_a_terminal(hostile: Cli
 
 def test_json_and_repr_on_a_terminal_show_it_escaped_too(hostile: Cli) -> None:
     for args in (["get", "doc"], ["--json", "get", "text"], ["get", "a-set", "--format", "repr"]):
-        code, screen, stderr = _on_a_terminal(hostile, *args)
+        code, screen, stderr = hostile.on_a_terminal(*args)
         assert (code, stderr) == (0, ""), args
         shown = screen.decode()
         assert not [char for char in RAW if char in shown], (args, shown)
@@ -321,12 +278,12 @@ def test_pipes_and_files_get_the_exact_text(hostile: Cli, tmp_path: Path) -> Non
     assert piped.stdout == HOSTILE.encode()
     hostile.run("get", "text", "-o", str(tmp_path / "value.txt"))
     assert (tmp_path / "value.txt").read_bytes() == HOSTILE.encode()
-    code, screen, _ = _on_a_terminal(hostile, "get", "text", "-o", "-")  # asked for: as stored
+    code, screen, _ = hostile.on_a_terminal("get", "text", "-o", "-")  # asked for: as stored
     assert (code, screen) == (0, HOSTILE.encode())
 
 
 def test_bytes_are_refused_on_a_terminal_unless_o_dash_asks(hostile: Cli) -> None:
-    code, screen, stderr = _on_a_terminal(hostile, "get", "blob")
+    code, screen, stderr = hostile.on_a_terminal("get", "blob")
     assert (code, screen) == (3, b"")
     done = subprocess.CompletedProcess[str](["-m", "resultstore", "get"], code, "", stderr)
     assert_error(
@@ -339,7 +296,7 @@ def test_bytes_are_refused_on_a_terminal_unless_o_dash_asks(hostile: Cli) -> Non
             "-o - to write it to the terminal anyway",
         ],
     )
-    code, screen, stderr = _on_a_terminal(hostile, "get", "blob", "-o", "-")
+    code, screen, stderr = hostile.on_a_terminal("get", "blob", "-o", "-")
     assert (code, screen, stderr) == (0, BLOB, "")
     assert _run_bytes(hostile, "get", "blob").stdout == BLOB  # a pipe: raw
 
@@ -347,44 +304,12 @@ def test_bytes_are_refused_on_a_terminal_unless_o_dash_asks(hostile: Cli) -> Non
 # --- a progress bar on the terminal does not take the data -----------------------------
 
 
-def _with_stderr_on_a_terminal(cli: Cli, args: Sequence[str]) -> tuple[int, str]:
-    """Run a command with stderr on a pty (progress is drawn) and stdout on a pipe."""
-    primary, secondary = pty.openpty()
-    drained = threading.Thread(target=_drain, args=(primary,))
-    try:
-        with subprocess.Popen(
-            [*RESULTSTORE, *args],
-            env=cli.env,
-            cwd=cli.cwd,
-            stdout=subprocess.PIPE,
-            stderr=secondary,
-            text=True,
-        ) as child:
-            os.close(secondary)
-            drained.start()
-            stdout = child.stdout.read() if child.stdout else ""
-            code = child.wait()
-            drained.join()
-    finally:
-        os.close(primary)
-    return code, stdout
-
-
-def _drain(fd: int) -> None:
-    while True:
-        try:
-            if not os.read(fd, 65536):
-                return
-        except OSError:
-            return
-
-
 def test_json_lines_reach_the_pipe_while_a_progress_bar_is_drawn(
     filled: Cli, tmp_path: Path
 ) -> None:
     # rich's progress bar swaps sys.stdout while it draws; the data does not go with it.
     for args in (["--json", "check"], ["--json", "copy", filled.url, (tmp_path / "b").as_uri()]):
-        code, stdout = _with_stderr_on_a_terminal(filled, args)
+        code, _, stdout = filled.on_a_terminal(*args, stream="stderr")
         assert code == 0
         lines = [json.loads(line) for line in stdout.splitlines()]
         assert len(lines) == 53 and "summary" in lines[-1], args

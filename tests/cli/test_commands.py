@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import pty
 import subprocess
 import sys
 import time
@@ -309,29 +308,8 @@ def test_progress_is_drawn_on_a_terminal_only(file_cli: Cli) -> None:
     quiet = file_cli.run("check")  # stderr is a pipe: nothing drawn (run() asserts it)
     assert "3 ok, 0 failed" in quiet.stdout
 
-    primary, secondary = pty.openpty()
-    try:
-        with subprocess.Popen(
-            [sys.executable, "-m", "resultstore", "check"],
-            env=file_cli.env,
-            stdout=subprocess.PIPE,
-            stderr=secondary,
-            text=True,
-        ) as child:
-            os.close(secondary)
-            stdout = child.stdout.read() if child.stdout else ""
-            drawn = b""
-            while True:
-                try:
-                    chunk = os.read(primary, 65536)
-                except OSError:  # every writer closed the terminal
-                    break
-                if not chunk:
-                    break
-                drawn += chunk
-    finally:
-        os.close(primary)
-    assert child.returncode == 0
+    code, drawn, stdout = file_cli.on_a_terminal("check", stream="stderr")
+    assert code == 0
     assert stdout == quiet.stdout
     assert b"checking" in drawn and b"3 record(s)" in drawn
 

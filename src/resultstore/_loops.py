@@ -32,10 +32,13 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from resultstore import _log
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:  # asyncio and the thread pool are imported on first use
     import asyncio
@@ -518,3 +521,33 @@ def _at_exit() -> None:
     holder: _LoopHolder | None = getattr(_local, "holder", None)
     if holder is not None:
         holder.__del__()
+
+
+# -- running many at once -----------------------------------------------------------------
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of an exception group (a task group's failures): what to report."""
+    first = group.exceptions[0]
+    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def each(items: Sequence[T], fn: Callable[[T], Awaitable[None]], concurrency: int) -> None:
+    """Await ``fn(item)`` for every item, ``concurrency`` at a time; the first failure stops all.
+
+    The failure is raised as itself, not wrapped in an exception group.
+    """
+    import anyio
+
+    pending = iter(items)  # shared by the workers: each item is taken once
+
+    async def worker() -> None:
+        for item in pending:
+            await fn(item)
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(min(concurrency, len(items))):
+                group.start_soon(worker)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None

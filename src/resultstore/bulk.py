@@ -18,13 +18,13 @@ runs is left out.
 from __future__ import annotations
 
 import datetime
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from resultstore._defaults import DEFAULT_CONCURRENCY
 from resultstore._defaults import DELETE_BATCH as DELETE_BATCH  # expiry uses it too
+from resultstore._loops import each
 from resultstore.errors import (
     ConfigurationError,
     IntegrityError,
@@ -35,9 +35,6 @@ from resultstore.errors import (
 from resultstore.keys import RESERVED_PREFIX
 from resultstore.records import ResultMetadata, utc
 from resultstore.stores.base import Listed
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 if TYPE_CHECKING:  # anyio is imported on first use: `import resultstore` stays light
     import anyio
@@ -166,36 +163,6 @@ class Doomed:
         if self.progress is not None:
             for outcome in outcomes:
                 self.progress(outcome)
-
-
-# -- running many at once -----------------------------------------------------------------
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of an exception group (a task group's failures): what to report."""
-    first = group.exceptions[0]
-    return first_error(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-async def each(items: Sequence[T], fn: Callable[[T], Awaitable[None]], concurrency: int) -> None:
-    """Await ``fn(item)`` for every item, ``concurrency`` at a time; the first failure stops all.
-
-    The failure is raised as itself, not wrapped in an exception group.
-    """
-    import anyio
-
-    pending = iter(items)  # shared by the workers: each item is taken once
-
-    async def worker() -> None:
-        for item in pending:
-            await fn(item)
-
-    try:
-        async with anyio.create_task_group() as group:
-            for _ in range(min(concurrency, len(items))):
-                group.start_soon(worker)
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
 
 
 def _check_concurrency(concurrency: object) -> int:

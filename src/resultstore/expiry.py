@@ -331,7 +331,8 @@ async def adelete_expired(
 
     ``summary.scanned`` counts the index entries looked at, not the store's records.
     """
-    from resultstore.bulk import DELETE_BATCH, Doomed, GcSummary, each
+    from resultstore._loops import each
+    from resultstore.bulk import DELETE_BATCH, Doomed, GcSummary
 
     summary = GcSummary(store.storage_url, dry_run=dry_run, indexed=True)
     since = await _watermark(store)

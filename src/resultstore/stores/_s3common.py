@@ -35,7 +35,6 @@ import binascii
 import hashlib
 import os
 import re
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from resultstore._loops import each
 from resultstore.errors import (
     ConfigurationError,
     ResultStoreError,
@@ -51,9 +51,6 @@ from resultstore.errors import (
     store_error,
 )
 from resultstore.stores.base import Payload, Store
-
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "CLIENTS",
@@ -274,27 +271,10 @@ class BaseS3Store(Store):
         No retries here: the caller's retry layer repeats the whole (idempotent) delete.
         """
         parts = [keys[first : first + DELETE_PART] for first in range(0, len(keys), DELETE_PART)]
-        if len(parts) <= 1:
-            for part in parts:
-                await delete(part)
-            return
-        import anyio
-
-        limiter = anyio.Semaphore(DELETE_REQUESTS)
-
-        async def one(part: list[str]) -> None:
-            async with limiter:
-                await delete(part)
-
-        try:
-            async with anyio.create_task_group() as group:
-                for part in parts:
-                    group.start_soon(one, part)
-        except BaseExceptionGroup as failed:
-            first: BaseException = failed
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+        if len(parts) == 1:
+            await delete(parts[0])
+        else:
+            await each(parts, delete, DELETE_REQUESTS)
 
     def conditional_in_progress(self, key: str) -> StorageUnavailableError:
         """S3's 409 ConditionalRequestConflict: another conditional write of ``key`` ran."""

@@ -1428,7 +1428,14 @@ class _Guard:
         policy: RetryPolicy | None = None,
     ) -> Awaitable[T]:
         """``fn()`` retried on unreachable storage and bounded by ``results.timeout``."""
-        return _Guard.bounded(results, self.action, self.key, fn, policy=policy)
+        timeout = results.timeout
+        return bounded(
+            results.retry if policy is None else policy,
+            fn,
+            StorageUnavailableError,
+            timeout,
+            lambda: self.expired(timeout),
+        )
 
     @staticmethod
     def bounded(

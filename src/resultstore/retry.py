@@ -156,12 +156,23 @@ class RetryPolicy:
         fn: Callable[[], Awaitable[T]],
         only: type[BaseException] | tuple[type[BaseException], ...],
         deadline: float | None,
+        started: float | None = None,
+        first: Awaitable[T] | BaseException | None = None,
     ) -> T:
-        started = time.monotonic()
+        """The retry loop: ``fn()`` until it succeeds or attempts or ``deadline`` run out.
+
+        :func:`bounded` runs the first attempt itself, and hands it over here when it
+        waits (``first``: the rest of that attempt, to await) or fails (``first``: its
+        error); ``started`` is when it began.
+        """
+        if started is None:
+            started = time.monotonic()
         attempt = 1
         while True:
             try:
-                return await fn()
+                if isinstance(first, BaseException):
+                    raise first
+                return await (fn() if first is None else first)
             except self.retry_on as exc:
                 if not isinstance(exc, only):
                     raise
@@ -182,6 +193,8 @@ class RetryPolicy:
                     self.attempts,
                     exc,
                 )
+            finally:
+                first = None  # an error raised again keeps no reference to itself
             import anyio  # only a retry needs it
 
             await anyio.sleep(pause)
@@ -201,14 +214,13 @@ def bounded(
 ) -> Awaitable[T]:
     """``policy.call(fn, only=only, timeout=timeout, expired=expired)``, to await.
 
-    The same, less one coroutine and the keywords: ResultStore's hot path, where a
+    The same, less two coroutines and the keywords: ResultStore's hot path, where a
     1 KB read takes ~30 us and every microsecond shows.
     """
     deadline = timeout if policy.deadline is None else min(timeout, policy.deadline)
-    attempts = policy._attempts(fn, only, deadline)
     if "trio" in sys.modules and _on_trio():  # anyio on trio: its own timeout does it
-        return _fail_after(timeout, attempts, expired)
-    return _bounded(attempts, timeout, expired)
+        return _fail_after(timeout, policy._attempts(fn, only, deadline), expired)
+    return _bounded(policy, fn, only, deadline, timeout, expired)
 
 
 def _on_trio() -> bool:
@@ -233,17 +245,37 @@ async def _fail_after(
 
 @types.coroutine
 def _bounded(
-    coro: Coroutine[Any, Any, T], seconds: float, expired: Callable[[], BaseException]
+    policy: RetryPolicy,
+    fn: Callable[[], Awaitable[T]],
+    only: type[BaseException] | tuple[type[BaseException], ...],
+    deadline: float,
+    seconds: float,
+    expired: Callable[[], BaseException],
 ) -> Generator[Any, Any, T]:
-    """Await ``coro``, raising ``expired()`` once ``seconds`` have passed.
+    """Await ``fn()``, retried by ``policy``, raising ``expired()`` once ``seconds`` have passed.
 
-    A timer can only interrupt an operation where it waits, so none is armed until
-    ``coro`` first suspends: a local read that never waits (most take ~30 us) pays
-    for no timer at all. From then on the loop's :class:`_Watchdog` cancels the task
-    at the deadline, and that cancellation becomes ``expired()`` unless someone else
-    cancelled the task too.
+    The first attempt runs here: one that neither waits nor fails (most local reads
+    and writes, ~30 us) pays for no retry loop and no timer. One that waits or fails
+    goes on in :meth:`RetryPolicy._attempts`. A timer can only interrupt an operation
+    where it waits, so none is armed until the operation first suspends; from then
+    on the loop's :class:`_Watchdog` cancels the task at the deadline, and that
+    cancellation becomes ``expired()`` unless someone else cancelled the task too.
     """
     started = time.monotonic()
+    attempt: Any = fn()
+    if type(attempt) is not types.CoroutineType:  # any other awaitable: its iterator
+        attempt = attempt.__await__()
+    try:
+        signal = attempt.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    except policy.retry_on as exc:
+        if not isinstance(exc, only):
+            raise
+        coro = policy._attempts(fn, only, deadline, started, exc)
+    else:
+        coro = policy._attempts(fn, only, deadline, started, _Resumed(attempt, signal))
+    del attempt
     try:
         signal = coro.send(None)
     except StopIteration as done:
@@ -264,7 +296,23 @@ def _bounded(
         alarm.disarm()
 
 
-def _drive(coro: Coroutine[Any, Any, T], signal: Any) -> Generator[Any, Any, T]:
+class _Resumed:
+    """An attempt that began (in :func:`_bounded`) and waits on ``signal``, to await."""
+
+    __slots__ = ("coro", "signal")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any] | Generator[Any, Any, Any], signal: Any
+    ) -> None:
+        self.coro, self.signal = coro, signal
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return _drive(self.coro, self.signal)
+
+
+def _drive(
+    coro: Coroutine[Any, Any, T] | Generator[Any, Any, T], signal: Any
+) -> Generator[Any, Any, T]:
     """Go on with ``coro``, suspended on ``signal``, as ``await`` would."""
     while True:
         try:

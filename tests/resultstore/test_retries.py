@@ -191,6 +191,51 @@ def test_only_narrows_what_is_retried() -> None:
     assert counter.calls == 1
 
 
+class Sleepy:
+    """An async callable that waits before it fails with ``error`` (until ``succeed_on``)."""
+
+    def __init__(self, error: Exception, succeed_on: int) -> None:
+        self.calls = 0
+        self.error = error
+        self.succeed_on = succeed_on
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        await anyio.sleep(0.01)
+        if self.calls == self.succeed_on:
+            return "done"
+        raise self.error
+
+
+def test_an_attempt_that_waits_and_fails_is_retried_within_the_timeout() -> None:
+    # The first attempt runs before any retry loop or timer exists; one that waits
+    # and then fails is still retried, and the timeout still bounds it all.
+    sleepy = Sleepy(not_found(), succeed_on=3)
+    assert run_sync(RetryPolicy(attempts=5, delay=0).call(sleepy, timeout=5)) == "done"
+    assert sleepy.calls == 3
+    stuck = Sleepy(not_found(), succeed_on=0)
+    with pytest.raises(TimeoutError):
+        run_sync(RetryPolicy(attempts=10**6, delay=0).call(stuck, timeout=0.2))
+    assert stuck.calls > 3
+
+
+class Awaitable_:
+    """An awaitable that is no coroutine (as a Future or an anyio event is)."""
+
+    def __init__(self, value: str, wait: bool) -> None:
+        self.value, self.wait = value, wait
+
+    def __await__(self) -> Any:
+        if self.wait:
+            yield from anyio.sleep(0).__await__()
+        return self.value
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_any_awaitable_can_be_retried_with_a_timeout(wait: bool) -> None:
+    assert run_sync(RetryPolicy().call(lambda: Awaitable_("ok", wait), timeout=5)) == "ok"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

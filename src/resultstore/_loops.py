@@ -50,6 +50,7 @@ T = TypeVar("T")
 C = TypeVar("C")
 
 _local = threading.local()
+_get_ident = threading.get_ident
 _worker_pool: ThreadPoolExecutor | None = None
 _worker_pool_lock = threading.Lock()
 
@@ -91,14 +92,26 @@ def on_private_loop() -> bool:
 
 
 class _LoopHolder:
-    """Owns a thread's private loop and closes it when the thread's locals go away."""
+    """Owns a thread's private loop and closes it when the thread's locals go away.
 
-    __slots__ = ("loop",)
+    It also keeps what :func:`_run_on_thread_loop` uses on every call, looked up once:
+    the loop's ready queue, its async-generator hooks and asyncio's functions.
+    """
+
+    __slots__ = ("hooks", "loop", "ready", "set_running_loop", "task")
 
     def __init__(self) -> None:
         import asyncio
 
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop = asyncio.new_event_loop()
+        # asyncio's own loops keep their ready queue in ``_ready``; others have none.
+        self.ready: collections.deque[asyncio.Handle] | None = getattr(loop, "_ready", None)
+        self.hooks = (
+            loop._asyncgen_firstiter_hook,  # type: ignore[attr-defined]
+            loop._asyncgen_finalizer_hook,  # type: ignore[attr-defined]
+        )
+        self.set_running_loop = asyncio.events._set_running_loop
+        self.task = asyncio.Task
 
     def __del__(self) -> None:
         loop = self.loop
@@ -115,10 +128,14 @@ class _LoopHolder:
 
 
 def _thread_loop() -> asyncio.AbstractEventLoop:
+    return _holder().loop
+
+
+def _holder() -> _LoopHolder:
     holder: _LoopHolder | None = getattr(_local, "holder", None)
     if holder is None or holder.loop.is_closed():
         holder = _local.holder = _LoopHolder()
-    return holder.loop
+    return holder
 
 
 def _run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
@@ -126,39 +143,36 @@ def _run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
 
     Most local calls (a 1 KB read from disk) never wait, so driving the loop for
     them (``run_forever``, two loop iterations, two selector polls) would cost more
-    than the call. The task's first step, already scheduled by ``create_task``, is
-    run here instead, as the loop would run it: inside the task (so
-    ``current_task()``, timeouts and cancel scopes work), with the loop set as the
-    running one and its async-generator hooks installed. A task that waits is then
-    driven by ``run_until_complete`` as usual. This relies on asyncio's own loop
-    keeping its ready queue in ``_ready`` (CPython 3.10-3.13); any other loop, or a
-    queue holding other work, takes the plain path (as does a loop already running,
-    which ``in_async_context`` rules out before this is called).
+    than the call. The task's first step, already scheduled by the task, is run
+    here instead, as the loop would run it: inside the task (so ``current_task()``,
+    timeouts and cancel scopes work), with the loop set as the running one and its
+    async-generator hooks installed. A task that waits is then driven by
+    ``run_until_complete`` as usual. This relies on asyncio's own loop keeping its
+    ready queue in ``_ready`` (CPython 3.10-3.13); any other loop, a task factory,
+    or a queue holding other work takes the plain path (as does a loop already
+    running, which ``run_sync`` rules out before this is called).
     """
     if _orphans:  # clients of dropped LoopLocals: handed to their loops (this one too)
         _close_orphans()
-    loop = _thread_loop()
-    ready = getattr(loop, "_ready", None)
-    if ready is None or ready:
+    holder = _holder()
+    loop, ready = holder.loop, holder.ready
+    if ready is None or ready or loop._task_factory is not None:  # type: ignore[attr-defined]
         return loop.run_until_complete(coro)
-    task = loop.create_task(coro)
-    if len(ready) != 1:  # a task factory scheduled something else: no shortcut
+    task = holder.task(coro, loop=loop)  # what loop.create_task does, less its Python layers
+    if len(ready) != 1:  # something else was scheduled: no shortcut
         return loop.run_until_complete(task)
-    import asyncio
-
     step = ready.popleft()
     hooks = sys.get_asyncgen_hooks()
-    sys.set_asyncgen_hooks(
-        firstiter=loop._asyncgen_firstiter_hook,  # type: ignore[attr-defined]
-        finalizer=loop._asyncgen_finalizer_hook,  # type: ignore[attr-defined]
-    )
-    asyncio.events._set_running_loop(loop)
-    loop._thread_id = threading.get_ident()  # type: ignore[attr-defined]  # is_running()
+    sys.set_asyncgen_hooks(*holder.hooks)
+    holder.set_running_loop(loop)
+    loop._thread_id = _get_ident()  # type: ignore[attr-defined]  # what is_running() reads
     try:
-        step._run()
+        # Handle._run less its frame: a task's step keeps every error in the task,
+        # save KeyboardInterrupt and SystemExit, which go on up as they would there.
+        step._context.run(step._callback, *step._args)  # type: ignore[attr-defined]
     finally:
         loop._thread_id = None  # type: ignore[attr-defined]
-        asyncio.events._set_running_loop(None)
+        holder.set_running_loop(None)
         sys.set_asyncgen_hooks(*hooks)
     if task.done():
         return task.result()
@@ -180,7 +194,7 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
     Safe to call whether or not an event loop runs in the calling thread.
     """
-    if not in_async_context():
+    if _running_loop() is None:
         return _run_on_thread_loop(coro)
     return _pool().submit(_run_on_thread_loop, coro).result()
 

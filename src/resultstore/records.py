@@ -23,6 +23,7 @@ import datetime
 import functools
 import json
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
@@ -145,6 +146,26 @@ def _payload_checksum(segments: Sequence[Buffer]) -> str:
     return _CHECKSUM_PREFIX + digest.hexdigest()
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_second: tuple[int, str] = (-1, "")  # the last whole second stamped, and its ISO text
+
+
+def _iso_utc(ns: int) -> str:
+    """``(_EPOCH + timedelta(microseconds=ns // 1000)).isoformat()``, for ``ns`` >= 0.
+
+    Every write stamps its record with the time, and the datetime round trip
+    (``now(timezone.utc).isoformat()``) was ~4 us of a ~100 us 1 KB write; the text
+    up to the second is made once a second, the microseconds are appended.
+    """
+    global _second
+    second, micro = divmod(ns // 1000, 1_000_000)
+    cached, text = _second
+    if cached != second:
+        text = (_EPOCH + datetime.timedelta(seconds=second)).isoformat()[:-6]  # less "+00:00"
+        _second = (second, text)
+    return f"{text}.{micro:06d}+00:00" if micro else f"{text}+00:00"
+
+
 def encode_record(
     segments: Sequence[Buffer],
     *,
@@ -163,9 +184,7 @@ def encode_record(
     """
     fields: dict[str, Any] = {
         "serializer": serializer,
-        "created": (
-            datetime.datetime.now(datetime.timezone.utc) if created is None else utc(created)
-        ).isoformat(),
+        "created": _iso_utc(time.time_ns()) if created is None else utc(created).isoformat(),
         "expiration": None if expiration is None else utc(expiration).isoformat(),
         "segments": [memoryview(s).nbytes for s in segments],
         "checksum": _payload_checksum(segments),

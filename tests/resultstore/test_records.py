@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 
 from resultstore import IntegrityError, SignatureError
 from resultstore._loops import run_sync
-from resultstore.records import FORMAT_VERSION, MAGIC, encode_record, read_header, read_record
+from resultstore.records import (
+    FORMAT_VERSION,
+    MAGIC,
+    _iso_utc,
+    encode_record,
+    read_header,
+    read_record,
+)
 from resultstore.serializers import Buffer
 from resultstore.signing import Signer
 from resultstore.stores.base import BytesReader
@@ -112,6 +119,29 @@ def test_segments_round_trip_byte_exact_with_metadata(
     assert metadata.created.utcoffset() == datetime.timedelta(0)
     assert before - datetime.timedelta(seconds=1) <= metadata.created
     assert metadata.created <= datetime.datetime.now(UTC)
+
+
+# Up to the year 9999, in nanoseconds, with whole seconds and whole microseconds drawn
+# often (isoformat leaves out a zero microsecond).
+_MAX_NS = int((datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 10**9)
+
+
+@given(
+    st.one_of(
+        st.integers(0, _MAX_NS),
+        st.integers(0, _MAX_NS // 10**9).map(lambda s: s * 10**9),
+        st.integers(0, _MAX_NS // 1000).map(lambda us: us * 1000),
+    )
+)
+@example(0)
+@example(999)  # under a microsecond: truncated, as datetime's own microseconds are
+def test_a_records_creation_time_is_written_as_datetime_would_write_it(ns: int) -> None:
+    expected = datetime.datetime(1970, 1, 1, tzinfo=UTC) + datetime.timedelta(
+        microseconds=ns // 1000
+    )
+    assert _iso_utc(ns) == expected.isoformat()
+    assert _iso_utc(ns) == expected.isoformat()  # again, from the cached second
+    assert datetime.datetime.fromisoformat(_iso_utc(ns)) == expected
 
 
 def test_any_kind_of_buffer_can_be_a_segment() -> None:

@@ -262,10 +262,10 @@ def _bounded(
     cancellation becomes ``expired()`` unless someone else cancelled the task too.
     """
     started = time.monotonic()
-    attempt: Any = fn()
-    if type(attempt) is not types.CoroutineType:  # any other awaitable: its iterator
-        attempt = attempt.__await__()
     try:
+        attempt: Any = fn()  # inside: an fn() that fails before it returns is retried too
+        if type(attempt) is not types.CoroutineType:  # any other awaitable: its iterator
+            attempt = attempt.__await__()
         signal = attempt.send(None)
     except StopIteration as done:
         return cast(T, done.value)
@@ -275,7 +275,7 @@ def _bounded(
         coro = policy._attempts(fn, only, deadline, started, exc)
     else:
         coro = policy._attempts(fn, only, deadline, started, _Resumed(attempt, signal))
-    del attempt
+        del attempt
     try:
         signal = coro.send(None)
     except StopIteration as done:

@@ -219,6 +219,19 @@ def test_an_attempt_that_waits_and_fails_is_retried_within_the_timeout() -> None
     assert stuck.calls > 3
 
 
+def test_an_attempt_that_fails_before_returning_an_awaitable_is_retried() -> None:
+    calls = []
+
+    def attempt() -> Any:  # no coroutine function: it fails as it is called
+        calls.append(1)
+        if len(calls) < 3:
+            raise StorageUnavailableError("storage is down", key="k", url="s3://b")
+        return Awaitable_("ok", wait=False)
+
+    assert run_sync(RetryPolicy(attempts=5, delay=0).call(attempt, timeout=5)) == "ok"
+    assert len(calls) == 3
+
+
 class Awaitable_:
     """An awaitable that is no coroutine (as a Future or an anyio event is)."""
 

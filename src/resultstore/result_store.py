@@ -1428,14 +1428,7 @@ class _Guard:
         policy: RetryPolicy | None = None,
     ) -> Awaitable[T]:
         """``fn()`` retried on unreachable storage and bounded by ``results.timeout``."""
-        timeout = results.timeout
-        return bounded(
-            results.retry if policy is None else policy,
-            fn,
-            StorageUnavailableError,
-            timeout,
-            lambda: self.expired(timeout),
-        )
+        return _Guard.bounded(results, self.action, self.key, fn, policy=policy)
 
     @staticmethod
     def bounded(

@@ -146,6 +146,9 @@ class Doomed:
     progress: Progress | None
     keys: list[str] = field(default_factory=list)
     outcomes: list[RecordOutcome] = field(default_factory=list)
+    reported: set[str] = field(default_factory=set)
+    """Records already counted (expired or damaged): a key that several due index
+    entries name (written again with another expiration) is counted once."""
 
     async def flush(self) -> None:
         """Delete the keys gathered so far (one batched request per 1,000), then report."""

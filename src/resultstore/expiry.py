@@ -378,6 +378,11 @@ def _expired(doomed: Doomed, key: str, name: str, size: int, dry_run: bool) -> N
     """Count an expired record; unless ``dry_run``, doom it with its entry ``name``."""
     from resultstore.bulk import RecordOutcome
 
+    if key in doomed.reported:  # another due entry of a record already counted
+        if not dry_run:
+            doomed.keys.append(name)
+        return
+    doomed.reported.add(key)
     doomed.summary.expired += 1
     doomed.summary.bytes_freed += size
     if dry_run:
@@ -397,8 +402,10 @@ async def _judge(
     except ResultNotFoundError:
         doomed.keys.append(due.name)  # deleted since: the entry goes too
         return
-    except IntegrityError:
-        doomed.summary.damaged.append(due.key)  # kept, entry and all: `check` says what is wrong
+    except IntegrityError:  # kept, entry and all: `check` says what is wrong
+        if due.key not in doomed.reported:
+            doomed.reported.add(due.key)
+            doomed.summary.damaged.append(due.key)
         return
     if metadata.serializer.startswith("prefect:"):
         doomed.keys.append(due.name)  # another tool's record, never indexed by a write of ours

@@ -46,6 +46,7 @@ from resultstore._loops import each
 from resultstore.errors import (
     ConfigurationError,
     ResultStoreError,
+    StorageError,
     StorageUnavailableError,
     UnsupportedOperationError,
     store_error,
@@ -60,6 +61,7 @@ __all__ = [
     "HEAD_METADATA",
     "PROBE_FOLDER",
     "BaseS3Store",
+    "ListingProgress",
     "Verdict",
     "check_endpoint",
     "choose_client",
@@ -67,6 +69,7 @@ __all__ = [
     "head_metadata",
     "judge",
     "kept_head",
+    "listed_size",
     "s3_location",
 ]
 
@@ -308,6 +311,10 @@ class BaseS3Store(Store):
         """False for the store's own bookkeeping (the probe folder)."""
         return not key.startswith(_RESERVED)
 
+    def _progress(self, base: str, prefix: str, start_after: str | None = None) -> ListingProgress:
+        """A :class:`ListingProgress` for the object names under ``base + prefix``."""
+        return ListingProgress(self, base, prefix, start_after)
+
     # Conditions --------------------------------------------------------------------
 
     async def _require(self, key: str, *, if_absent: bool, multipart: bool = False) -> None:
@@ -399,6 +406,102 @@ class BaseS3Store(Store):
         return digest.hexdigest()
 
 
+class ListingProgress:
+    """Where an S3 listing has got to, so that an endpoint's pages must move it on.
+
+    S3 lists each key once, only keys under the prefix asked for, and gives a new
+    continuation token with each truncated page. A broken or hostile endpoint that
+    repeats a page or its token would keep a listing going for ever, each page within
+    the timeout; one that lists names outside the prefix would hand back keys that are
+    not the store's. Either is refused with one :class:`StorageError` (not retried)
+    naming the name, the store and the endpoint.
+
+    "Each once" is checked without remembering the keys. AWS lists in ascending order
+    of the keys' UTF-8 bytes (the order of Python's strings); servers that keep folders
+    (SeaweedFS) list a folder's names in order, each folder's contents in place, which
+    is ascending in the order of the keys' ``/``-separated segments (``a/b/c`` before
+    ``a b/c``). Each listed name must be past every earlier one in one of those two
+    orders, so each raises one of two running maxima: a name listed again is past
+    neither, whichever order the server keeps.
+    """
+
+    __slots__ = ("_after", "_cut", "_prefix", "_segments", "_store", "_token", "_what")
+
+    def __init__(self, store: BaseS3Store, base: str, prefix: str, start_after: str | None) -> None:
+        self._store = store
+        self._what = prefix or "*"
+        self._prefix = base + prefix
+        self._cut = len(base)
+        self._after = None if start_after is None else base + start_after
+        self._segments = None if self._after is None else self._after.split("/")
+        self._token: tuple[str, ...] | None = None
+
+    def keys(self, names: list[Any]) -> list[str]:
+        """The keys (below the store's prefix) of a page's object ``names``, checked."""
+        after, segments, prefix = self._after, self._segments, self._prefix
+        for name in names:
+            if not isinstance(name, str) or not name.startswith(prefix):
+                self.key(name)  # raises
+            parts = name.split("/")
+            if after is None or segments is None:
+                after, segments = name, parts
+                continue
+            later, deeper = name > after, parts > segments
+            if not (later or deeper):
+                raise self._broken(
+                    f"it listed {_shown(name)} again or out of order (after "
+                    f"{_shown(after)}); S3 lists each key once"
+                )
+            if later:
+                after = name
+            if deeper:
+                segments = parts
+        self._after, self._segments = after, segments
+        cut = self._cut
+        return [name[cut:] for name in names] if cut else names
+
+    def key(self, name: object) -> str:
+        """The key of one object ``name`` under the prefix (of a listing in no set order,
+        such as of multipart uploads, where one key may come several times)."""
+        if not isinstance(name, str) or not name.startswith(self._prefix):
+            raise self._broken(
+                f"it listed {_shown(name)}, outside the prefix {self._prefix!r} asked for"
+            )
+        return name[self._cut :]
+
+    def token(self, token: object) -> str:
+        """The continuation token of a truncated page, refused if missing or repeated."""
+        (checked,) = self.markers(token)
+        return checked
+
+    def markers(self, *markers: object) -> tuple[str, ...]:
+        """The markers a truncated page says to go on from (a continuation token; a
+        key and an upload id), refused if one is missing or all repeat the last page's."""
+        if not all(isinstance(marker, str) and marker for marker in markers):
+            raise self._broken("a truncated page came without the marker to go on from")
+        checked = tuple(str(marker) for marker in markers)
+        if checked == self._token:
+            raise self._broken("it gave the same page marker twice")
+        self._token = checked
+        return checked
+
+    def _broken(self, why: str) -> StorageError:
+        return store_error(
+            StorageError,
+            "list",
+            self._what,
+            self._store.url,
+            f"the S3 endpoint {self._store.endpoint} answered a listing wrongly: {why}",
+            hint="check the server; a listing is never taken from such answers",
+        )
+
+
+def _shown(name: object) -> str:
+    """``repr(name)``, cut short: a hostile endpoint's name may be of any length."""
+    text = repr(name)
+    return text if len(text) <= 120 else f"{text[:100]}...({len(text)} characters)"
+
+
 def head_metadata(payload: Payload) -> dict[str, str] | None:
     """The user metadata that keeps ``payload.head`` with the object, or None.
 
@@ -427,6 +530,11 @@ def kept_head(value: object) -> bytes | None:
 
 
 _MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
+
+
+def listed_size(size: object) -> int | None:
+    """A listed object's size; None (unknown) for what is not one (a hostile answer)."""
+    return size if type(size) is int and size >= 0 else None
 
 
 def etag_md5(etag: object) -> str | None:

@@ -61,6 +61,7 @@ from resultstore.stores._s3common import (
     etag_md5,
     head_metadata,
     kept_head,
+    listed_size,
     s3_location,
 )
 from resultstore.stores.base import (
@@ -628,11 +629,14 @@ class ObstoreS3Store(BaseS3Store):
 
         # obstore lists whole path segments; list the folder holding ``prefix``, then filter.
         folder = prefix.rpartition("/")[0]
+        progress = self._progress("", f"{folder}/" if folder else "")
         try:
             async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
-                paths = [meta["path"] for meta in batch]
+                paths = progress.keys([meta.get("path") for meta in batch])
                 if page := [p for p in paths if p.startswith(prefix) and self._listed(p)]:
                     yield page
+        except ResultStoreError:
+            raise
         except Exception as exc:
             raise self._translate(exc, "list", prefix or "*") from exc
 
@@ -644,18 +648,21 @@ class ObstoreS3Store(BaseS3Store):
         import obstore
 
         folder = prefix.rpartition("/")[0]
+        progress = self._progress("", f"{folder}/" if folder else "", start_after)
         try:
             async for batch in obstore.list(
                 self._client, folder or None, offset=start_after, chunk_size=1000
             ):
+                paths = progress.keys([meta.get("path") for meta in batch])
                 page = [
-                    Listed(path, meta["size"], etag_md5(meta.get("e_tag")))
-                    for meta in batch
-                    for path in (meta["path"],)
+                    Listed(path, listed_size(meta.get("size")), etag_md5(meta.get("e_tag")))
+                    for meta, path in zip(batch, paths, strict=True)
                     if path.startswith(prefix) and self._listed(path)
                 ]
                 if page:
                     yield page
+        except ResultStoreError:
+            raise
         except Exception as exc:
             raise self._translate(exc, "list", prefix or "*") from exc
 

@@ -71,6 +71,7 @@ from resultstore.stores._s3common import (
     head_metadata,
     judge,
     kept_head,
+    listed_size,
     s3_location,
 )
 from resultstore.stores.base import (
@@ -598,15 +599,15 @@ class S3Store(BaseS3Store):
     async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
         base = f"{self.prefix}/" if self.prefix else ""
         request: dict[str, Any] = {"Prefix": base + prefix}
+        progress = self._progress(base, prefix)
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
-            keys = [item["Key"][len(base) :] for item in page.get("Contents", [])]
+            keys = progress.keys([item.get("Key") for item in page.get("Contents", [])])
             if keys := [key for key in keys if self._listed(key)]:
                 yield keys
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            if not page.get("IsTruncated"):
                 return
-            request["ContinuationToken"] = token
+            request["ContinuationToken"] = progress.token(page.get("NextContinuationToken"))
 
     async def list_details(
         self, prefix: str = "", *, start_after: str | None = None
@@ -617,20 +618,21 @@ class S3Store(BaseS3Store):
         request: dict[str, Any] = {"Prefix": base + prefix}
         if start_after is not None:
             request["StartAfter"] = base + start_after
+        progress = self._progress(base, prefix, start_after)
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
+            items = page.get("Contents", [])
+            keys = progress.keys([item.get("Key") for item in items])
             found = [
-                Listed(key, item.get("Size"), etag_md5(item.get("ETag")))
-                for item in page.get("Contents", [])
-                for key in (item["Key"][len(base) :],)
+                Listed(key, listed_size(item.get("Size")), etag_md5(item.get("ETag")))
+                for key, item in zip(keys, items, strict=True)
                 if self._listed(key)
             ]
             if found:
                 yield found
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            if not page.get("IsTruncated"):
                 return
-            request["ContinuationToken"] = token
+            request["ContinuationToken"] = progress.token(page.get("NextContinuationToken"))
 
     async def list(self, prefix: str = "") -> AsyncIterator[str]:
         async for page in self.list_pages(prefix):
@@ -732,12 +734,14 @@ class S3Store(BaseS3Store):
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - older_than
         count = size = 0
         request: dict[str, Any] = {"Prefix": base}
+        progress = self._progress(base, "")
         while True:
             page = await self._call("list_multipart_uploads", "clean", base or "*", **request)
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() > cutoff:
                     continue  # possibly a write still in progress
-                key, name, upload_id = upload["Key"][len(base) :], upload["Key"], upload["UploadId"]
+                name, upload_id = upload.get("Key"), upload.get("UploadId")
+                key = progress.key(name)
                 try:
                     stored = await self._uploaded_bytes(key, name, upload_id)
                     if not dry_run:
@@ -749,19 +753,24 @@ class S3Store(BaseS3Store):
                 count, size = count + 1, size + stored
             if not page.get("IsTruncated"):
                 return count, size
-            request["KeyMarker"] = page["NextKeyMarker"]
-            request["UploadIdMarker"] = page["NextUploadIdMarker"]
+            request["KeyMarker"], request["UploadIdMarker"] = progress.markers(
+                page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+            )
 
     async def _uploaded_bytes(self, key: str, name: str, upload_id: str) -> int:
         """Bytes held by the parts of an unfinished multipart upload."""
         total = 0
         request: dict[str, Any] = {"Key": name, "UploadId": upload_id}
+        progress = self._progress(name, "")
         while True:
             page = await self._call("list_parts", "clean", key, **request)
-            total += sum(int(part["Size"]) for part in page.get("Parts", []))
+            total += sum(listed_size(part.get("Size")) or 0 for part in page.get("Parts", []))
             if not page.get("IsTruncated"):
                 return total
-            request["PartNumberMarker"] = page["NextPartNumberMarker"]
+            number = page.get("NextPartNumberMarker")
+            valid = type(number) is int and number > 0
+            (marker,) = progress.markers(str(number) if valid else None)
+            request["PartNumberMarker"] = int(marker)
 
     async def aclose(self) -> None:
         """Close the s3fs clients of every loop; the store makes new ones on its next use."""

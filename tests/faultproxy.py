@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-__all__ = ["FAULT_KINDS", "FaultProxy", "HostileServer"]
+__all__ = ["FAULT_KINDS", "FaultProxy", "HostileServer", "point_s3_at"]
 
 FAULT_KINDS = ("reset_before", "reset_mid", "stall", "http_500", "http_503")
 
@@ -622,3 +622,13 @@ async def _discard(reader: asyncio.StreamReader) -> None:
     """Read and drop everything until the peer closes."""
     while await reader.read(65536):
         pass
+
+
+def point_s3_at(monkeypatch: Any, endpoint: str) -> None:
+    """The AWS environment of both S3 stores (``monkeypatch``: pytest's), aimed at
+    ``endpoint``: a hostile server's URL, say."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "hostile-test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hostile-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

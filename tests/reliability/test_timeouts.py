@@ -20,7 +20,7 @@ import obstore  # noqa: F401 - imported up front: an import is not what these te
 import pytest
 import s3fs  # noqa: F401
 
-from faultproxy import FaultProxy, HostileServer
+from faultproxy import FaultProxy, HostileServer, point_s3_at
 from ports import free_port
 from resultstore import ResultStore, RetryPolicy, StorageUnavailableError
 from resultstore.stores.memory import MemoryStore
@@ -47,15 +47,6 @@ ACTIONS = {
     "list": "list",
     "read_metadata": "inspect",
 }
-
-
-def point_s3_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """The AWS environment of both S3 stores, aimed at ``endpoint``."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "hostile-test-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hostile-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 def timed(action: Callable[[], object]) -> tuple[float, BaseException]:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faultproxy import point_s3_at
 from resultstore import ResultStore, StorageError
@@ -216,3 +218,34 @@ def test_an_honest_scripted_listing_is_taken_whole(
     store = ResultStore("s3://bkt/p", timeout=TIMEOUT)
     assert store.keys() == sorted(["a/b/c", "a b/c", "a-c", "a.x/y", "b"])
     assert server.requests == 3
+
+
+class _Store:
+    """What :class:`ListingProgress` reads of its store: the URL and endpoint it names."""
+
+    url = "s3://bkt/p"
+    endpoint = "http://127.0.0.1:1"
+
+
+_NAMES = st.lists(
+    st.text(alphabet="ab/ -.é", min_size=1, max_size=8).filter(lambda k: "//" not in k),
+    min_size=1,
+    max_size=40,
+    unique=True,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=_NAMES, folder_order=st.booleans(), page=st.integers(1, 7))
+def test_any_honest_order_is_taken_and_a_page_repeated_for_ever_is_not(
+    names: list[str], folder_order: bool, page: int
+) -> None:
+    from resultstore.stores._s3common import ListingProgress
+
+    names = sorted(names, key=(lambda n: n.split("/")) if folder_order else None)
+    pages = [[f"p/{n}" for n in names[i : i + page]] for i in range(0, len(names), page)]
+    progress = ListingProgress(_Store(), "p/", "", None)  # type: ignore[arg-type]
+    assert [key for part in pages for key in progress.keys(part)] == names
+    with pytest.raises(StorageError, match="again or out of order"):
+        for _ in range(3):  # the last page again: refused at once, or on its next repeat
+            progress.keys(pages[-1])

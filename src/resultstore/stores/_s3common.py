@@ -33,6 +33,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
+import operator
 import os
 import re
 import threading
@@ -416,49 +418,73 @@ class ListingProgress:
     not the store's. Either is refused with one :class:`StorageError` (not retried)
     naming the name, the store and the endpoint.
 
-    "Each once" is checked without remembering the keys. AWS lists in ascending order
-    of the keys' UTF-8 bytes (the order of Python's strings); servers that keep folders
-    (SeaweedFS) list a folder's names in order, each folder's contents in place, which
-    is ascending in the order of the keys' ``/``-separated segments (``a/b/c`` before
-    ``a b/c``). Each listed name must be past every earlier one in one of those two
-    orders, so each raises one of two running maxima: a name listed again is past
-    neither, whichever order the server keeps.
+    That each page moves on is checked without remembering the keys. AWS lists in
+    ascending order of the keys' UTF-8 bytes (the order of Python's strings); servers
+    that keep folders (SeaweedFS) list a folder's names in order with each folder's
+    contents in place, which is ascending in the order of the keys' ``/``-separated
+    segments (``a/b/c`` before ``a b/c``). Each name must come after the one before it
+    in byte order, until the first that does not but does in segment order; from then
+    on (a folder-keeping server) each must come after the one before it in segment
+    order. So no name repeats within either stretch, a name of the first can come again
+    at most once in the second, and a listing ends unless its server keeps inventing new
+    names, as a bucket that large would. AWS's listings cost one string comparison per
+    name (the segments are split only on the second stretch).
     """
 
-    __slots__ = ("_after", "_cut", "_prefix", "_segments", "_store", "_token", "_what")
+    __slots__ = ("_cut", "_last", "_prefix", "_segments", "_store", "_token", "_what")
 
     def __init__(self, store: BaseS3Store, base: str, prefix: str, start_after: str | None) -> None:
         self._store = store
         self._what = prefix or "*"
         self._prefix = base + prefix
         self._cut = len(base)
-        self._after = None if start_after is None else base + start_after
-        self._segments = None if self._after is None else self._after.split("/")
+        self._last = None if start_after is None else base + start_after
+        self._segments: list[str] | None = None  # the last name's, once in segment order
         self._token: tuple[str, ...] | None = None
 
     def keys(self, names: list[Any]) -> list[str]:
         """The keys (below the store's prefix) of a page's object ``names``, checked."""
-        after, segments, prefix = self._after, self._segments, self._prefix
-        for name in names:
-            if not isinstance(name, str) or not name.startswith(prefix):
-                self.key(name)  # raises
-            parts = name.split("/")
-            if after is None or segments is None:
-                after, segments = name, parts
-                continue
-            later, deeper = name > after, parts > segments
-            if not (later or deeper):
-                raise self._broken(
-                    f"it listed {_shown(name)} again or out of order (after "
-                    f"{_shown(after)}); S3 lists each key once"
-                )
-            if later:
-                after = name
-            if deeper:
-                segments = parts
-        self._after, self._segments = after, segments
+        if not names:
+            return []
+        try:
+            inside = all(map(str.startswith, names, itertools.repeat(self._prefix)))
+        except TypeError:  # a name that is not a string
+            inside = False
+        if not inside:
+            for name in names:
+                self.key(name)  # raises for the first outside
+        last = self._last
+        if (
+            self._segments is None
+            and (last is None or names[0] > last)
+            and all(map(operator.lt, names, itertools.islice(names, 1, None)))
+        ):
+            self._last = names[-1]  # in byte order, as AWS lists: the common case
+        else:
+            self._ordered_slowly(names)
         cut = self._cut
         return [name[cut:] for name in names] if cut else names
+
+    def _ordered_slowly(self, names: list[str]) -> None:
+        """:meth:`keys`' order check name by name, switching to segment order once."""
+        last, segments = self._last, self._segments
+        for name in names:
+            if last is None:
+                last = name
+                continue
+            if segments is None:
+                if name > last:
+                    last = name
+                    continue
+                segments = last.split("/")  # not in byte order: segment order from now on
+            parts = name.split("/")
+            if not parts > segments:
+                raise self._broken(
+                    f"it listed {_shown(name)} again or out of order (after "
+                    f"{_shown(last)}); S3 lists each key once"
+                )
+            last, segments = name, parts
+        self._last, self._segments = last, segments
 
     def key(self, name: object) -> str:
         """The key of one object ``name`` under the prefix (of a listing in no set order,

@@ -313,9 +313,12 @@ class BaseS3Store(Store):
         """False for the store's own bookkeeping (the probe folder)."""
         return not key.startswith(_RESERVED)
 
-    def _progress(self, base: str, prefix: str, start_after: str | None = None) -> ListingProgress:
-        """A :class:`ListingProgress` for the object names under ``base + prefix``."""
-        return ListingProgress(self, base, prefix, start_after)
+    def _progress(
+        self, base: str, prefix: str, start_after: str | None = None, *, what: str = ""
+    ) -> ListingProgress:
+        """A :class:`ListingProgress` for the object names under ``base + prefix``;
+        ``what`` its errors name (by default the prefix, ``*`` for all)."""
+        return ListingProgress(self, base, prefix, start_after, what=what)
 
     # Conditions --------------------------------------------------------------------
 
@@ -433,9 +436,17 @@ class ListingProgress:
 
     __slots__ = ("_cut", "_last", "_prefix", "_segments", "_store", "_token", "_what")
 
-    def __init__(self, store: BaseS3Store, base: str, prefix: str, start_after: str | None) -> None:
+    def __init__(
+        self,
+        store: BaseS3Store,
+        base: str,
+        prefix: str,
+        start_after: str | None,
+        *,
+        what: str = "",
+    ) -> None:
         self._store = store
-        self._what = prefix or "*"
+        self._what = what or prefix or "*"
         self._prefix = base + prefix
         self._cut = len(base)
         self._last = None if start_after is None else base + start_after

@@ -738,8 +738,9 @@ class S3Store(BaseS3Store):
         while True:
             page = await self._call("list_multipart_uploads", "clean", base or "*", **request)
             for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() > cutoff:
-                    continue  # possibly a write still in progress
+                initiated = upload.get("Initiated")
+                if not isinstance(initiated, datetime.datetime) or initiated.timestamp() > cutoff:
+                    continue  # possibly a write still in progress (or of no known age)
                 name, upload_id = upload.get("Key"), upload.get("UploadId")
                 key = progress.key(name)
                 try:
@@ -761,7 +762,7 @@ class S3Store(BaseS3Store):
         """Bytes held by the parts of an unfinished multipart upload."""
         total = 0
         request: dict[str, Any] = {"Key": name, "UploadId": upload_id}
-        progress = self._progress(name, "")
+        progress = self._progress(name, "", what=key)
         while True:
             page = await self._call("list_parts", "clean", key, **request)
             total += sum(listed_size(part.get("Size")) or 0 for part in page.get("Parts", []))

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -120,6 +121,23 @@ def _output_of_killed(proc: subprocess.Popen[str]) -> tuple[str, str]:
     return proc.stdout.read(), proc.stderr.read()
 
 
+def _output_until_done(proc: subprocess.Popen[str], limit: float = 120.0) -> str:
+    """The lines a running writer prints up to its first ``done`` (it is killed past
+    ``limit`` seconds, which ends the wait)."""
+    assert proc.stdout is not None
+    watchdog = threading.Timer(limit, proc.kill)
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        while line := proc.stdout.readline():
+            lines.append(line)
+            if line.startswith("done "):
+                break
+    finally:
+        watchdog.cancel()
+    return "".join(lines)
+
+
 def _check_whole(value: object, sizes: list[int]) -> int:
     """The version of ``value``, after checking every byte of it; fails on a torn value."""
     assert isinstance(value, np.ndarray) and value.dtype == np.uint8, type(value)
@@ -188,15 +206,21 @@ def test_sigkilled_writers_never_leave_a_torn_record(
     leftovers = 0
     started_at = time.monotonic()
 
-    for _ in range(kills):
+    for kill in range(kills):
         writer = _spawn(WRITER, url, KEY, str(progress.started + 1), ",".join(map(str, sizes)))
         _expect_ready(writer)
         deadline = time.monotonic() + rng.uniform(0.05, 0.7 if name == "file" else 1.5)
         while time.monotonic() < deadline:  # read while it writes
             progress.check(store, sizes, writer_running=True)
             time.sleep(rng.uniform(0, 0.1))
+        seen = ""
+        if kill == kills - 1 and progress.acknowledged == 0:
+            # On a loaded machine every random kill may have come mid-write (CI saw 8 of
+            # 8): let the last writer finish a write first, so both outcomes are checked.
+            seen = _output_until_done(writer)
         os.kill(writer.pid, signal.SIGKILL)
         out, err = _output_of_killed(writer)
+        out = seen + out
         assert writer.returncode == -signal.SIGKILL, err
 
         events = re.findall(r"^(start|done) (\d+)$", out, re.MULTILINE)

@@ -65,7 +65,9 @@ def test_a_listing_in_folder_order_is_taken_whole(s3_url: str, client: str) -> N
     order AWS uses; the check that each listed key moves the listing on (against an
     endpoint repeating pages, ``tests/reliability/test_hostile_listings.py``) takes both."""
     store = ResultStore(s3_url)
-    keys = ["a/b", "a-c", "a0", "a/b/c", "a.x/y", "ab", "é/x", "e/x", "A", "a b/c", "z" * 200]
+    # No key is also a folder of another ("a/b" beside "a/b/c"): SeaweedFS may lose one
+    # of the two when both are written at once.
+    keys = ["a-c", "a0", "a/b/c", "a.x/y", "ab", "é/x", "e/x", "A", "a b/c", "z" * 200]
     keys += [f"m/{i}" for i in range(1100)]  # more than one page
     anyio.run(lambda: each(keys, lambda key: store.awrite(1, key=key), 32))
     assert sorted(store.keys()) == sorted(keys)

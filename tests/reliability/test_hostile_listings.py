@@ -249,3 +249,11 @@ def test_any_honest_order_is_taken_and_a_page_repeated_for_ever_is_not(
     with pytest.raises(StorageError, match="again or out of order"):
         for _ in range(3):  # the last page again: refused at once, or on its next repeat
             progress.keys(pages[-1])
+
+
+def test_an_object_listed_without_a_name_is_refused() -> None:
+    from resultstore.stores._s3common import ListingProgress
+
+    progress = ListingProgress(_Store(), "p/", "", None)  # type: ignore[arg-type]
+    with pytest.raises(StorageError, match="it listed an object named by a NoneType"):
+        progress.keys(["p/a", None])

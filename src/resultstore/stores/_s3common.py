@@ -53,6 +53,7 @@ from resultstore.errors import (
     UnsupportedOperationError,
     store_error,
 )
+from resultstore.keys import shown_key
 from resultstore.stores.base import Payload, Store
 
 __all__ = [
@@ -491,8 +492,8 @@ class ListingProgress:
             parts = name.split("/")
             if not parts > segments:
                 raise self._broken(
-                    f"it listed {_shown(name)} again or out of order (after "
-                    f"{_shown(last)}); S3 lists each key once"
+                    f"it listed {shown_key(name)} again or out of order (after "
+                    f"{shown_key(last)}); S3 lists each key once"
                 )
             last, segments = name, parts
         self._last, self._segments = last, segments
@@ -500,9 +501,12 @@ class ListingProgress:
     def key(self, name: object) -> str:
         """The key of one object ``name`` under the prefix (of a listing in no set order,
         such as of multipart uploads, where one key may come several times)."""
-        if not isinstance(name, str) or not name.startswith(self._prefix):
+        if not isinstance(name, str):
+            raise self._broken(f"it listed an object named by a {type(name).__name__}")
+        if not name.startswith(self._prefix):
             raise self._broken(
-                f"it listed {_shown(name)}, outside the prefix {self._prefix!r} asked for"
+                f"it listed {shown_key(name)}, outside the prefix {shown_key(self._prefix)} "
+                "asked for"
             )
         return name[self._cut :]
 
@@ -531,12 +535,6 @@ class ListingProgress:
             f"the S3 endpoint {self._store.endpoint} answered a listing wrongly: {why}",
             hint="check the server; a listing is never taken from such answers",
         )
-
-
-def _shown(name: object) -> str:
-    """``repr(name)``, cut short: a hostile endpoint's name may be of any length."""
-    text = repr(name)
-    return text if len(text) <= 120 else f"{text[:100]}...({len(text)} characters)"
 
 
 def head_metadata(payload: Payload) -> dict[str, str] | None:

@@ -314,13 +314,6 @@ class BaseS3Store(Store):
         """False for the store's own bookkeeping (the probe folder)."""
         return not key.startswith(_RESERVED)
 
-    def _progress(
-        self, base: str, prefix: str, start_after: str | None = None, *, what: str = ""
-    ) -> ListingProgress:
-        """A :class:`ListingProgress` for the object names under ``base + prefix``;
-        ``what`` its errors name (by default the prefix, ``*`` for all)."""
-        return ListingProgress(self, base, prefix, start_after, what=what)
-
     # Conditions --------------------------------------------------------------------
 
     async def _require(self, key: str, *, if_absent: bool, multipart: bool = False) -> None:
@@ -442,7 +435,7 @@ class ListingProgress:
         store: BaseS3Store,
         base: str,
         prefix: str,
-        start_after: str | None,
+        start_after: str | None = None,
         *,
         what: str = "",
     ) -> None:

@@ -56,6 +56,7 @@ from resultstore.stores._s3common import (
     HEAD_METADATA,
     PROBE_FOLDER,
     BaseS3Store,
+    ListingProgress,
     check_endpoint,
     choose_client,
     etag_md5,
@@ -629,7 +630,7 @@ class ObstoreS3Store(BaseS3Store):
 
         # obstore lists whole path segments; list the folder holding ``prefix``, then filter.
         folder = prefix.rpartition("/")[0]
-        progress = self._progress("", f"{folder}/" if folder else "")
+        progress = ListingProgress(self, "", f"{folder}/" if folder else "")
         try:
             async for batch in obstore.list(self._client, folder or None, chunk_size=1000):
                 paths = progress.keys([meta.get("path") for meta in batch])
@@ -648,7 +649,7 @@ class ObstoreS3Store(BaseS3Store):
         import obstore
 
         folder = prefix.rpartition("/")[0]
-        progress = self._progress("", f"{folder}/" if folder else "", start_after)
+        progress = ListingProgress(self, "", f"{folder}/" if folder else "", start_after)
         try:
             async for batch in obstore.list(
                 self._client, folder or None, offset=start_after, chunk_size=1000

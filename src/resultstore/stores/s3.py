@@ -64,6 +64,7 @@ from resultstore.stores._s3common import (
     HEAD_METADATA,
     PROBE_FOLDER,
     BaseS3Store,
+    ListingProgress,
     Verdict,
     check_endpoint,
     endpoint_from_environment,
@@ -599,7 +600,7 @@ class S3Store(BaseS3Store):
     async def list_pages(self, prefix: str = "") -> AsyncIterator[list[str]]:
         base = f"{self.prefix}/" if self.prefix else ""
         request: dict[str, Any] = {"Prefix": base + prefix}
-        progress = self._progress(base, prefix)
+        progress = ListingProgress(self, base, prefix)
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
             keys = progress.keys([item.get("Key") for item in page.get("Contents", [])])
@@ -618,7 +619,7 @@ class S3Store(BaseS3Store):
         request: dict[str, Any] = {"Prefix": base + prefix}
         if start_after is not None:
             request["StartAfter"] = base + start_after
-        progress = self._progress(base, prefix, start_after)
+        progress = ListingProgress(self, base, prefix, start_after)
         while True:
             page = await self._call("list_objects_v2", "list", prefix or "*", **request)
             items = page.get("Contents", [])
@@ -734,7 +735,7 @@ class S3Store(BaseS3Store):
         cutoff = datetime.datetime.now(datetime.timezone.utc).timestamp() - older_than
         count = size = 0
         request: dict[str, Any] = {"Prefix": base}
-        progress = self._progress(base, "")
+        progress = ListingProgress(self, base, "")
         while True:
             page = await self._call("list_multipart_uploads", "clean", base or "*", **request)
             for upload in page.get("Uploads", []):
@@ -762,7 +763,7 @@ class S3Store(BaseS3Store):
         """Bytes held by the parts of an unfinished multipart upload."""
         total = 0
         request: dict[str, Any] = {"Key": name, "UploadId": upload_id}
-        progress = self._progress(name, "", what=key)
+        progress = ListingProgress(self, name, "", what=key)
         while True:
             page = await self._call("list_parts", "clean", key, **request)
             total += sum(listed_size(part.get("Size")) or 0 for part in page.get("Parts", []))
